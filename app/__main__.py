@@ -1,0 +1,188 @@
+"""Command line: ``python -m app serve|train|evaluate|models``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from app.config import get_settings
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, default=str), flush=True)
+
+
+def _fail(message: str, code: str, status: int = 2) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    _print_json({"error": message, "code": code})
+    return status
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+    )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from app.data.datasets import DatasetError
+    from app.registry import ModelRegistry, RegistryError
+    from app.training.params import TrainParams
+    from app.training.trainer import train
+
+    fields = {
+        "base": args.base,
+        "epochs": args.epochs,
+        "fine_tune_epochs": args.fine_tune_epochs,
+        "fine_tune_at": args.fine_tune_at,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "fine_tune_learning_rate": args.fine_tune_learning_rate,
+        "validation_split": args.validation_split,
+        "augment": not args.no_augment,
+        "from_scratch": args.from_scratch,
+        "seed": args.seed,
+    }
+    try:
+        params = TrainParams(**{k: v for k, v in fields.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg']}" for e in exc.errors()
+        )
+        return _fail(problems, "invalid_parameters")
+    settings = get_settings()
+    registry = ModelRegistry(settings.models_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="train-", dir=settings.data_dir) as workspace:
+        try:
+            result = train(
+                Path(args.data),
+                args.model,
+                params,
+                registry,
+                Path(workspace),
+                weights=settings.pretrained,
+                source="cli",
+                activate=args.activate,
+            )
+        except DatasetError as exc:
+            return _fail(exc.message, exc.code)
+        except RegistryError as exc:
+            return _fail(exc.message, exc.code)
+    _print_json(result.summary())
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from app.data.datasets import DatasetError
+    from app.registry import ModelRegistry, RegistryError
+    from app.training.evaluate import evaluate_directory
+
+    settings = get_settings()
+    registry = ModelRegistry(settings.models_dir)
+    name, _, version_text = args.model.partition(":")
+    version = int(version_text) if version_text.isdigit() else registry.active_version(name)
+    if version is None or not registry.exists(name, version):
+        return _fail(f"model {args.model!r} is not in the registry", "model_not_found")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="eval-", dir=settings.data_dir) as workspace:
+            result = evaluate_directory(registry, name, version, Path(args.data), Path(workspace))
+    except (DatasetError, RegistryError) as exc:
+        return _fail(exc.message, exc.code)
+    _print_json(result)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from app.registry import ModelRegistry
+
+    registry = ModelRegistry(get_settings().models_dir)
+    rows = []
+    for name in registry.names():
+        versions = registry.versions(name)
+        active = registry.active_version(name)
+        meta = registry.metadata(name, active) if active is not None else {}
+        rows.append(
+            {
+                "name": name,
+                "active_version": active,
+                "versions": versions,
+                "base": meta.get("base"),
+                "classes": len(meta.get("class_names", [])),
+                "accuracy": (meta.get("metrics") or {}).get("accuracy"),
+            }
+        )
+    if args.json:
+        _print_json(rows)
+        return 0
+    print(f"{'name':<20} {'active':>6} {'versions':<16} {'base':<14} {'accuracy':>8}")
+    for r in rows:
+        acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.4f}"
+        versions = ",".join(map(str, r["versions"]))
+        print(
+            f"{r['name']:<20} {r['active_version']!s:>6} {versions:<16} {r['base']!s:<14} {acc:>8}"
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="start the HTTP service")
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(func=cmd_serve)
+
+    tr = sub.add_parser("train", help="train a new version of a model on a directory")
+    tr.add_argument("--data", required=True, help="folder with one sub-folder per class")
+    tr.add_argument("--model", required=True, help="registry name of the model")
+    tr.add_argument("--base", choices=["mobilenet_v2", "resnet50"])
+    tr.add_argument("--epochs", type=int, help="head epochs on the frozen base (default 5)")
+    tr.add_argument("--fine-tune-epochs", type=int, help="fine-tuning epochs (default 5)")
+    tr.add_argument("--fine-tune-at", type=int, help="first base layer to fine-tune")
+    tr.add_argument("--image-size", type=int, help="square input side (default 224)")
+    tr.add_argument("--batch-size", type=int, help="default 32")
+    tr.add_argument("--learning-rate", type=float, help="head learning rate (default 1e-3)")
+    tr.add_argument("--fine-tune-learning-rate", type=float, help="default: learning rate / 10")
+    tr.add_argument("--validation-split", type=float, help="default 0.2")
+    tr.add_argument("--no-augment", action="store_true", help="no random flips/rotations")
+    tr.add_argument("--from-scratch", action="store_true", help="random init, train all layers")
+    tr.add_argument("--seed", type=int, help="default 42")
+    tr.add_argument("--activate", action="store_true", help="make the new version active")
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", help="score a registry model on a directory")
+    ev.add_argument("--model", required=True, help="NAME or NAME:VERSION")
+    ev.add_argument("--data", required=True, help="folder with one sub-folder per class")
+    ev.set_defaults(func=cmd_evaluate)
+
+    ls = sub.add_parser("models", help="list the registry")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Service settings, read from ``CONVSERVE_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. The README lists each with its default."""
+
+    model_config = SettingsConfigDict(env_prefix="CONVSERVE_", extra="ignore")
+
+    models_dir: Path = Path("models")
+    data_dir: Path = Path("var")
+    served_models: Annotated[list[str], NoDecode] = ["resnet50", "mobilenet_v2"]
+    default_model: str = "mobilenet_v2"
+    # "imagenet" (Keras' download/cache), "none" (random init) or a path to a weights file.
+    pretrained: str = "imagenet"
+    api_key: str | None = None
+    backend: Literal["auto", "keras", "openvino"] = "auto"
+    # Input size of the bootstrap (ImageNet) versions. Tests use a tiny size.
+    bootstrap_image_size: int = Field(224, ge=32, le=1024)
+
+    max_batch_size: int = Field(16, ge=1, le=256)
+    batch_timeout_ms: float = Field(5.0, ge=0, le=1000)
+    # Images waiting for a model, across requests; beyond it /predict answers 503.
+    max_queue_size: int = Field(256, ge=1)
+    max_files_per_request: int = Field(32, ge=1)
+    max_image_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    # Seconds between reads of the registry's active pointers (picks up activations
+    # made by another replica sharing models/). 0 turns polling off.
+    registry_poll_seconds: float = Field(2.0, ge=0)
+    decode_threads: int = Field(2, ge=1, le=64)
+
+    @field_validator("served_models", mode="before")
+    @classmethod
+    def _split_names(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,244 @@
+"""Datasets made from a directory with one folder per class.
+
+`prepare_dataset` opens every file once, skips (and reports) what is not a usable image,
+and writes each good one, decoded by `app.data.images.load_image` at the training size, into
+a working folder. `load_datasets` then reads that folder with
+`keras.utils.image_dataset_from_directory`, so training never meets a bad file mid-epoch
+and sees the same pixels the service will feed the model.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from app.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
+
+# Files and folders that archives and file managers leave behind; never classes or images.
+JUNK_NAMES = frozenset({"__MACOSX", "Thumbs.db", "desktop.ini", "ehthumbs.db"})
+MIN_IMAGES_PER_CLASS = 5
+MAX_FILE_BYTES = 50 * 1024 * 1024
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be trained on, with a stable code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class SkippedFile:
+    path: str
+    reason: str
+
+
+@dataclass
+class DatasetSummary:
+    class_names: list[str]
+    counts: dict[str, int]
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DatasetSummary:
+        return cls(
+            list(data["class_names"]),
+            dict(data["counts"]),
+            [SkippedFile(**s) for s in data.get("skipped", [])],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "class_names": self.class_names,
+            "counts": self.counts,
+            "images": self.total,
+            "skipped": [asdict(s) for s in self.skipped],
+        }
+
+
+def is_junk(path: Path) -> bool:
+    return path.name in JUNK_NAMES or path.name.startswith(".") or path.name.startswith("._")
+
+
+def _visible(entries: Iterable[Path]) -> list[Path]:
+    return sorted(p for p in entries if not is_junk(p))
+
+
+def find_class_root(directory: Path) -> Path:
+    """The folder whose subfolders are the classes: ``directory`` itself, or its only
+    subfolder when the archive wrapped everything in one root folder."""
+    if not directory.is_dir():
+        raise DatasetError("not_found", f"{directory} is not a directory")
+    entries = _visible(directory.iterdir())
+    dirs = [p for p in entries if p.is_dir()]
+    files = [p for p in entries if p.is_file()]
+    if len(dirs) == 1 and not files and any(p.is_dir() for p in _visible(dirs[0].iterdir())):
+        return dirs[0]
+    return directory
+
+
+def _class_files(folder: Path) -> list[Path]:
+    found = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if any(is_junk(Path(part)) for part in rel.parts):
+            continue
+        if path.is_file() and not path.is_symlink():
+            found.append(path)
+    return found
+
+
+def min_images_needed(validation_split: float, min_images: int = MIN_IMAGES_PER_CLASS) -> int:
+    """Images a class needs so that the split can give it a validation share."""
+    if validation_split <= 0:
+        return max(min_images, 1)
+    return max(min_images, math.ceil(1 / validation_split))
+
+
+def _convert(src: Path, dst: Path, image_size: int, max_pixels: int) -> str | None:
+    """Decode ``src`` into a PNG at ``dst``; return the reason it was skipped, or None."""
+    try:
+        if src.stat().st_size > MAX_FILE_BYTES:
+            return f"larger than {MAX_FILE_BYTES // (1024 * 1024)} MB"
+        pixels = load_image(src.read_bytes(), image_size, max_pixels)
+    except ImageError as exc:
+        return exc.message
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    # Lossless, and fast at the lowest compression: this is a working copy.
+    Image.fromarray(pixels).save(dst, format="PNG", compress_level=1)
+    return None
+
+
+def prepare_dataset(
+    source: Path,
+    destination: Path,
+    image_size: int,
+    validation_split: float = 0.2,
+    min_images: int = MIN_IMAGES_PER_CLASS,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    workers: int = 4,
+) -> DatasetSummary:
+    """Check ``source`` and write its usable images, resized, under ``destination``.
+
+    Class ``i`` (in sorted order of folder names) goes to ``destination/<i:04d>/``, so that
+    folder names with spaces or any Unicode never reach TensorFlow's file handling.
+
+    Raises:
+        DatasetError: ``no_classes``, ``too_few_classes``, ``empty_class`` or
+            ``too_few_images``, each with a sentence naming the class.
+    """
+    root = find_class_root(Path(source))
+    class_dirs = [p for p in _visible(root.iterdir()) if p.is_dir() and not p.is_symlink()]
+    if not class_dirs:
+        raise DatasetError(
+            "no_classes", "the dataset has no class folders: put each class's images in a folder"
+        )
+    if len(class_dirs) < 2:
+        raise DatasetError(
+            "too_few_classes",
+            f"the dataset has one class ({class_dirs[0].name!r}); at least two are needed",
+        )
+    if destination.exists():
+        shutil.rmtree(destination)
+    jobs: list[tuple[str, Path, Path]] = []
+    for index, class_dir in enumerate(class_dirs):
+        out_dir = destination / f"{index:04d}"
+        out_dir.mkdir(parents=True)
+        for n, path in enumerate(_class_files(class_dir)):
+            jobs.append((class_dir.name, path, out_dir / f"{n:06d}.png"))
+
+    skipped: list[SkippedFile] = []
+    counts = {d.name: 0 for d in class_dirs}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        reasons = pool.map(lambda job: _convert(job[1], job[2], image_size, max_pixels), jobs)
+        for (class_name, path, _), reason in zip(jobs, reasons, strict=True):
+            if reason is None:
+                counts[class_name] += 1
+            else:
+                skipped.append(SkippedFile(str(path.relative_to(root)), reason))
+
+    needed = min_images_needed(validation_split, min_images)
+    for name, count in counts.items():
+        if count == 0:
+            raise DatasetError("empty_class", f"class {name!r} has no usable images")
+        if count < needed:
+            raise DatasetError(
+                "too_few_images",
+                f"class {name!r} has {count} usable images; each class needs at least {needed}"
+                f" (validation split {validation_split})",
+            )
+    return DatasetSummary([d.name for d in class_dirs], counts, skipped)
+
+
+def load_datasets(
+    prepared: Path,
+    num_classes: int,
+    image_size: int,
+    batch_size: int = 32,
+    validation_split: float = 0.2,
+    seed: int = 42,
+) -> tuple[Any, Any]:
+    """Training and validation `tf.data.Dataset`s of `(images, int labels)` batches.
+
+    Images are `float32` raw pixels `(batch, S, S, 3)`. Both sets are cached in memory and
+    prefetched. The split is `image_dataset_from_directory`'s, seeded.
+    """
+    import keras
+    import tensorflow as tf
+
+    train, val = keras.utils.image_dataset_from_directory(
+        prepared,
+        labels="inferred",
+        label_mode="int",
+        class_names=[f"{i:04d}" for i in range(num_classes)],
+        image_size=(image_size, image_size),
+        batch_size=batch_size,
+        shuffle=True,
+        seed=seed,
+        validation_split=validation_split,
+        subset="both",
+        verbose=False,
+    )
+    autotune = tf.data.AUTOTUNE
+    # Cache decoded images, then reshuffle them every epoch (caching the batched set would
+    # freeze the first epoch's batches).
+    train = (
+        train.unbatch()
+        .cache()
+        .shuffle(2048, seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size)
+        .prefetch(autotune)
+    )
+    return train, val.cache().prefetch(autotune)
+
+
+def load_directory(prepared: Path, num_classes: int, image_size: int, batch_size: int = 32) -> Any:
+    """All images of a prepared folder, unshuffled, for evaluation."""
+    import keras
+    import tensorflow as tf
+
+    ds = keras.utils.image_dataset_from_directory(
+        prepared,
+        labels="inferred",
+        label_mode="int",
+        class_names=[f"{i:04d}" for i in range(num_classes)],
+        image_size=(image_size, image_size),
+        batch_size=batch_size,
+        shuffle=False,
+        verbose=False,
+    )
+    return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,211 @@
+"""Classifiers on a pretrained base, built with the Functional API.
+
+Every model here takes raw pixels (`float32` in [0, 255], shape `(batch, S, S, 3)`) and
+returns class probabilities `(batch, classes)`: augmentation and the base's preprocessing
+live inside the model, so serving feeds it exactly what training fed it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+from keras import layers
+
+from app.nets.resnet import ResNet50, copy_weights
+
+BASE_LAYER = "base"
+IMAGENET_CLASSES = 1000
+
+
+@dataclass(frozen=True)
+class BaseSpec:
+    name: str
+    depth: int  # number of layers of the base without its top (fine_tune_at < depth)
+    default_fine_tune_at: int
+
+
+# Depths as Keras 3.15 builds them (tests check these against the built networks).
+BASES: dict[str, BaseSpec] = {
+    "mobilenet_v2": BaseSpec("mobilenet_v2", depth=154, default_fine_tune_at=120),
+    "resnet50": BaseSpec("resnet50", depth=175, default_fine_tune_at=143),
+}
+
+
+@keras.saving.register_keras_serializable(package="convserve")
+class CaffePreprocess(layers.Layer):
+    """`keras.applications.resnet50.preprocess_input` as a layer: RGB to BGR, minus the
+    ImageNet channel means. Being a layer, it is saved with the model."""
+
+    MEAN_BGR = (103.939, 116.779, 123.68)
+
+    def call(self, inputs):  # type: ignore[no-untyped-def]
+        bgr = keras.ops.flip(inputs, axis=-1)
+        return bgr - keras.ops.convert_to_tensor(self.MEAN_BGR, dtype=inputs.dtype)
+
+
+def preprocessing_layer(base: str, from_scratch: bool = False) -> layers.Layer:
+    """The base's own ``preprocess_input``, as a layer.
+
+    MobileNetV2 scales to [-1, 1] (``x / 127.5 - 1``); the pretrained ResNet-50 expects
+    Caffe-style BGR minus means; a ResNet-50 trained from scratch takes ``x / 255`` as in
+    the course.
+    """
+    if base == "mobilenet_v2":
+        return layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")
+    if base == "resnet50":
+        if from_scratch:
+            return layers.Rescaling(1.0 / 255.0, name="preprocess")
+        return CaffePreprocess(name="preprocess")
+    raise ValueError(f"unknown base {base!r}; choose one of {sorted(BASES)}")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    flip: str | None = "horizontal"
+    rotation: float = 0.2
+    zoom: float = 0.0
+
+
+def build_augmentation(config: AugmentConfig | None = None) -> keras.Sequential:
+    """Random flips and rotations (and zoom, if asked) as a `Sequential`.
+
+    Keras' random layers act only when called with ``training=True``, so inside a model
+    they change nothing at inference.
+    """
+    config = config or AugmentConfig()
+    steps: list[layers.Layer] = []
+    if config.flip:
+        steps.append(layers.RandomFlip(config.flip))
+    if config.rotation:
+        steps.append(layers.RandomRotation(config.rotation))
+    if config.zoom:
+        steps.append(layers.RandomZoom(config.zoom))
+    return keras.Sequential(steps, name="augmentation")
+
+
+def _resolve_weights(weights: str | None) -> str | None:
+    return None if weights in (None, "", "none") else weights
+
+
+def build_base(
+    base: str, image_size: int, weights: str | None = None, from_scratch: bool = False
+) -> keras.Model:
+    """The convolutional base without its top, named ``"base"``.
+
+    Args:
+        base: ``"mobilenet_v2"`` or ``"resnet50"``.
+        image_size: side of the square input.
+        weights: ``"imagenet"`` (Keras' download and cache), a path to a weights file, or
+            ``None``/``"none"`` for random initialisation.
+        from_scratch: ignore ``weights`` (random initialisation).
+
+    Returns:
+        A model `(batch, S, S, 3) -> (batch, S/32, S/32, channels)`.
+    """
+    weights = None if from_scratch else _resolve_weights(weights)
+    shape = (image_size, image_size, 3)
+    if base == "mobilenet_v2":
+        return keras.applications.MobileNetV2(
+            input_shape=shape, include_top=False, weights=weights, name=BASE_LAYER
+        )
+    if base == "resnet50":
+        net = ResNet50(input_shape=shape, include_top=False, name=BASE_LAYER)
+        if weights is not None:
+            reference = keras.applications.ResNet50(
+                include_top=False, weights=weights, input_shape=shape
+            )
+            copy_weights(reference, net)
+        return net
+    raise ValueError(f"unknown base {base!r}; choose one of {sorted(BASES)}")
+
+
+def build_classifier(
+    base: str,
+    num_classes: int,
+    image_size: int,
+    weights: str | None = None,
+    augmentation: AugmentConfig | None = None,
+    from_scratch: bool = False,
+    dropout: float = 0.2,
+) -> keras.Model:
+    """Raw pixels -> augmentation -> preprocessing -> base -> pooling -> dropout -> dense.
+
+    A pretrained base is frozen and called with ``training=False``, so that its BatchNorm
+    layers keep their ImageNet statistics even after it is unfrozen for fine-tuning (the
+    keras-io transfer-learning recipe). A base trained from scratch is trainable and in
+    training mode.
+
+    Args:
+        base: ``"mobilenet_v2"`` or ``"resnet50"``.
+        num_classes: number of output classes (two or more; always softmax).
+        image_size: side of the square input.
+        weights: see `build_base`.
+        augmentation: augmentation to apply in training, ``None`` for none.
+        from_scratch: train the whole network from random initialisation.
+        dropout: dropout rate before the classifier.
+
+    Returns:
+        A model `(batch, S, S, 3)` raw pixels -> `(batch, num_classes)` probabilities.
+    """
+    if num_classes < 2:
+        raise ValueError("a classifier needs at least two classes")
+    net = build_base(base, image_size, weights, from_scratch)
+    inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
+    x = inputs
+    if augmentation is not None:
+        x = build_augmentation(augmentation)(x)
+    x = preprocessing_layer(base, from_scratch)(x)
+    if from_scratch:
+        x = net(x)
+    else:
+        net.trainable = False
+        x = net(x, training=False)
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, outputs, name=f"{base}_classifier")
+
+
+def unfreeze_from(model: keras.Model, fine_tune_at: int) -> None:
+    """Make the base trainable from layer ``fine_tune_at`` on; the layers below stay frozen.
+
+    The caller must compile the model again for the change to take effect.
+    """
+    base = model.get_layer(BASE_LAYER)
+    if not 0 <= fine_tune_at < len(base.layers):
+        raise ValueError(f"fine_tune_at must be between 0 and {len(base.layers) - 1} for this base")
+    base.trainable = True
+    for layer in base.layers[:fine_tune_at]:
+        layer.trainable = False
+
+
+def build_imagenet_classifier(arch: str, image_size: int, weights: str | None) -> keras.Model:
+    """The 1000-class ImageNet classifier that a fresh registry serves as version 1.
+
+    ``resnet50`` is our ResNet-50 from its blocks, with the weights of Keras' ImageNet
+    ResNet-50 copied in; ``mobilenet_v2`` is Keras' MobileNetV2 classifier. Both take raw
+    pixels.
+    """
+    weights = _resolve_weights(weights)
+    shape = (image_size, image_size, 3)
+    if arch == "resnet50":
+        net = ResNet50(input_shape=shape, name="resnet50_imagenet")
+        if weights is not None:
+            copy_weights(keras.applications.ResNet50(weights=weights, input_shape=shape), net)
+    elif arch == "mobilenet_v2":
+        net = keras.applications.MobileNetV2(
+            input_shape=shape, weights=weights, name="mobilenet_v2_imagenet"
+        )
+    else:
+        raise ValueError(f"no ImageNet classifier for {arch!r}")
+    inputs = keras.Input(shape=shape, name="image")
+    outputs = net(preprocessing_layer(arch)(inputs))
+    return keras.Model(inputs, outputs, name=f"{arch}_imagenet")
+
+
+def load_classifier(path: str | Path) -> keras.Model:
+    """Load a saved classifier (our custom layers are registered by importing this module)."""
+    return keras.saving.load_model(path, compile=False)

@@ -1,0 +1,201 @@
+"""The model registry on disk.
+
+Layout (see ``models/README.md``)::
+
+    models/<name>/<version>/model.keras     the Keras model (raw pixels in, probabilities out)
+    models/<name>/<version>/metadata.json   classes, input size, base, metrics, history ...
+    models/<name>/active                    the version being served (one line)
+
+A version is written into a hidden temporary folder and renamed into place, so a crash
+never leaves half a version; readers ignore hidden folders.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+MODEL_FILE = "model.keras"
+METADATA_FILE = "metadata.json"
+ACTIVE_FILE = "active"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class RegistryError(Exception):
+    """A registry operation that cannot be done, with an HTTP status and stable code."""
+
+    def __init__(self, code: str, message: str, status: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ModelRegistry:
+    """Numbered versions of named models under one root folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and NAME_PATTERN.match(p.name)
+        )
+
+    def versions(self, name: str) -> list[int]:
+        folder = self.root / name
+        if not folder.is_dir():
+            return []
+        return sorted(
+            int(p.name)
+            for p in folder.iterdir()
+            if p.name.isdigit() and (p / METADATA_FILE).is_file() and (p / MODEL_FILE).exists()
+        )
+
+    def exists(self, name: str, version: int) -> bool:
+        return version in self.versions(name)
+
+    def version_dir(self, name: str, version: int) -> Path:
+        return self.root / name / str(version)
+
+    def model_path(self, name: str, version: int) -> Path:
+        return self.version_dir(name, version) / MODEL_FILE
+
+    def metadata(self, name: str, version: int) -> dict[str, Any]:
+        path = self.version_dir(name, version) / METADATA_FILE
+        try:
+            data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise RegistryError(
+                "version_not_found", f"model {name!r} has no version {version}", 404
+            ) from None
+        data["version"] = version
+        return data
+
+    def active_version(self, name: str) -> int | None:
+        """The version the active pointer names, else the newest version, else None."""
+        versions = self.versions(name)
+        try:
+            pointed = int((self.root / name / ACTIVE_FILE).read_text().strip())
+        except (FileNotFoundError, ValueError):
+            pointed = None
+        if pointed in versions:
+            return pointed
+        return versions[-1] if versions else None
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def write_version(
+        self,
+        name: str,
+        save: Callable[[Path], None],
+        metadata: dict[str, Any],
+        activate: bool = False,
+    ) -> int:
+        """Write a new version: ``save(folder)`` writes the model files into a temporary
+        folder, which is then renamed to the next free version number.
+
+        Returns:
+            The new version number.
+        """
+        if not NAME_PATTERN.match(name):
+            raise RegistryError(
+                "invalid_model_name",
+                "a model name is 1-64 letters, digits, '_', '-' or '.', starting with a "
+                "letter or digit",
+                422,
+            )
+        folder = self.root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            save(tmp)
+            meta = {"name": name, "created_at": utc_now(), **metadata}
+            _write_text_atomic(tmp / METADATA_FILE, json.dumps(meta, indent=2, default=str))
+            _fsync_dir(tmp)
+            while True:
+                existing = [int(p.name) for p in folder.iterdir() if p.name.isdigit()]
+                version = max(existing, default=0) + 1
+                try:
+                    # rename() refuses an existing non-empty target: another writer that
+                    # took this number first makes us try the next one.
+                    os.rename(tmp, folder / str(version))
+                    break
+                except OSError:
+                    if not (folder / str(version)).exists():
+                        raise
+            _fsync_dir(folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if activate:
+            self.set_active(name, version)
+        return version
+
+    def set_active(self, name: str, version: int) -> None:
+        if not self.exists(name, version):
+            raise RegistryError(
+                "version_not_found", f"model {name!r} has no version {version}", 404
+            )
+        _write_text_atomic(self.root / name / ACTIVE_FILE, f"{version}\n")
+
+    def delete_version(self, name: str, version: int) -> None:
+        if not self.exists(name, version):
+            raise RegistryError(
+                "version_not_found", f"model {name!r} has no version {version}", 404
+            )
+        if self.active_version(name) == version:
+            raise RegistryError(
+                "version_active",
+                f"version {version} of {name!r} is active; activate another version first",
+                409,
+            )
+        folder = self.version_dir(name, version)
+        # Hide it first (atomic), then remove: readers never see a half-deleted version.
+        trash = folder.with_name(f".trash-{version}-{uuid.uuid4().hex}")
+        os.rename(folder, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def clean_stale(self, older_than_seconds: float = 3600.0) -> None:
+        """Remove temporary folders left by writers that crashed (old enough that no live
+        writer can still own them)."""
+        now = time.time()
+        for name in self.names():
+            for p in (self.root / name).iterdir():
+                stale = now - p.stat().st_mtime > older_than_seconds
+                if p.is_dir() and p.name.startswith((".tmp-", ".trash-")) and stale:
+                    shutil.rmtree(p, ignore_errors=True)

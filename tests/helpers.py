@@ -1,0 +1,68 @@
+"""Images and datasets made in code for the tests."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+SIGNS_DIR = SHARED / "data" / "signs" / "train"
+MOBILENET_WEIGHTS = (
+    SHARED / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+)
+
+
+def pattern_image(kind: str, size: int = 32, seed: int = 0) -> Image.Image:
+    """A visually distinct, slightly noisy image of one of a few kinds."""
+    rng = np.random.default_rng(seed)
+    arr = np.zeros((size, size, 3), dtype=np.float32)
+    idx = np.arange(size)
+    if kind == "hstripes":
+        arr[(idx // 4) % 2 == 0, :, :] = [230, 40, 40]
+    elif kind == "vstripes":
+        arr[:, (idx // 4) % 2 == 0, :] = [40, 40, 230]
+    elif kind == "dark":
+        arr[:] = [30, 200, 30]
+    elif kind == "checks":
+        arr[((idx[:, None] // 4) + (idx[None, :] // 4)) % 2 == 0] = [250, 250, 50]
+    else:
+        raise ValueError(kind)
+    arr += rng.normal(0, 12, arr.shape)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def image_bytes(img: Image.Image, fmt: str = "PNG", **kwargs: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def make_dataset(
+    root: Path,
+    classes: tuple[str, ...] = ("hstripes", "vstripes"),
+    per_class: int = 20,
+    size: int = 32,
+    names: tuple[str, ...] | None = None,
+) -> Path:
+    """Write ``per_class`` generated images of each kind into ``root/<name>/``."""
+    for i, kind in enumerate(classes):
+        folder = root / (names[i] if names else kind)
+        folder.mkdir(parents=True, exist_ok=True)
+        for n in range(per_class):
+            fmt = "JPEG" if n % 2 else "PNG"
+            ext = "jpg" if fmt == "JPEG" else "png"
+            pattern_image(kind, size, seed=n).save(folder / f"{kind}_{n:03d}.{ext}", format=fmt)
+    return root
+
+
+def zip_directory(root: Path, prefix: str = "") -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                zf.write(path, prefix + str(path.relative_to(root)))
+    return buf.getvalue()
