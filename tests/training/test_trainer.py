@@ -1,0 +1,90 @@
+import json
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from app.data.images import load_image
+from app.registry import ModelRegistry
+from app.training.evaluate import classification_metrics
+from app.training.params import TrainParams
+from app.training.trainer import Hooks, TrainingCancelled, train
+from tests.helpers import MOBILENET_WEIGHTS, make_dataset, pattern_image
+
+needs_weights = pytest.mark.skipif(
+    not MOBILENET_WEIGHTS.exists(),
+    reason=f"ImageNet MobileNetV2 weights not on disk at {MOBILENET_WEIGHTS}",
+)
+
+
+def _fast_params(**overrides):
+    values = dict(
+        base="mobilenet_v2", epochs=3, fine_tune_epochs=1, fine_tune_at=120, image_size=64,
+        batch_size=16, seed=1,
+    )
+    return TrainParams(**{**values, **overrides})
+
+
+@needs_weights
+def test_synthetic_classes_train_to_high_accuracy_and_land_in_the_registry(tmp_path):
+    data = make_dataset(tmp_path / "data", classes=("hstripes", "vstripes", "checks"),
+                        per_class=30, size=32)
+    registry = ModelRegistry(tmp_path / "models")
+    lines: list[str] = []
+    started = time.perf_counter()
+    result = train(data, "shapes", _fast_params(), registry, tmp_path / "ws",
+                   weights=str(MOBILENET_WEIGHTS), hooks=Hooks(log=lines.append))
+    assert time.perf_counter() - started < 60
+    assert result.metrics["accuracy"] >= 0.9
+    assert result.version == 1 and registry.versions("shapes") == [1]
+    meta = registry.metadata("shapes", 1)
+    assert meta["class_names"] == ["checks", "hstripes", "vstripes"]
+    assert meta["image_size"] == 64 and meta["base"] == "mobilenet_v2"
+    assert [h["phase"] for h in meta["history"]] == ["head"] * 3 + ["fine_tune"]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(meta["history"][0])
+    assert meta["metrics"]["confusion_matrix"] and meta["dataset"]["images"] == 90
+    assert any(line.startswith("epoch 4/4 (fine_tune)") for line in lines)
+
+    # The saved model takes raw pixels decoded the serving way.
+    model = keras.saving.load_model(registry.model_path("shapes", 1))
+    x = np.stack([load_image(_png(pattern_image(k, 32, seed=99)), 64)
+                  for k in ("checks", "hstripes", "vstripes")]).astype("float32")
+    assert np.argmax(model.predict(x, verbose=0), axis=1).tolist() == [0, 1, 2]
+
+
+def _png(img):
+    from tests.helpers import image_bytes
+
+    return image_bytes(img, "PNG")
+
+
+def test_cancel_stops_training_and_writes_nothing(tmp_path):
+    data = make_dataset(tmp_path / "data", per_class=10, size=32)
+    registry = ModelRegistry(tmp_path / "models")
+    with pytest.raises(TrainingCancelled):
+        train(data, "shapes", _fast_params(), registry, tmp_path / "ws", weights=None,
+              hooks=Hooks(log=lambda _: None, should_stop=lambda: True))
+    assert registry.versions("shapes") == []
+
+
+def test_metrics_from_a_known_confusion():
+    m = classification_metrics(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), ["a", "b"])
+    assert m["accuracy"] == 0.75
+    assert m["confusion_matrix"] == [[1, 1], [0, 2]]
+    assert m["per_class"]["a"] == {"precision": 1.0, "recall": 0.5, "f1": 0.666667, "support": 2}
+    assert m["per_class"]["b"]["precision"] == pytest.approx(2 / 3, abs=1e-6)
+    assert json.dumps(m)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("epochs", 0), ("image_size", 8), ("learning_rate", 0), ("fine_tune_at", 154),
+     ("base", "vgg16"), ("validation_split", 0.9)],
+)
+def test_out_of_range_parameters_name_the_field(field, value):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as info:
+        TrainParams(**{field: value})
+    assert info.value.errors()[0]["loc"] == (field,)
