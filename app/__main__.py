@@ -112,7 +112,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     from app.registry import ModelRegistry
 
     registry = ModelRegistry(get_settings().models_dir)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in registry.names():
         versions = registry.versions(name)
         active = registry.active_version(name)
@@ -133,10 +133,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     print(f"{'name':<20} {'active':>6} {'versions':<16} {'base':<14} {'accuracy':>8}")
     for r in rows:
         acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.4f}"
-        versions = ",".join(map(str, r["versions"]))
-        print(
-            f"{r['name']:<20} {r['active_version']!s:>6} {versions:<16} {r['base']!s:<14} {acc:>8}"
-        )
+        shown = ",".join(map(str, r["versions"]))
+        print(f"{r['name']:<20} {r['active_version']!s:>6} {shown:<16} {r['base']!s:<14} {acc:>8}")
     return 0
 
 

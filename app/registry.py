@@ -23,20 +23,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from app.errors import ConvserveError
+
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
 ACTIVE_FILE = "active"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-class RegistryError(Exception):
-    """A registry operation that cannot be done, with an HTTP status and stable code."""
-
-    def __init__(self, code: str, message: str, status: int) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
+class RegistryError(ConvserveError):
+    """A registry operation that cannot be done."""
 
 
 def utc_now() -> str:

@@ -3,3 +3,45 @@ import os
 # Quiet TensorFlow's start-up chatter in test output; never download weights in tests.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CONVSERVE_PRETRAINED", "none")
+
+from collections.abc import Callable, Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+from app.config import Settings  # noqa: E402
+from app.main import create_app  # noqa: E402
+from app.registry import ModelRegistry  # noqa: E402
+from tests.helpers import write_toy_version  # noqa: E402
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> ModelRegistry:
+    reg = ModelRegistry(tmp_path / "models")
+    write_toy_version(reg, "toy", ["circle", "square"], seed=0)
+    return reg
+
+
+@pytest.fixture
+def settings_for(tmp_path: Path) -> Callable[..., Settings]:
+    def make(**overrides: object) -> Settings:
+        values: dict[str, object] = dict(
+            models_dir=tmp_path / "models",
+            data_dir=tmp_path / "var",
+            served_models=["toy"],
+            default_model="toy",
+            pretrained="none",
+            bootstrap_image_size=32,
+            registry_poll_seconds=0,
+        )
+        values.update(overrides)
+        return Settings(**values)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture
+def client(registry: ModelRegistry, settings_for: Callable[..., Settings]) -> Iterator[TestClient]:
+    with TestClient(create_app(settings_for())) as c:
+        yield c

@@ -20,6 +20,7 @@ from typing import Any
 from PIL import Image
 
 from app.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
+from app.errors import ConvserveError
 
 # Files and folders that archives and file managers leave behind; never classes or images.
 JUNK_NAMES = frozenset({"__MACOSX", "Thumbs.db", "desktop.ini", "ehthumbs.db"})
@@ -27,13 +28,8 @@ MIN_IMAGES_PER_CLASS = 5
 MAX_FILE_BYTES = 50 * 1024 * 1024
 
 
-class DatasetError(ValueError):
-    """A dataset that cannot be trained on, with a stable code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class DatasetError(ConvserveError):
+    """A dataset that cannot be trained on (HTTP 400)."""
 
 
 @dataclass

@@ -13,6 +13,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from app.errors import ConvserveError
+
 # What Pillow reports for the formats we take. MPO is the JPEG variant many cameras write.
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "GIF", "WEBP"})
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
@@ -20,14 +22,8 @@ DEFAULT_MAX_PIXELS = 40_000_000
 _WHITE = (255, 255, 255)
 
 
-class ImageError(ValueError):
-    """An image that cannot be used, with the HTTP status and stable code it maps to."""
-
-    def __init__(self, code: str, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
+class ImageError(ConvserveError):
+    """An image that cannot be used."""
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -67,7 +63,7 @@ def load_image(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError("image_too_large", f"the image has too many pixels: {exc}", 413) from exc
     except UnidentifiedImageError as exc:

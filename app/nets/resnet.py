@@ -22,6 +22,10 @@ STAGES: tuple[tuple[tuple[int, int, int], int], ...] = (
 )
 
 
+def _bn(momentum: float, name: str) -> layers.BatchNormalization:
+    return layers.BatchNormalization(axis=3, epsilon=BN_EPSILON, momentum=momentum, name=name)
+
+
 def _prefix(stage: int, block: int) -> str:
     return f"conv{stage}_block{block}"
 
@@ -32,6 +36,7 @@ def identity_block(
     filters: tuple[int, int, int],
     stage: int,
     block: int,
+    bn_momentum: float = 0.99,
 ) -> keras.KerasTensor:
     """The block whose shortcut is the identity: input and output shapes are equal.
 
@@ -44,21 +49,23 @@ def identity_block(
         filters: the number of filters of the three convolutions.
         stage: stage number (2 to 5), used in layer names.
         block: block number within the stage (1-based), used in layer names.
+        bn_momentum: momentum of the BatchNorm moving statistics.
 
     Returns:
         Tensor of shape `(batch, height, width, filters[2])`.
     """
     f1, f2, f3 = filters
     name = _prefix(stage, block)
+    momentum = bn_momentum
     shortcut = x
     x = layers.Conv2D(f1, 1, name=f"{name}_1_conv")(x)
-    x = layers.BatchNormalization(axis=3, epsilon=BN_EPSILON, name=f"{name}_1_bn")(x)
+    x = _bn(momentum, name=f"{name}_1_bn")(x)
     x = layers.Activation("relu", name=f"{name}_1_relu")(x)
     x = layers.Conv2D(f2, kernel_size, padding="same", name=f"{name}_2_conv")(x)
-    x = layers.BatchNormalization(axis=3, epsilon=BN_EPSILON, name=f"{name}_2_bn")(x)
+    x = _bn(momentum, name=f"{name}_2_bn")(x)
     x = layers.Activation("relu", name=f"{name}_2_relu")(x)
     x = layers.Conv2D(f3, 1, name=f"{name}_3_conv")(x)
-    x = layers.BatchNormalization(axis=3, epsilon=BN_EPSILON, name=f"{name}_3_bn")(x)
+    x = _bn(momentum, name=f"{name}_3_bn")(x)
     x = layers.Add(name=f"{name}_add")([shortcut, x])
     return layers.Activation("relu", name=f"{name}_out")(x)
 
@@ -70,6 +77,7 @@ def convolutional_block(
     stage: int,
     block: int,
     strides: tuple[int, int] = (2, 2),
+    bn_momentum: float = 0.99,
 ) -> keras.KerasTensor:
     """The block whose shortcut is a 1x1 convolution, used where the shape changes.
 
@@ -84,24 +92,26 @@ def convolutional_block(
         stage: stage number (2 to 5), used in layer names.
         block: block number within the stage (1-based), used in layer names.
         strides: stride of the first convolution and of the shortcut.
+        bn_momentum: momentum of the BatchNorm moving statistics.
 
     Returns:
         Tensor of shape `(batch, height / strides[0], width / strides[1], filters[2])`.
     """
     f1, f2, f3 = filters
     name = _prefix(stage, block)
+    momentum = bn_momentum
     # Created before the main path, as in keras.applications, so that both networks list
     # their weights in the same order.
     shortcut = layers.Conv2D(f3, 1, strides=strides, name=f"{name}_0_conv")(x)
-    shortcut = layers.BatchNormalization(axis=3, epsilon=BN_EPSILON, name=f"{name}_0_bn")(shortcut)
+    shortcut = _bn(momentum, name=f"{name}_0_bn")(shortcut)
     x = layers.Conv2D(f1, 1, strides=strides, name=f"{name}_1_conv")(x)
-    x = layers.BatchNormalization(axis=3, epsilon=BN_EPSILON, name=f"{name}_1_bn")(x)
+    x = _bn(momentum, name=f"{name}_1_bn")(x)
     x = layers.Activation("relu", name=f"{name}_1_relu")(x)
     x = layers.Conv2D(f2, kernel_size, padding="same", name=f"{name}_2_conv")(x)
-    x = layers.BatchNormalization(axis=3, epsilon=BN_EPSILON, name=f"{name}_2_bn")(x)
+    x = _bn(momentum, name=f"{name}_2_bn")(x)
     x = layers.Activation("relu", name=f"{name}_2_relu")(x)
     x = layers.Conv2D(f3, 1, name=f"{name}_3_conv")(x)
-    x = layers.BatchNormalization(axis=3, epsilon=BN_EPSILON, name=f"{name}_3_bn")(x)
+    x = _bn(momentum, name=f"{name}_3_bn")(x)
     x = layers.Add(name=f"{name}_add")([shortcut, x])
     return layers.Activation("relu", name=f"{name}_out")(x)
 
@@ -113,6 +123,7 @@ def ResNet50(
     pooling: str | None = None,
     classifier_activation: str | None = "softmax",
     name: str = "resnet50",
+    bn_momentum: float = 0.99,
 ) -> keras.Model:
     """ResNet-50: the stem, then 16 residual blocks in four stages.
 
@@ -127,6 +138,10 @@ def ResNet50(
         pooling: without the top, `None` (4D output), `"avg"` or `"max"` (2D output).
         classifier_activation: activation of the top classifier.
         name: the model's name.
+        bn_momentum: momentum of the BatchNorm moving statistics. Keras' 0.99 suits
+            fine-tuning; a network trained from scratch on a small set needs a shorter
+            memory (0.9), or its moving statistics still describe the random
+            initialisation when the epochs run out, and validation accuracy stays at chance.
 
     Returns:
         A `keras.Model` mapping `(batch, H, W, 3)` to `(batch, classes)` with the top,
@@ -135,16 +150,16 @@ def ResNet50(
     inputs = keras.Input(shape=input_shape)
     x = layers.ZeroPadding2D(padding=3, name="conv1_pad")(inputs)
     x = layers.Conv2D(64, 7, strides=2, name="conv1_conv")(x)
-    x = layers.BatchNormalization(axis=3, epsilon=BN_EPSILON, name="conv1_bn")(x)
+    x = _bn(bn_momentum, name="conv1_bn")(x)
     x = layers.Activation("relu", name="conv1_relu")(x)
     x = layers.ZeroPadding2D(padding=1, name="pool1_pad")(x)
     x = layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
 
     for stage, (filters, blocks) in enumerate(STAGES, start=2):
         strides = (1, 1) if stage == 2 else (2, 2)
-        x = convolutional_block(x, 3, filters, stage, 1, strides=strides)
+        x = convolutional_block(x, 3, filters, stage, 1, strides, bn_momentum)
         for block in range(2, blocks + 1):
-            x = identity_block(x, 3, filters, stage, block)
+            x = identity_block(x, 3, filters, stage, block, bn_momentum)
 
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)

@@ -40,7 +40,7 @@ class CaffePreprocess(layers.Layer):
 
     MEAN_BGR = (103.939, 116.779, 123.68)
 
-    def call(self, inputs):  # type: ignore[no-untyped-def]
+    def call(self, inputs):
         bgr = keras.ops.flip(inputs, axis=-1)
         return bgr - keras.ops.convert_to_tensor(self.MEAN_BGR, dtype=inputs.dtype)
 
@@ -111,7 +111,12 @@ def build_base(
             input_shape=shape, include_top=False, weights=weights, name=BASE_LAYER
         )
     if base == "resnet50":
-        net = ResNet50(input_shape=shape, include_top=False, name=BASE_LAYER)
+        net = ResNet50(
+            input_shape=shape,
+            include_top=False,
+            name=BASE_LAYER,
+            bn_momentum=0.9 if weights is None else 0.99,
+        )
         if weights is not None:
             reference = keras.applications.ResNet50(
                 include_top=False, weights=weights, input_shape=shape

@@ -1,0 +1,55 @@
+"""Typed dependencies: the settings and the heavy objects the lifespan creates."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.config import Settings, get_settings
+from app.errors import ConvserveError
+from app.registry import ModelRegistry
+from app.serving.manager import ModelManager
+from app.serving.metrics import ServiceMetrics
+
+
+def get_manager(request: Request) -> ModelManager:
+    manager: ModelManager = request.state.manager
+    return manager
+
+
+def get_registry(request: Request) -> ModelRegistry:
+    registry: ModelRegistry = request.state.registry
+    return registry
+
+
+def get_metrics(request: Request) -> ServiceMetrics:
+    metrics: ServiceMetrics = request.state.metrics
+    return metrics
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+Manager = Annotated[ModelManager, Depends(get_manager)]
+Registry = Annotated[ModelRegistry, Depends(get_registry)]
+Metrics = Annotated[ServiceMetrics, Depends(get_metrics)]
+
+
+def require_admin(request: Request, settings: SettingsDep) -> None:
+    """Admin endpoints need ``Authorization: Bearer <CONVSERVE_API_KEY>`` when it is set."""
+    if not settings.api_key:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    valid = scheme.lower() == "bearer" and hmac.compare_digest(
+        token.strip().encode(), settings.api_key.encode()
+    )
+    if not valid:
+        raise ConvserveError(
+            "unauthorized",
+            "this endpoint needs an 'Authorization: Bearer <api key>' header with the right key",
+            401,
+            {"WWW-Authenticate": "Bearer"},
+        )
+
+
+Admin = Depends(require_admin)

@@ -1,0 +1,80 @@
+"""``/models``: what is served, every version, promote/roll back and delete."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Path
+
+from app.api.deps import Admin, Manager, Registry
+from app.registry import ModelRegistry
+from app.schemas import ModelDetail, ModelInfo, ModelList, VersionInfo
+from app.serving.manager import ModelState
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+VersionPath = Path(ge=1, description="version number")
+
+
+def _version_info(registry: ModelRegistry, name: str, version: int) -> VersionInfo:
+    meta = registry.metadata(name, version)
+    return VersionInfo(
+        **{k: v for k, v in meta.items() if k in VersionInfo.model_fields and v is not None}
+    )
+
+
+def model_info(state: ModelState, registry: ModelRegistry) -> ModelInfo:
+    info = ModelInfo(
+        name=state.name,
+        status=state.status,
+        reason=state.reason,
+        last_error=state.last_error,
+        versions=registry.versions(state.name),
+    )
+    if state.active is not None:
+        meta = state.active.metadata
+        info.active_version = state.active.version
+        info.architecture = meta.get("architecture") or meta.get("base")
+        info.input_size = int(meta["image_size"])
+        info.class_names = list(meta["class_names"])
+        info.trained = bool(meta.get("trained", True))
+        info.backend = state.active.predictor.backend
+        info.metrics = meta.get("metrics")
+    return info
+
+
+def model_detail(state: ModelState, registry: ModelRegistry) -> ModelDetail:
+    return ModelDetail(
+        **model_info(state, registry).model_dump(),
+        version_details=[
+            _version_info(registry, state.name, v) for v in registry.versions(state.name)
+        ],
+    )
+
+
+@router.get("", response_model=ModelList)
+def list_models(manager: Manager, registry: Registry) -> ModelList:
+    return ModelList(models=[model_info(s, registry) for s in manager.models.values()])
+
+
+@router.get("/{name}", response_model=ModelDetail)
+def get_model(name: str, manager: Manager, registry: Registry) -> ModelDetail:
+    return model_detail(manager.state(name), registry)
+
+
+@router.post(
+    "/{name}/versions/{version}/activate", response_model=ModelDetail, dependencies=[Admin]
+)
+async def activate_version(
+    name: str, manager: Manager, registry: Registry, version: int = VersionPath
+) -> ModelDetail:
+    """Load and warm up the version, then serve it (promote or roll back)."""
+    state = await manager.activate(name, version)
+    return model_detail(state, registry)
+
+
+@router.delete("/{name}/versions/{version}", response_model=ModelDetail, dependencies=[Admin])
+async def delete_version(
+    name: str, manager: Manager, registry: Registry, version: int = VersionPath
+) -> ModelDetail:
+    """Delete a version that is not active."""
+    state = await manager.delete(name, version)
+    return model_detail(state, registry)

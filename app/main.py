@@ -1,0 +1,43 @@
+"""The FastAPI application: wiring only."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from app.api import health, models, predict
+from app.api.errors import install_error_handlers
+from app.config import Settings, get_settings
+from app.registry import ModelRegistry
+from app.serving.manager import ModelManager
+from app.serving.metrics import ServiceMetrics
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        settings.models_dir.mkdir(parents=True, exist_ok=True)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        registry = ModelRegistry(settings.models_dir)
+        registry.clean_stale()
+        metrics = ServiceMetrics()
+        manager = ModelManager(settings, registry, metrics)
+        await manager.start()
+        try:
+            yield {"registry": registry, "metrics": metrics, "manager": manager}
+        finally:
+            await manager.stop()
+
+    app = FastAPI(title="convserve", version="0.1.0", lifespan=lifespan)
+    app.dependency_overrides[get_settings] = lambda: settings
+    install_error_handlers(app)
+    for module in (predict, models, health):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,72 @@
+"""Response bodies of the HTTP API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class ErrorBody(BaseModel):
+    detail: str
+    code: str
+
+
+class Label(BaseModel):
+    label: str
+    index: int
+    score: float
+
+
+class ImagePrediction(BaseModel):
+    filename: str | None
+    top: list[Label]
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: int
+    predictions: list[ImagePrediction]
+
+
+class VersionInfo(BaseModel):
+    version: int
+    created_at: str | None = None
+    source: str | None = None
+    base: str | None = None
+    architecture: str | None = None
+    image_size: int | None = None
+    class_names: list[str] = []
+    trained: bool = True
+    metrics: dict[str, Any] | None = None
+    dataset: dict[str, Any] | None = None
+    params: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = []
+
+
+class ModelInfo(BaseModel):
+    name: str
+    status: str
+    reason: str | None = None
+    last_error: str | None = None
+    active_version: int | None = None
+    versions: list[int] = []
+    architecture: str | None = None
+    input_size: int | None = None
+    class_names: list[str] = []
+    trained: bool | None = None
+    backend: str | None = None
+    metrics: dict[str, Any] | None = None
+
+
+class ModelDetail(ModelInfo):
+    version_details: list[VersionInfo] = []
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class Readiness(BaseModel):
+    ready: bool
+    models: dict[str, str]

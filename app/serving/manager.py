@@ -1,0 +1,314 @@
+"""The served models: loading, warm-up, dynamic batching and hot swap.
+
+Each served model has at most one *active* loaded version. A request resolves the version
+it will use once, synchronously, and queues its images on that version's batcher; a swap
+replaces the active version only after the new one is loaded and warmed up, and retires the
+old batcher, which finishes what it already holds. So requests in flight finish on the
+version they started with, and none is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from app.config import Settings
+from app.data.images import ImageError, load_image
+from app.errors import ConvserveError
+from app.registry import ModelRegistry
+from app.serving.batcher import Batcher, BatcherClosed, QueueFull
+from app.serving.bootstrap import BOOTSTRAP_MODELS, bootstrap
+from app.serving.metrics import ServiceMetrics
+from app.serving.predictor import Predictor, make_predictor, warm_up
+
+log = logging.getLogger("convserve.models")
+
+
+@dataclass
+class LoadedVersion:
+    name: str
+    version: int
+    metadata: dict[str, Any]
+    predictor: Predictor
+    batcher: Batcher
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.metadata["class_names"])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.metadata["image_size"])
+
+
+@dataclass
+class ModelState:
+    name: str
+    status: str = "loading"  # loading | ready | failed
+    reason: str | None = None
+    active: LoadedVersion | None = None
+    # Older or newer versions asked for explicitly (?version=), loaded on demand.
+    others: dict[int, LoadedVersion] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    last_error: str | None = None
+
+
+class ModelManager:
+    MAX_EXTRA_VERSIONS = 2
+
+    def __init__(self, settings: Settings, registry: ModelRegistry, metrics: ServiceMetrics):
+        self.settings = settings
+        self.registry = registry
+        self.metrics = metrics
+        self.models: dict[str, ModelState] = {n: ModelState(n) for n in settings.served_models}
+        # One inference thread: TensorFlow already spreads a batch over every core.
+        self._infer = ThreadPoolExecutor(1, thread_name_prefix="infer")
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="load")
+        # Pillow releases the GIL while decoding and resizing, so these run in parallel.
+        self._decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        self._poller: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for state in self.models.values():
+            await self._load_initial(state)
+        if self.settings.registry_poll_seconds > 0:
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        for state in self.models.values():
+            for loaded in [state.active, *state.others.values()]:
+                if loaded is not None:
+                    await loaded.batcher.close()
+        for pool in (self._infer, self._loader, self._decoder):
+            pool.shutdown(wait=True)
+
+    async def _load_initial(self, state: ModelState) -> None:
+        name = state.name
+        loop = asyncio.get_running_loop()
+        try:
+            version = self.registry.active_version(name)
+            if version is None:
+                if name not in BOOTSTRAP_MODELS:
+                    raise ConvserveError(
+                        "model_unavailable",
+                        f"model {name!r} has no version in the registry; train one first",
+                    )
+                log.info("bootstrapping %s", name)
+                version = await loop.run_in_executor(
+                    self._loader,
+                    bootstrap,
+                    self.registry,
+                    name,
+                    self.settings.pretrained,
+                    self.settings.bootstrap_image_size,
+                )
+            loaded = await self._load(name, version)
+        except Exception as exc:  # the model fails; the others still serve
+            state.status, state.reason = "failed", _describe(exc)
+            self.metrics.model_ready.labels(name).set(0)
+            log.error("model %s failed to load: %s", name, state.reason)
+            return
+        self._install(state, loaded)
+
+    async def _load(self, name: str, version: int) -> LoadedVersion:
+        """Load and warm up a version in the loader thread; the event loop keeps serving."""
+        metadata = self.registry.metadata(name, version)
+        size = int(metadata["image_size"])
+        path = self.registry.model_path(name, version)
+        max_batch = self.settings.max_batch_size
+
+        def load() -> Predictor:
+            predictor = make_predictor(path, size, self.settings.backend)
+            predictor.load()
+            warm_up(predictor, max_batch)
+            return predictor
+
+        started = time.perf_counter()
+        predictor = await asyncio.get_running_loop().run_in_executor(self._loader, load)
+        log.info("loaded %s v%d in %.1fs", name, version, time.perf_counter() - started)
+
+        def on_batch(n: int, seconds: float) -> None:
+            self.metrics.batch_size.labels(name).observe(n)
+            self.metrics.batch_seconds.labels(name).observe(seconds)
+
+        batcher = Batcher(
+            predictor.predict,
+            self._infer,
+            max_batch_size=max_batch,
+            timeout=self.settings.batch_timeout_ms / 1000,
+            max_queue=self.settings.max_queue_size,
+            on_batch=on_batch,
+        )
+        batcher.start()
+        return LoadedVersion(name, version, metadata, predictor, batcher)
+
+    def _install(self, state: ModelState, loaded: LoadedVersion) -> LoadedVersion | None:
+        old = state.active
+        state.active = loaded
+        state.others.pop(loaded.version, None)
+        state.status, state.reason = "ready", None
+        self.metrics.active_version.labels(state.name).set(loaded.version)
+        self.metrics.model_ready.labels(state.name).set(1)
+        return old
+
+    # -- lookups ---------------------------------------------------------------------------
+
+    def state(self, name: str) -> ModelState:
+        try:
+            return self.models[name]
+        except KeyError:
+            raise ConvserveError(
+                "model_not_found",
+                f"no served model named {name!r}; served: {', '.join(self.models)}",
+                404,
+            ) from None
+
+    def ready(self) -> bool:
+        return all(s.status == "ready" for s in self.models.values())
+
+    async def resolve(self, name: str, version: int | None = None) -> LoadedVersion:
+        """The loaded version a request will use (the active one unless asked otherwise)."""
+        state = self.state(name)
+        if state.active is None:
+            raise ConvserveError(
+                "model_unavailable",
+                f"model {name!r} is {state.status}" + (f": {state.reason}" if state.reason else ""),
+                503,
+                {"Retry-After": "5"},
+            )
+        if version is None or version == state.active.version:
+            return state.active
+        if version in state.others:
+            return state.others[version]
+        if not self.registry.exists(name, version):
+            raise ConvserveError(
+                "version_not_found", f"model {name!r} has no version {version}", 404
+            )
+        async with state.lock:
+            if version not in state.others:
+                loaded = await self._load(name, version)
+                if len(state.others) >= self.MAX_EXTRA_VERSIONS:
+                    oldest = next(iter(state.others))
+                    await state.others.pop(oldest).batcher.close()
+                state.others[version] = loaded
+        return state.others[version]
+
+    async def decode(
+        self, blobs: list[bytes], filenames: list[str | None], size: int
+    ) -> list[np.ndarray]:
+        """Decode uploads off the event loop, in parallel; the first bad one raises its
+        `ImageError`, naming the file."""
+        loop = asyncio.get_running_loop()
+        max_pixels = self.settings.max_image_pixels
+        jobs = [loop.run_in_executor(self._decoder, load_image, b, size, max_pixels) for b in blobs]
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        for filename, result in zip(filenames, results, strict=True):
+            if isinstance(result, ImageError):
+                result.message = f"{filename or 'image'}: {result.message}"
+                raise result
+            if isinstance(result, BaseException):
+                raise result
+        return [r for r in results if isinstance(r, np.ndarray)]
+
+    async def predict(
+        self, name: str, version: int | None, images: list[np.ndarray]
+    ) -> tuple[LoadedVersion, list[np.ndarray]]:
+        """Classify ``images``; returns the version that did it and one row per image."""
+        for _ in range(3):
+            loaded = await self.resolve(name, version)
+            try:
+                futures = loaded.batcher.enqueue(images)
+            except BatcherClosed:
+                continue  # swapped between resolve and enqueue: take the new version
+            except QueueFull:
+                raise ConvserveError(
+                    "queue_full",
+                    f"model {name!r} has too many images waiting; retry shortly",
+                    503,
+                    {"Retry-After": "1"},
+                ) from None
+            self.metrics.queue_depth.labels(name).set(loaded.batcher.depth)
+            rows = await asyncio.gather(*futures)
+            return loaded, list(rows)
+        raise ConvserveError(
+            "model_unavailable", f"model {name!r} is being swapped", 503, {"Retry-After": "1"}
+        )
+
+    # -- changes ---------------------------------------------------------------------------
+
+    async def activate(self, name: str, version: int, write_pointer: bool = True) -> ModelState:
+        """Load and warm up ``version``, then switch to it. A failed load leaves the
+        current version serving and raises ``activation_failed``."""
+        state = self.state(name)
+        if not self.registry.exists(name, version):
+            raise ConvserveError(
+                "version_not_found", f"model {name!r} has no version {version}", 404
+            )
+        async with state.lock:
+            if state.active is not None and state.active.version == version:
+                if write_pointer:
+                    self.registry.set_active(name, version)
+                return state
+            loaded = state.others.get(version)
+            if loaded is None:
+                try:
+                    loaded = await self._load(name, version)
+                except Exception as exc:
+                    state.last_error = f"version {version}: {_describe(exc)}"
+                    log.error("activation of %s v%d failed: %s", name, version, exc)
+                    current = state.active.version if state.active else None
+                    raise ConvserveError(
+                        "activation_failed",
+                        f"version {version} of {name!r} could not be loaded "
+                        f"({_describe(exc)}); version {current} still serves",
+                        409,
+                    ) from exc
+            if write_pointer:
+                self.registry.set_active(name, version)
+            old = self._install(state, loaded)
+            state.last_error = None
+        if old is not None:
+            await old.batcher.close()
+        log.info("%s now serves version %d", name, version)
+        return state
+
+    async def delete(self, name: str, version: int) -> ModelState:
+        state = self.state(name)
+        async with state.lock:
+            self.registry.delete_version(name, version)
+            extra = state.others.pop(version, None)
+        if extra is not None:
+            await extra.batcher.close()
+        return state
+
+    async def _poll(self) -> None:
+        """Follow activations made by another replica sharing the registry."""
+        while True:
+            await asyncio.sleep(self.settings.registry_poll_seconds)
+            for name, state in self.models.items():
+                try:
+                    pointed = self.registry.active_version(name)
+                    if state.active is not None and pointed not in (None, state.active.version):
+                        await self.activate(name, pointed, write_pointer=False)
+                except ConvserveError as exc:
+                    log.warning("could not follow %s to its new version: %s", name, exc)
+                except Exception:
+                    log.exception("registry poll failed for %s", name)
+
+
+def _describe(exc: BaseException) -> str:
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return message.splitlines()[0][:300]

@@ -1,0 +1,59 @@
+"""Prometheus metrics of one service instance (its own registry, so tests can make many)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1, 2.5, 5, 10)
+BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 64, 128, 256)
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "convserve_predict_requests_total",
+            "Prediction requests by model, version and HTTP status.",
+            ["model", "version", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "convserve_predict_latency_seconds",
+            "Prediction request latency by model, version and HTTP status.",
+            ["model", "version", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.images = Counter(
+            "convserve_predict_images_total",
+            "Images classified.",
+            ["model", "version"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "convserve_batch_size",
+            "Images per model batch.",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "convserve_batch_seconds",
+            "Time of one model batch.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "convserve_queue_depth", "Images waiting for a model.", ["model"], registry=r
+        )
+        self.active_version = Gauge(
+            "convserve_model_active_version", "Version being served.", ["model"], registry=r
+        )
+        self.model_ready = Gauge(
+            "convserve_model_ready", "1 when the model serves, else 0.", ["model"], registry=r
+        )
+        self.jobs = Gauge(
+            "convserve_finetune_jobs", "Fine-tuning jobs by status.", ["status"], registry=r
+        )

@@ -1,0 +1,73 @@
+"""Servables: one loaded model version behind a small interface.
+
+A predictor takes a batch of raw pixels `(n, S, S, 3)` (`uint8` or `float32`) and returns
+class probabilities `(n, classes)` as `float32`. Backends (Keras, a faster runtime) plug in
+behind the same interface.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+
+class Predictor(Protocol):
+    backend: str
+    image_size: int
+
+    def load(self) -> None: ...
+
+    def predict(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+class KerasPredictor:
+    """A saved `.keras` classifier run by TensorFlow.
+
+    The forward pass is one `tf.function` traced once for any batch size, which avoids
+    `Model.predict`'s per-call set-up (several milliseconds, more than a small batch).
+    """
+
+    backend = "keras"
+
+    def __init__(self, model_path: Path, image_size: int) -> None:
+        self.model_path = Path(model_path)
+        self.image_size = image_size
+        self._forward = None
+
+    def load(self) -> None:
+        import tensorflow as tf
+
+        from app.nets.transfer import load_classifier
+
+        model = load_classifier(self.model_path)
+        spec = tf.TensorSpec((None, self.image_size, self.image_size, 3), tf.float32)
+
+        @tf.function(input_signature=[spec])
+        def forward(x: tf.Tensor) -> tf.Tensor:
+            return model(x, training=False)
+
+        self._model = model
+        self._forward = forward
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        if self._forward is None:
+            raise RuntimeError("load() the predictor first")
+        x = np.asarray(batch, dtype=np.float32)
+        return np.asarray(self._forward(x), dtype=np.float32)
+
+
+def warm_up(predictor: Predictor, max_batch_size: int) -> None:
+    """Run the batch sizes the service will see first, so no request pays for tracing and
+    memory allocation."""
+    size = predictor.image_size
+    for n in sorted({1, max_batch_size}):
+        predictor.predict(np.zeros((n, size, size, 3), dtype=np.uint8))
+
+
+def make_predictor(model_path: Path, image_size: int, backend: str) -> Predictor:
+    """The predictor for ``backend`` (``keras``; ``auto`` resolves to the best available)."""
+    if backend in ("keras", "auto"):
+        return KerasPredictor(model_path, image_size)
+    raise ValueError(f"backend {backend!r} is not available")
