@@ -101,13 +101,17 @@ class ModelRegistry:
         data["version"] = version
         return data
 
+    def pointer(self, name: str) -> int | None:
+        """The version the active pointer file names, if there is one."""
+        try:
+            return int((self.root / name / ACTIVE_FILE).read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
     def active_version(self, name: str) -> int | None:
         """The version the active pointer names, else the newest version, else None."""
         versions = self.versions(name)
-        try:
-            pointed = int((self.root / name / ACTIVE_FILE).read_text().strip())
-        except (FileNotFoundError, ValueError):
-            pointed = None
+        pointed = self.pointer(name)
         if pointed in versions:
             return pointed
         return versions[-1] if versions else None

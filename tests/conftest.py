@@ -20,6 +20,7 @@ from tests.helpers import write_toy_version  # noqa: E402
 def registry(tmp_path: Path) -> ModelRegistry:
     reg = ModelRegistry(tmp_path / "models")
     write_toy_version(reg, "toy", ["circle", "square"], seed=0)
+    reg.set_active("toy", 1)
     return reg
 
 

@@ -116,6 +116,8 @@ class ModelManager:
                     self.settings.bootstrap_image_size,
                 )
             loaded = await self._load(name, version)
+            if self.registry.pointer(name) != version:
+                self.registry.set_active(name, version)  # the pointer says what serves
         except Exception as exc:  # the model fails; the others still serve
             state.status, state.reason = "failed", _describe(exc)
             self.metrics.model_ready.labels(name).set(0)

@@ -1,0 +1,115 @@
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from tests.helpers import image_bytes, pattern_image, write_toy_version
+
+PNG = image_bytes(pattern_image("checks", 32), "PNG")
+
+
+def test_list_and_detail(client, registry):
+    r = client.get("/models")
+    assert r.status_code == 200
+    (toy,) = r.json()["models"]
+    assert toy["name"] == "toy" and toy["status"] == "ready"
+    assert toy["active_version"] == 1 and toy["versions"] == [1]
+    assert toy["class_names"] == ["circle", "square"] and toy["input_size"] == 32
+    assert toy["backend"] == "keras" and toy["metrics"] == {"accuracy": 0.5}
+    detail = client.get("/models/toy").json()
+    assert detail["version_details"][0]["source"] == "test"
+    assert detail["version_details"][0]["created_at"]
+    assert client.get("/models/nope").json()["code"] == "model_not_found"
+
+
+def test_activate_rolls_forward_and_back(client, registry):
+    write_toy_version(registry, "toy", ["circle", "square"], seed=3)
+    r = client.post("/models/toy/versions/2/activate")
+    assert r.status_code == 200 and r.json()["active_version"] == 2
+    assert registry.active_version("toy") == 2
+    assert client.post("/predict", files={"file": ("a.png", PNG)}).json()["version"] == 2
+    assert client.post("/models/toy/versions/1/activate").json()["active_version"] == 1
+    assert client.post("/predict", files={"file": ("a.png", PNG)}).json()["version"] == 1
+
+
+def test_activate_and_delete_errors(client, registry):
+    assert client.post("/models/toy/versions/9/activate").json()["code"] == "version_not_found"
+    assert client.post("/models/nope/versions/1/activate").status_code == 404
+    r = client.delete("/models/toy/versions/1")
+    assert (r.status_code, r.json()["code"]) == (409, "version_active")
+    assert client.delete("/models/toy/versions/5").status_code == 404
+    assert client.post("/models/toy/versions/0/activate").status_code == 422
+
+
+def test_delete_inactive_version_removes_it(client, registry):
+    write_toy_version(registry, "toy", ["circle", "square"], seed=3)
+    r = client.delete("/models/toy/versions/2")
+    assert r.status_code == 200 and r.json()["versions"] == [1]
+    assert not registry.version_dir("toy", 2).exists()
+
+
+def test_failed_load_keeps_the_old_version_serving(client, registry):
+    version = write_toy_version(registry, "toy", ["circle", "square"], seed=3)
+    registry.model_path("toy", version).write_bytes(b"corrupt")
+    r = client.post(f"/models/toy/versions/{version}/activate")
+    assert (r.status_code, r.json()["code"]) == (409, "activation_failed")
+    assert "version 1 still serves" in r.json()["detail"]
+    assert client.post("/predict", files={"file": ("a.png", PNG)}).json()["version"] == 1
+    assert client.get("/models/toy").json()["last_error"]
+    assert registry.active_version("toy") == 1
+
+
+def test_admin_endpoints_need_the_key(registry, settings_for):
+    with TestClient(create_app(settings_for(api_key="s3cret"))) as c:
+        write_toy_version(registry, "toy", ["circle", "square"], seed=3)
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+            r = c.post("/models/toy/versions/2/activate", headers=headers)
+            assert (r.status_code, r.json()["code"]) == (401, "unauthorized")
+            assert c.delete("/models/toy/versions/2", headers=headers).status_code == 401
+        ok = c.post("/models/toy/versions/2/activate",
+                    headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+        # Reading and predicting stay open.
+        assert c.get("/models").status_code == 200
+        assert c.post("/predict", files={"file": ("a.png", PNG)}).status_code == 200
+
+
+def test_health_ready_and_metrics(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").status_code == 200
+    client.post("/predict", files={"file": ("a.png", PNG)})
+    client.post("/predict", params={"model": "nope"}, files={"file": ("a.png", PNG)})
+    text = client.get("/metrics").text
+    assert 'convserve_predict_requests_total{model="toy",status="200",version="1"} 1.0' in text
+    assert 'convserve_predict_requests_total{model="unknown",status="404",version="none"}' in text
+    assert "convserve_batch_size_bucket" in text
+    assert 'convserve_model_active_version{model="toy"} 1.0' in text
+    assert "convserve_queue_depth" in text
+
+
+def test_model_without_versions_fails_but_others_serve(registry, settings_for):
+    with TestClient(create_app(settings_for(served_models=["toy", "signs"]))) as c:
+        models = {m["name"]: m for m in c.get("/models").json()["models"]}
+        assert models["signs"]["status"] == "failed" and "train one" in models["signs"]["reason"]
+        ready = c.get("/readyz")
+        assert ready.status_code == 503 and "signs" in ready.json()["models"]
+        r = c.post("/predict", params={"model": "signs"}, files={"file": ("a.png", PNG)})
+        assert (r.status_code, r.json()["code"]) == (503, "model_unavailable")
+        assert r.headers["retry-after"]
+        assert c.post("/predict", files={"file": ("a.png", PNG)}).status_code == 200
+
+
+def test_unknown_route_and_method_use_the_error_shape(client):
+    r = client.get("/nothing-here")
+    assert r.status_code == 404 and r.json()["code"] == "not_found"
+    assert client.put("/models").json()["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize("weights", ["/nonexistent/weights.h5"])
+def test_bootstrap_without_weights_fails_that_model_only(registry, settings_for, weights):
+    settings = settings_for(served_models=["toy", "mobilenet_v2"], pretrained=weights)
+    with TestClient(create_app(settings)) as c:
+        models = {m["name"]: m for m in c.get("/models").json()["models"]}
+        assert models["mobilenet_v2"]["status"] == "failed"
+        assert models["mobilenet_v2"]["reason"]
+        assert models["toy"]["status"] == "ready"
+    assert registry.versions("mobilenet_v2") == []

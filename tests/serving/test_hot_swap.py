@@ -1,0 +1,98 @@
+import asyncio
+import time
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from app.main import create_app
+from tests.helpers import image_bytes, pattern_image, write_toy_version
+
+PNG = image_bytes(pattern_image("hstripes", 32), "PNG")
+
+
+async def _predict(client: httpx.AsyncClient) -> httpx.Response:
+    return await client.post("/predict", files={"file": ("a.png", PNG, "image/png")})
+
+
+def test_hot_swap_under_load_drops_nothing(registry, settings_for):
+    write_toy_version(registry, "toy", ["circle", "square"], seed=5)  # version 2
+    results: list[tuple[float, httpx.Response]] = []  # (start time, response)
+    swapped_at: list[float] = []
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while len(results) < 320:
+            started = time.perf_counter()
+            results.append((started, await _predict(client)))
+
+    async def swap(client: httpx.AsyncClient) -> None:
+        while len(results) < 60:
+            await asyncio.sleep(0.002)
+        r = await client.post("/models/toy/versions/2/activate")
+        assert r.status_code == 200, r.text
+        swapped_at.append(time.perf_counter())
+
+    async def scenario() -> None:
+        app = create_app(settings_for(max_queue_size=1024))
+        async with LifespanManager(app) as manager:
+            transport = httpx.ASGITransport(app=manager.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                await asyncio.gather(swap(client), *[worker(client) for _ in range(32)])
+
+    asyncio.run(scenario())
+    assert len(results) >= 320
+    assert [r.status_code for _, r in results] == [200] * len(results)
+    versions = [r.json()["version"] for _, r in results]
+    assert versions.count(1) >= 60 and versions.count(2) >= 60
+    after = [r.json()["version"] for started, r in results if started > swapped_at[0]]
+    assert after and set(after) == {2}
+
+
+def test_full_queue_answers_503_with_retry_after(registry, settings_for):
+    async def scenario() -> list[httpx.Response]:
+        app = create_app(settings_for(max_queue_size=4, max_batch_size=2, batch_timeout_ms=50))
+        async with LifespanManager(app) as manager:
+            transport = httpx.ASGITransport(app=manager.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                return await asyncio.gather(*[_predict(client) for _ in range(60)])
+
+    responses = asyncio.run(scenario())
+    codes = {r.status_code for r in responses}
+    assert codes == {200, 503}
+    full = next(r for r in responses if r.status_code == 503)
+    assert full.json()["code"] == "queue_full" and full.headers["retry-after"] == "1"
+
+
+def test_concurrent_requests_are_batched(registry, settings_for):
+    async def scenario() -> str:
+        app = create_app(settings_for(max_batch_size=8, batch_timeout_ms=20))
+        async with LifespanManager(app) as manager:
+            transport = httpx.ASGITransport(app=manager.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                rs = await asyncio.gather(*[_predict(client) for _ in range(32)])
+                assert all(r.status_code == 200 for r in rs)
+                return (await client.get("/metrics")).text
+
+    text = asyncio.run(scenario())
+    count = float(text.split('convserve_batch_size_count{model="toy"} ')[1].split()[0])
+    assert count < 32 / 2, "32 concurrent images should need far fewer than 16 batches"
+
+
+@pytest.mark.parametrize("poll", [0.2])
+def test_replica_follows_an_activation_made_elsewhere(registry, settings_for, poll):
+    write_toy_version(registry, "toy", ["circle", "square"], seed=5)
+
+    async def scenario() -> int:
+        app = create_app(settings_for(registry_poll_seconds=poll))
+        async with LifespanManager(app) as manager:
+            transport = httpx.ASGITransport(app=manager.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                assert (await _predict(client)).json()["version"] == 1
+                registry.set_active("toy", 2)  # another replica promotes version 2
+                for _ in range(50):
+                    await asyncio.sleep(0.1)
+                    if (await _predict(client)).json()["version"] == 2:
+                        return 2
+                return 1
+
+    assert asyncio.run(scenario()) == 2
