@@ -1,0 +1,41 @@
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from tests.helpers import image_bytes, pattern_image
+
+
+def test_fresh_registry_bootstraps_both_imagenet_models(settings_for):
+    settings = settings_for(served_models=["resnet50", "mobilenet_v2"],
+                            default_model="mobilenet_v2")
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/readyz").status_code == 200
+        models = {m["name"]: m for m in c.get("/models").json()["models"]}
+        for name in ("resnet50", "mobilenet_v2"):
+            m = models[name]
+            assert m["status"] == "ready" and m["active_version"] == 1
+            assert len(m["class_names"]) == 1000 and m["input_size"] == 32
+            assert m["trained"] is False  # CONVSERVE_PRETRAINED=none: random weights
+        detail = c.get("/models/resnet50").json()["version_details"][0]
+        assert detail["source"] == "bootstrap"
+        png = image_bytes(pattern_image("checks", 50), "PNG")
+        for name in ("resnet50", "mobilenet_v2"):
+            r = c.post("/predict", params={"model": name, "top_k": 3}, files={"file": ("a", png)})
+            assert r.status_code == 200 and len(r.json()["predictions"][0]["top"]) == 3
+    # A restart serves the same versions without bootstrapping again.
+    with TestClient(create_app(settings)) as c:
+        versions = {m["name"]: m["versions"] for m in c.get("/models").json()["models"]}
+        assert versions == {"resnet50": [1], "mobilenet_v2": [1]}
+
+
+def test_bootstrapped_resnet_is_our_network_from_its_blocks(settings_for, tmp_path):
+    import keras
+
+    from app.registry import ModelRegistry
+
+    settings = settings_for(served_models=["resnet50"], default_model="resnet50")
+    with TestClient(create_app(settings)):
+        pass
+    model = keras.saving.load_model(ModelRegistry(tmp_path / "models").model_path("resnet50", 1))
+    inner = model.get_layer("resnet50_imagenet")
+    assert inner.get_layer("conv3_block1_0_conv").strides == (2, 2)
+    assert inner.count_params() == 25_636_712

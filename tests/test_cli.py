@@ -1,0 +1,89 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import MOBILENET_WEIGHTS, SIGNS_DIR, make_dataset
+
+
+def run_cli(tmp_path, *args, env_extra=None, timeout=600):
+    env = {
+        **os.environ,
+        "CONVSERVE_MODELS_DIR": str(tmp_path / "models"),
+        "CONVSERVE_DATA_DIR": str(tmp_path / "var"),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        **(env_extra or {}),
+    }
+    return subprocess.run([sys.executable, "-m", "app", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def last_json(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_train_rejects_out_of_range_parameters_naming_the_field(tmp_path):
+    r = run_cli(tmp_path, "train", "--data", str(tmp_path), "--model", "m", "--fine-tune-at",
+                "500")
+    assert r.returncode == 2
+    err = last_json(r.stdout)
+    assert err["code"] == "invalid_parameters" and "fine_tune_at" in err["error"]
+
+
+def test_train_on_a_single_class_says_so(tmp_path):
+    data = make_dataset(tmp_path / "data", classes=("dark",), per_class=6)
+    r = run_cli(tmp_path, "train", "--data", str(data), "--model", "m",
+                env_extra={"CONVSERVE_PRETRAINED": "none"})
+    assert r.returncode == 2 and last_json(r.stdout)["code"] == "too_few_classes"
+    assert not (tmp_path / "models" / "m").exists()
+
+
+def test_evaluate_unknown_model(tmp_path):
+    r = run_cli(tmp_path, "evaluate", "--model", "ghost:3", "--data", str(tmp_path))
+    assert r.returncode == 2 and last_json(r.stdout)["code"] == "model_not_found"
+
+
+def test_train_evaluate_and_list_on_generated_images(tmp_path):
+    data = make_dataset(tmp_path / "data", per_class=10, size=32)
+    r = run_cli(tmp_path, "train", "--data", str(data), "--model", "shapes", "--epochs", "2",
+                "--fine-tune-epochs", "1", "--image-size", "32",
+                env_extra={"CONVSERVE_PRETRAINED": "none"})
+    assert r.returncode == 0, r.stderr
+    assert "epoch 3/3 (fine_tune)" in r.stdout and "s " in r.stdout
+    result = last_json(r.stdout)
+    assert result["model"] == "shapes" and result["version"] == 1
+    assert 0 <= result["accuracy"] <= 1
+    ev = run_cli(tmp_path, "evaluate", "--model", "shapes:1", "--data", str(data))
+    assert ev.returncode == 0, ev.stderr
+    scores = last_json(ev.stdout)
+    assert scores["images"] == 20 and scores["class_names"] == ["hstripes", "vstripes"]
+    assert set(scores["per_class"]["hstripes"]) == {"precision", "recall", "f1", "support"}
+    assert len(scores["confusion_matrix"]) == 2
+    listing = run_cli(tmp_path, "models", "--json")
+    assert last_json(listing.stdout)[0]["versions"] == [1]
+
+
+@pytest.mark.slow
+def test_readme_commands_on_signs_with_imagenet_weights(tmp_path):
+    if not (MOBILENET_WEIGHTS.exists() and SIGNS_DIR.is_dir()):
+        pytest.skip("needs ../shared/weights (MobileNetV2) and ../shared/data/signs")
+    # Keras finds "imagenet" weights in its cache, as after a first download.
+    cache = tmp_path / "keras" / "models"
+    cache.mkdir(parents=True)
+    shutil.copy(MOBILENET_WEIGHTS, cache / MOBILENET_WEIGHTS.name)
+    env = {"KERAS_HOME": str(tmp_path / "keras"), "CONVSERVE_PRETRAINED": "imagenet"}
+    r = run_cli(tmp_path, "train", "--data", str(SIGNS_DIR), "--model", "signs", env_extra=env,
+                timeout=1200)
+    assert r.returncode == 0, r.stderr[-2000:]
+    trained = last_json(r.stdout)
+    print("\n".join(line for line in r.stdout.splitlines() if line.startswith("epoch")))
+    print("train:", {k: trained[k] for k in ("version", "accuracy", "seconds")})
+    assert trained["accuracy"] >= 0.85
+    ev = run_cli(tmp_path, "evaluate", "--model", "signs", "--data", str(SIGNS_DIR), env_extra=env)
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    scores = last_json(ev.stdout)
+    print("evaluate:", scores["accuracy"])
+    assert scores["images"] == 1080 and scores["accuracy"] >= 0.9
