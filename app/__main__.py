@@ -138,6 +138,12 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run_job(args: argparse.Namespace) -> int:
+    from app.jobs.runner import run_job
+
+    return run_job(args.job_id, get_settings())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -174,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("models", help="list the registry")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_models)
+
+    job = sub.add_parser("run-job", help="run one queued fine-tuning job (the service does this)")
+    job.add_argument("job_id")
+    job.set_defaults(func=cmd_run_job)
     return parser
 
 

@@ -38,6 +38,19 @@ class Settings(BaseSettings):
     registry_poll_seconds: float = Field(2.0, ge=0)
     decode_threads: int = Field(2, ge=1, le=64)
 
+    # Fine-tuning jobs.
+    run_jobs: bool = True  # start job processes from this service instance
+    max_concurrent_jobs: int = Field(1, ge=1, le=16)
+    max_queued_jobs: int = Field(8, ge=1)
+    # TensorFlow threads of a job process: leave the other core(s) to predictions.
+    job_threads: int = Field(1, ge=1, le=64)
+    max_job_attempts: int = Field(3, ge=1, le=20)
+    keep_job_files: bool = False  # keep a finished job's dataset and workspace
+    max_upload_bytes: int = Field(2 * 1024**3, ge=1)
+    max_archive_bytes: int = Field(4 * 1024**3, ge=1)  # uncompressed
+    max_archive_files: int = Field(50_000, ge=1)
+    min_images_per_class: int = Field(5, ge=1)
+
     @field_validator("served_models", mode="before")
     @classmethod
     def _split_names(cls, value: object) -> object:

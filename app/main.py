@@ -9,9 +9,11 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from app.api import health, models, predict
+from app.api import finetune, health, models, predict
 from app.api.errors import install_error_handlers
 from app.config import Settings, get_settings
+from app.jobs.runner import store_for
+from app.jobs.supervisor import JobSupervisor
 from app.registry import ModelRegistry
 from app.serving.manager import ModelManager
 from app.serving.metrics import ServiceMetrics
@@ -30,14 +32,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics = ServiceMetrics()
         manager = ModelManager(settings, registry, metrics)
         await manager.start()
+        jobs = store_for(settings)
+        supervisor = JobSupervisor(settings, jobs, registry, manager, metrics)
+        if settings.run_jobs:
+            await supervisor.start()
         try:
-            yield {"registry": registry, "metrics": metrics, "manager": manager}
+            yield {
+                "registry": registry,
+                "metrics": metrics,
+                "manager": manager,
+                "jobs": jobs,
+                "supervisor": supervisor,
+            }
         finally:
+            await supervisor.stop()
             await manager.stop()
 
     app = FastAPI(title="convserve", version="0.1.0", lifespan=lifespan)
     app.dependency_overrides[get_settings] = lambda: settings
     install_error_handlers(app)
-    for module in (predict, models, health):
+    for module in (predict, models, finetune, health):
         app.include_router(module.router)
     return app

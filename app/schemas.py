@@ -70,3 +70,53 @@ class ModelList(BaseModel):
 class Readiness(BaseModel):
     ready: bool
     models: dict[str, str]
+
+
+class JobProgress(BaseModel):
+    phase: str
+    epoch: int
+    total_epochs: int
+    fraction: float
+    eta_seconds: float | None = None
+
+
+class JobError(BaseModel):
+    code: str | None
+    detail: str
+
+
+class Job(BaseModel):
+    job_id: str
+    model: str
+    status: str
+    promote: bool
+    params: dict[str, Any]
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    updated_at: str
+    attempts: int
+    progress: JobProgress | None = None
+    history: list[dict[str, Any]] = []
+    dataset: dict[str, Any] | None = None
+    skipped: list[dict[str, Any]] = []
+    result: dict[str, Any] | None = None
+    error: JobError | None = None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Job:
+        error = None
+        if row.get("error"):
+            error = JobError(code=row.get("error_code"), detail=row["error"])
+        fields = {k: v for k, v in row.items() if k in cls.model_fields and v is not None}
+        fields.pop("error", None)
+        return cls(job_id=row["id"], error=error, **fields)
+
+
+class JobCreated(BaseModel):
+    job_id: str
+    status: str
+
+
+class JobList(BaseModel):
+    jobs: list[Job]

@@ -9,6 +9,8 @@ from fastapi import Depends, Request
 
 from app.config import Settings, get_settings
 from app.errors import ConvserveError
+from app.jobs.store import JobStore
+from app.jobs.supervisor import JobSupervisor
 from app.registry import ModelRegistry
 from app.serving.manager import ModelManager
 from app.serving.metrics import ServiceMetrics
@@ -29,7 +31,19 @@ def get_metrics(request: Request) -> ServiceMetrics:
     return metrics
 
 
+def get_jobs(request: Request) -> JobStore:
+    jobs: JobStore = request.state.jobs
+    return jobs
+
+
+def get_supervisor(request: Request) -> JobSupervisor:
+    supervisor: JobSupervisor = request.state.supervisor
+    return supervisor
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+Jobs = Annotated[JobStore, Depends(get_jobs)]
+Supervisor = Annotated[JobSupervisor, Depends(get_supervisor)]
 Manager = Annotated[ModelManager, Depends(get_manager)]
 Registry = Annotated[ModelRegistry, Depends(get_registry)]
 Metrics = Annotated[ServiceMetrics, Depends(get_metrics)]

@@ -19,7 +19,7 @@ from typing import Any
 
 from PIL import Image
 
-from app.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
+from app.data.images import DEFAULT_MAX_PIXELS, SUPPORTED_FORMATS, ImageError, load_image
 from app.errors import ConvserveError
 
 # Files and folders that archives and file managers leave behind; never classes or images.
@@ -137,17 +137,7 @@ def prepare_dataset(
         DatasetError: ``no_classes``, ``too_few_classes``, ``empty_class`` or
             ``too_few_images``, each with a sentence naming the class.
     """
-    root = find_class_root(Path(source))
-    class_dirs = [p for p in _visible(root.iterdir()) if p.is_dir() and not p.is_symlink()]
-    if not class_dirs:
-        raise DatasetError(
-            "no_classes", "the dataset has no class folders: put each class's images in a folder"
-        )
-    if len(class_dirs) < 2:
-        raise DatasetError(
-            "too_few_classes",
-            f"the dataset has one class ({class_dirs[0].name!r}); at least two are needed",
-        )
+    root, class_dirs = _class_dirs(Path(source))
     if destination.exists():
         shutil.rmtree(destination)
     jobs: list[tuple[str, Path, Path]] = []
@@ -167,6 +157,26 @@ def prepare_dataset(
             else:
                 skipped.append(SkippedFile(str(path.relative_to(root)), reason))
 
+    _check_counts(counts, validation_split, min_images)
+    return DatasetSummary([d.name for d in class_dirs], counts, skipped)
+
+
+def _class_dirs(source: Path) -> tuple[Path, list[Path]]:
+    root = find_class_root(source)
+    class_dirs = [p for p in _visible(root.iterdir()) if p.is_dir() and not p.is_symlink()]
+    if not class_dirs:
+        raise DatasetError(
+            "no_classes", "the dataset has no class folders: put each class's images in a folder"
+        )
+    if len(class_dirs) < 2:
+        raise DatasetError(
+            "too_few_classes",
+            f"the dataset has one class ({class_dirs[0].name!r}); at least two are needed",
+        )
+    return root, class_dirs
+
+
+def _check_counts(counts: dict[str, int], validation_split: float, min_images: int) -> None:
     needed = min_images_needed(validation_split, min_images)
     for name, count in counts.items():
         if count == 0:
@@ -177,6 +187,40 @@ def prepare_dataset(
                 f"class {name!r} has {count} usable images; each class needs at least {needed}"
                 f" (validation split {validation_split})",
             )
+
+
+def _header_problem(path: Path, max_pixels: int) -> str | None:
+    """Why ``path`` is not a usable image, judged from its header alone (cheap)."""
+    try:
+        with Image.open(path) as img:
+            if img.format not in SUPPORTED_FORMATS:
+                return f"{img.format} images are not supported"
+            if img.width * img.height > max_pixels:
+                return f"{img.width}x{img.height} pixels, over the limit of {max_pixels}"
+    except Exception:
+        return "not an image we can read"
+    return None
+
+
+def scan_dataset(
+    source: Path,
+    validation_split: float = 0.2,
+    min_images: int = MIN_IMAGES_PER_CLASS,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> DatasetSummary:
+    """The checks of `prepare_dataset` from image headers only: fast enough to run on an
+    upload before a job is queued. Corrupt pixel data is caught later, by the full pass."""
+    root, class_dirs = _class_dirs(Path(source))
+    counts = {d.name: 0 for d in class_dirs}
+    skipped: list[SkippedFile] = []
+    for class_dir in class_dirs:
+        for path in _class_files(class_dir):
+            reason = _header_problem(path, max_pixels)
+            if reason is None:
+                counts[class_dir.name] += 1
+            else:
+                skipped.append(SkippedFile(str(path.relative_to(root)), reason))
+    _check_counts(counts, validation_split, min_images)
     return DatasetSummary([d.name for d in class_dirs], counts, skipped)
 
 

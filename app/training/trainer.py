@@ -95,7 +95,7 @@ class _EpochCallback(keras.callbacks.Callback):
         report = EpochReport(self.phase, epoch + 1, self.total, values, seconds)
         shown = " ".join(f"{k}={v:.4f}" for k, v in values.items())
         self.hooks.log(f"epoch {epoch + 1}/{self.total} ({self.phase}) {seconds:.1f}s {shown}")
-        history = _read_history(self.history_file)
+        history = read_history(self.history_file)
         history = [h for h in history if h["epoch"] != epoch + 1]
         history.append(
             {"epoch": epoch + 1, "phase": self.phase, "seconds": round(seconds, 2), **values}
@@ -105,7 +105,7 @@ class _EpochCallback(keras.callbacks.Callback):
             self.hooks.on_epoch(report)
 
 
-def _read_history(path: Path) -> list[dict[str, Any]]:
+def read_history(path: Path) -> list[dict[str, Any]]:
     try:
         return list(json.loads(path.read_text()))
     except (FileNotFoundError, ValueError):
@@ -227,7 +227,7 @@ def train(
             head_done.touch()
 
     metrics = evaluate_model(model, val_ds, class_names)
-    history = sorted(_read_history(history_file), key=lambda h: h["epoch"])
+    history = sorted(read_history(history_file), key=lambda h: h["epoch"])
     hooks.log(f"validation accuracy {metrics['accuracy']:.4f} on {metrics['images']} images")
     metadata = {
         "source": source,

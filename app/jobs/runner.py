@@ -1,0 +1,171 @@
+"""One fine-tuning job, run in its own process: ``python -m app run-job JOB_ID``.
+
+The process trains with TensorFlow's thread pools capped and at a lower CPU priority, so
+the service keeps answering predictions. It writes progress and the result into the job
+store; the service's supervisor promotes the new version and marks the job finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from app.config import Settings
+from app.jobs.store import CANCELLED, CANCELLING, FAILED, JobStore
+
+log = logging.getLogger("convserve.job")
+
+
+def job_dir(settings: Settings, job_id: str) -> Path:
+    return settings.data_dir / "jobs" / job_id
+
+
+def store_for(settings: Settings) -> JobStore:
+    return JobStore(settings.data_dir / "jobs.sqlite")
+
+
+def find_version_by_source(registry: Any, name: str, source: str) -> int | None:
+    """A version an earlier attempt of the job already wrote (crash after the write)."""
+    for version in registry.versions(name):
+        if registry.metadata(name, version).get("source") == source:
+            return int(version)
+    return None
+
+
+def _limit_threads(threads: int) -> None:
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(threads))
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    with contextlib.suppress(OSError):
+        os.nice(5)
+
+
+class _Progress:
+    """Writes phase, epoch, fraction done, ETA and history into the store."""
+
+    def __init__(self, store: JobStore, job_id: str, total: int, workspace: Path) -> None:
+        self.store, self.job_id, self.total = store, job_id, total
+        self.workspace = workspace
+        self.started = time.monotonic()
+        self.first_epoch: int | None = None
+        self.phase = "head"
+        self._last_check = 0.0
+        self._cancelling = False
+
+    def on_phase(self, phase: str, first: int, total: int) -> None:
+        self.phase = phase
+        if self.first_epoch is None:
+            self.first_epoch = first
+        self._write(first, None)
+
+    def on_epoch(self, report: Any) -> None:
+        from app.training.trainer import read_history  # kept in the workspace: survives restarts
+
+        history = read_history(self.workspace / "history.json")
+        self.store.update(self.job_id, history=sorted(history, key=lambda h: h["epoch"]))
+        self._write(report.epoch, report)
+
+    def _write(self, done: int, report: Any) -> None:
+        eta = None
+        ran = done - (self.first_epoch or 0)
+        if ran > 0:
+            eta = round((time.monotonic() - self.started) / ran * (self.total - done), 1)
+        self.store.update(
+            self.job_id,
+            progress={
+                "phase": self.phase,
+                "epoch": done,
+                "total_epochs": self.total,
+                "fraction": round(done / self.total, 4) if self.total else 1.0,
+                "eta_seconds": eta,
+            },
+        )
+
+    def should_stop(self) -> bool:
+        now = time.monotonic()
+        if not self._cancelling and now - self._last_check > 0.5:
+            self._last_check = now
+            self._cancelling = self.store.status(self.job_id) == CANCELLING
+        return self._cancelling
+
+
+def run_job(job_id: str, settings: Settings) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s job %(message)s")
+    store = store_for(settings)
+    job = store.get(job_id)
+    if job is None:
+        log.error("no job %s", job_id)
+        return 2
+    _limit_threads(settings.job_threads)
+
+    from app.data.datasets import DatasetError
+    from app.registry import ModelRegistry
+    from app.training.params import TrainParams
+    from app.training.trainer import Hooks, TrainingCancelled, train
+
+    registry = ModelRegistry(settings.models_dir)
+    folder = job_dir(settings, job_id)
+    name = job["model"]
+    try:
+        version = find_version_by_source(registry, name, job_id)
+        if version is None:
+            params = TrainParams(**job["params"])
+            progress = _Progress(store, job_id, params.total_epochs, folder / "workspace")
+            hooks = Hooks(
+                log=lambda line: log.info("%s: %s", job_id, line),
+                on_epoch=progress.on_epoch,
+                on_phase=progress.on_phase,
+                should_stop=progress.should_stop,
+            )
+            result = train(
+                folder / "dataset",
+                name,
+                params,
+                registry,
+                folder / "workspace",
+                weights=settings.pretrained,
+                source=job_id,
+                hooks=hooks,
+            )
+            version = result.version
+            skipped = job["skipped"] + result.dataset["skipped"]
+            store.update(job_id, skipped=_unique(skipped))
+        meta = registry.metadata(name, version)
+        store.update(
+            job_id,
+            result={
+                "model": name,
+                "version": version,
+                "metrics": meta["metrics"],
+            },
+            history=meta["history"],
+        )
+        return 0
+    except TrainingCancelled:
+        store.finish(job_id, CANCELLED)
+        return 0
+    except DatasetError as exc:
+        store.finish(job_id, FAILED, error=exc.message, error_code=exc.code)
+        return 0
+    except Exception as exc:
+        log.exception("job %s failed", job_id)
+        store.finish(
+            job_id, FAILED, error=f"training failed: {exc}"[:500], error_code="training_failed"
+        )
+        return 1
+
+
+def _unique(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen, out = set(), []
+    for item in items:
+        if item["path"] not in seen:
+            seen.add(item["path"])
+            out.append(item)
+    return out

@@ -1,0 +1,178 @@
+"""Runs queued fine-tuning jobs as child processes of the service and finishes them.
+
+The supervisor claims queued jobs (up to ``max_concurrent_jobs`` at once), starts
+``python -m app run-job ID`` for each, and when the process ends: promotes the new
+version (load, warm up, switch) and marks the job ``succeeded``; or queues the job again
+when the process died mid-training (it resumes from its last completed epoch); or kills a
+job that does not stop soon after it was cancelled. On start it queues again the jobs a
+killed service left ``running``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import signal
+import sys
+from typing import Any
+
+from app.config import Settings
+from app.errors import ConvserveError
+from app.jobs.runner import job_dir
+from app.jobs.store import CANCELLING, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
+from app.registry import ModelRegistry
+from app.serving.manager import ModelManager
+from app.serving.metrics import ServiceMetrics
+
+log = logging.getLogger("convserve.jobs")
+
+CANCEL_GRACE_SECONDS = 8.0
+
+
+class JobSupervisor:
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        registry: ModelRegistry,
+        manager: ModelManager,
+        metrics: ServiceMetrics,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self.manager = manager
+        self.metrics = metrics
+        self._procs: dict[str, asyncio.subprocess.Process] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._wakeup = asyncio.Event()
+
+    async def start(self) -> None:
+        requeued = await asyncio.to_thread(
+            self.store.requeue_orphans, self.settings.max_job_attempts
+        )
+        if requeued:
+            log.warning("jobs interrupted by a restart, queued again: %s", ", ".join(requeued))
+        self._loop_task = asyncio.get_running_loop().create_task(self._loop())
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def stop(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        # Stop the job processes; their jobs resume from the last epoch at the next start.
+        for proc in list(self._procs.values()):
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGKILL)
+        for task in list(self._tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self._tick()
+            except Exception:
+                log.exception("job supervisor tick failed")
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), 1.0)
+
+    async def _tick(self) -> None:
+        counts = await asyncio.to_thread(self.store.counts)
+        for status in (QUEUED, RUNNING, CANCELLING, SUCCEEDED, FAILED, "cancelled"):
+            self.metrics.jobs.labels(status).set(counts.get(status, 0))
+        while len(self._procs) < self.settings.max_concurrent_jobs:
+            job = await asyncio.to_thread(self.store.claim_next)
+            if job is None:
+                break
+            await self._spawn(job)
+
+    async def _spawn(self, job: dict[str, Any]) -> None:
+        job_id = job["id"]
+        # The child inherits stdout/stderr: its log lines join the service's.
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "app", "run-job", job_id)
+        self._procs[job_id] = proc
+        await asyncio.to_thread(self.store.update, job_id, pid=proc.pid)
+        log.info("job %s started (attempt %d, pid %d)", job_id, job["attempts"], proc.pid)
+        task = asyncio.get_running_loop().create_task(self._watch(job_id, proc))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _watch(self, job_id: str, proc: asyncio.subprocess.Process) -> None:
+        waited_cancelling = 0.0
+        while True:
+            try:
+                await asyncio.wait_for(proc.wait(), 1.0)
+                break
+            except TimeoutError:
+                status = await asyncio.to_thread(self.store.status, job_id)
+                if status == CANCELLING:
+                    waited_cancelling += 1.0
+                    if waited_cancelling >= CANCEL_GRACE_SECONDS:
+                        log.warning("job %s ignored its cancellation; killing it", job_id)
+                        with contextlib.suppress(ProcessLookupError):
+                            proc.kill()
+        self._procs.pop(job_id, None)
+        try:
+            await self._after_exit(job_id, proc.returncode)
+        finally:
+            self.wake()
+
+    async def _after_exit(self, job_id: str, returncode: int | None) -> None:
+        job = await asyncio.to_thread(self.store.get, job_id)
+        if job is None:
+            return
+        if job["status"] == CANCELLING:
+            await asyncio.to_thread(self.store.finish, job_id, "cancelled")
+        elif job["status"] == RUNNING and job.get("result"):
+            await self._promote(job)
+        elif job["status"] == RUNNING:
+            # The process died without a word: queue the job again (it resumes), up to the
+            # attempt limit.
+            if job["attempts"] >= self.settings.max_job_attempts:
+                await asyncio.to_thread(
+                    self.store.finish,
+                    job_id,
+                    FAILED,
+                    error=f"the training process ended unexpectedly (exit code {returncode})",
+                    error_code="worker_crashed",
+                )
+            else:
+                log.warning("job %s: process ended with %s; queued again", job_id, returncode)
+                await asyncio.to_thread(self.store.update, job_id, status=QUEUED, pid=None)
+                return
+        job = await asyncio.to_thread(self.store.get, job_id)
+        if job is not None and job["status"] in ("succeeded", "failed", "cancelled"):
+            self.cleanup(job_id)
+
+    async def _promote(self, job: dict[str, Any]) -> None:
+        job_id, name = job["id"], job["model"]
+        version = int(job["result"]["version"])
+        result = dict(job["result"])
+        if job["promote"]:
+            try:
+                if name in self.manager.models:
+                    await self.manager.activate(name, version)
+                else:
+                    self.registry.set_active(name, version)
+                result["promoted"] = True
+            except ConvserveError as exc:
+                result["promoted"] = False
+                result["promotion_error"] = exc.message
+        else:
+            result["promoted"] = False
+        await asyncio.to_thread(self.store.finish, job_id, SUCCEEDED, result=result)
+        log.info("job %s succeeded: %s version %d", job_id, name, version)
+
+    def cleanup(self, job_id: str) -> None:
+        """Remove a finished job's upload and workspace (unless kept by the settings)."""
+        if not self.settings.keep_job_files:
+            shutil.rmtree(job_dir(self.settings, job_id), ignore_errors=True)
