@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,12 @@ log = logging.getLogger("convserve.job")
 
 def job_dir(settings: Settings, job_id: str) -> Path:
     return settings.data_dir / "jobs" / job_id
+
+
+def remove_job_files(settings: Settings, job_id: str) -> None:
+    """Remove a finished job's dataset and workspace (unless the settings keep them)."""
+    if not settings.keep_job_files:
+        shutil.rmtree(job_dir(settings, job_id), ignore_errors=True)
 
 
 def store_for(settings: Settings) -> JobStore:
@@ -149,13 +156,17 @@ def run_job(job_id: str, settings: Settings) -> int:
         )
         return 0
     except TrainingCancelled:
+        # Files first: once the job reads "cancelled", nothing of it is left.
+        remove_job_files(settings, job_id)
         store.finish(job_id, CANCELLED)
         return 0
     except DatasetError as exc:
+        remove_job_files(settings, job_id)
         store.finish(job_id, FAILED, error=exc.message, error_code=exc.code)
         return 0
     except Exception as exc:
         log.exception("job %s failed", job_id)
+        remove_job_files(settings, job_id)
         store.finish(
             job_id, FAILED, error=f"training failed: {exc}"[:500], error_code="training_failed"
         )

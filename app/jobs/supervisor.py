@@ -13,14 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import signal
 import sys
 from typing import Any
 
 from app.config import Settings
 from app.errors import ConvserveError
-from app.jobs.runner import job_dir
+from app.jobs.runner import remove_job_files
 from app.jobs.store import CANCELLING, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
 from app.registry import ModelRegistry
 from app.serving.manager import ModelManager
@@ -130,7 +129,8 @@ class JobSupervisor:
         job = await asyncio.to_thread(self.store.get, job_id)
         if job is None:
             return
-        if job["status"] == CANCELLING:
+        if job["status"] == CANCELLING:  # killed after ignoring its cancellation
+            self.cleanup(job_id)
             await asyncio.to_thread(self.store.finish, job_id, "cancelled")
         elif job["status"] == RUNNING and job.get("result"):
             await self._promote(job)
@@ -173,6 +173,4 @@ class JobSupervisor:
         log.info("job %s succeeded: %s version %d", job_id, name, version)
 
     def cleanup(self, job_id: str) -> None:
-        """Remove a finished job's upload and workspace (unless kept by the settings)."""
-        if not self.settings.keep_job_files:
-            shutil.rmtree(job_dir(self.settings, job_id), ignore_errors=True)
+        remove_job_files(self.settings, job_id)

@@ -9,6 +9,7 @@ from the last completed epoch.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -218,12 +219,17 @@ def train(
             epochs=last,
             verbose=0,
             callbacks=[
-                keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=False),
+                # Two checkpoints: a process killed while writing one leaves the other.
+                keras.callbacks.BackupAndRestore(
+                    str(backup), delete_checkpoint=False, double_checkpoint=True
+                ),
                 _EpochCallback(phase, total, hooks, history_file),
             ],
         )
         if phase == "head":
-            model.save_weights(workspace / "head.weights.h5")
+            partial = workspace / "head.partial.weights.h5"
+            model.save_weights(partial)
+            os.replace(partial, workspace / "head.weights.h5")  # never half a file
             head_done.touch()
 
     metrics = evaluate_model(model, val_ds, class_names)

@@ -1,0 +1,88 @@
+"""Upload, train, promote, roll back, cancel and crash, against the real service."""
+
+import sqlite3
+import time
+
+import pytest
+
+from app.registry import ModelRegistry
+from tests.helpers import image_bytes, make_dataset, pattern_image, zip_directory
+from tests.jobs.service import Service, wait_for
+
+PNG = image_bytes(pattern_image("checks", 40), "PNG")
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+@pytest.fixture
+def service(tmp_path, registry):
+    svc = Service(tmp_path)
+    yield svc
+    svc.stop()
+
+
+def _upload(client, tmp_path, per_class=10, **fields):
+    data = zip_directory(make_dataset(tmp_path / "upload", per_class=per_class, size=32))
+    r = client.post("/finetune", files={"dataset": ("d.zip", data)},
+                    data={k: str(v) for k, v in fields.items()})
+    assert r.status_code == 202, r.text
+    return r.json()["job_id"]
+
+
+def test_upload_train_promote_then_roll_back(service, tmp_path, registry):
+    service.start()
+    with service.client() as c:
+        job_id = _upload(c, tmp_path, epochs=2, fine_tune_epochs=1, image_size=32, batch_size=8)
+        job = wait_for(c, job_id, lambda j: j["status"] in FINAL)
+        assert job["status"] == "succeeded", job
+        assert job["result"]["version"] == 2 and job["result"]["promoted"] is True
+        assert 0 <= job["result"]["metrics"]["accuracy"] <= 1
+        assert [h["epoch"] for h in job["history"]] == [1, 2, 3]
+        assert [h["phase"] for h in job["history"]] == ["head", "head", "fine_tune"]
+        assert job["progress"]["fraction"] == 1.0 and job["finished_at"]
+
+        model = c.get("/models/toy").json()
+        assert model["active_version"] == 2 and model["versions"] == [1, 2]
+        assert model["version_details"][1]["source"] == job_id
+        assert c.post("/predict", files={"file": ("a.png", PNG)}).json()["version"] == 2
+
+        assert c.post("/models/toy/versions/1/activate").status_code == 200
+        assert c.post("/predict", files={"file": ("a.png", PNG)}).json()["version"] == 1
+    assert not (tmp_path / "var" / "jobs" / job_id).exists(), "workspace left behind"
+
+
+def test_cancel_a_running_job(service, tmp_path, registry):
+    service.start()
+    with service.client() as c:
+        job_id = _upload(c, tmp_path, per_class=30, epochs=200, fine_tune_epochs=0,
+                         image_size=64, batch_size=4)
+        wait_for(c, job_id, lambda j: (j.get("progress") or {}).get("epoch", 0) >= 1)
+        asked = time.time()
+        assert c.delete(f"/finetune/{job_id}").json()["status"] in ("cancelling", "cancelled")
+        job = wait_for(c, job_id, lambda j: j["status"] in FINAL, timeout=10)
+        assert job["status"] == "cancelled" and time.time() - asked < 10
+        assert c.post("/predict", files={"file": ("a.png", PNG)}).status_code == 200
+    assert registry.versions("toy") == [1]
+    left = tmp_path / "var" / "jobs" / job_id
+    assert not left.exists(), f"workspace left behind: {sorted(left.rglob('*'))}"
+
+
+def test_job_survives_sigkill_of_the_service(service, tmp_path, registry):
+    service.start()
+    with service.client() as c:
+        job_id = _upload(c, tmp_path, per_class=30, epochs=6, fine_tune_epochs=0,
+                         image_size=64, batch_size=4)
+        wait_for(c, job_id, lambda j: (j.get("progress") or {}).get("epoch", 0) >= 2)
+    service.kill_group()
+    db = sqlite3.connect(tmp_path / "var" / "jobs.sqlite")
+    (status,) = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    db.close()
+    assert status == "running"
+
+    service.start()
+    with service.client() as c:
+        job = wait_for(c, job_id, lambda j: j["status"] in FINAL)
+        assert job["status"] == "succeeded", job
+        assert job["attempts"] == 2
+        assert [h["epoch"] for h in job["history"]] == [1, 2, 3, 4, 5, 6]
+        assert c.get("/models/toy").json()["active_version"] == 2
+    assert ModelRegistry(tmp_path / "models").versions("toy") == [1, 2]
