@@ -86,3 +86,37 @@ def test_job_survives_sigkill_of_the_service(service, tmp_path, registry):
         assert [h["epoch"] for h in job["history"]] == [1, 2, 3, 4, 5, 6]
         assert c.get("/models/toy").json()["active_version"] == 2
     assert ModelRegistry(tmp_path / "models").versions("toy") == [1, 2]
+
+
+@pytest.mark.slow
+def test_signs_upload_reaches_090_with_imagenet_mobilenet(tmp_path):
+    from tests.helpers import MOBILENET_WEIGHTS, SIGNS_DIR
+
+    if not (MOBILENET_WEIGHTS.exists() and SIGNS_DIR.is_dir()):
+        pytest.skip("needs ../shared/weights (MobileNetV2) and ../shared/data/signs")
+    registry = ModelRegistry(tmp_path / "models")
+    from tests.helpers import write_toy_version
+
+    write_toy_version(registry, "signs", ["0", "1"])
+    registry.set_active("signs", 1)
+    svc = Service(tmp_path, CONVSERVE_SERVED_MODELS="signs", CONVSERVE_DEFAULT_MODEL="signs",
+                  CONVSERVE_PRETRAINED=str(MOBILENET_WEIGHTS))
+    svc.start()
+    try:
+        with svc.client() as c:
+            started = time.time()
+            r = c.post("/finetune", files={"dataset": ("signs.zip", zip_directory(SIGNS_DIR))},
+                       data={"base": "mobilenet_v2", "image_size": "160", "epochs": "10",
+                             "fine_tune_epochs": "10", "seed": "42"})
+            assert r.status_code == 202, r.text
+            job = wait_for(c, r.json()["job_id"], lambda j: j["status"] in FINAL, timeout=1500)
+            wall = time.time() - started
+            assert job["status"] == "succeeded", job
+            accuracy = job["result"]["metrics"]["accuracy"]
+            print(f"\nSIGNS fine-tuning job: val accuracy {accuracy:.4f}, wall time {wall:.0f}s")
+            assert accuracy >= 0.90
+            photo = (SIGNS_DIR / "3").iterdir().__next__().read_bytes()
+            pred = c.post("/predict", files={"file": ("3.jpg", photo)}).json()
+            assert pred["version"] == 2 and len(pred["predictions"][0]["top"]) == 5
+    finally:
+        svc.stop()
