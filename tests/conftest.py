@@ -35,6 +35,8 @@ def settings_for(tmp_path: Path) -> Callable[..., Settings]:
             pretrained="none",
             bootstrap_image_size=32,
             registry_poll_seconds=0,
+            # Route tests use Keras (no IR conversion per test); tests/serving covers OpenVINO.
+            backend="keras",
         )
         values.update(overrides)
         return Settings(**values)  # type: ignore[arg-type]

@@ -214,3 +214,21 @@ def build_imagenet_classifier(arch: str, image_size: int, weights: str | None) -
 def load_classifier(path: str | Path) -> keras.Model:
     """Load a saved classifier (our custom layers are registered by importing this module)."""
     return keras.saving.load_model(path, compile=False)
+
+
+def inference_model(model: keras.Model) -> keras.Model:
+    """The classifier without its augmentation layer, for export to another runtime.
+
+    Augmentation does nothing at inference, but its random ops stay in an exported graph,
+    and runtimes such as OpenVINO cannot convert them. Our classifiers are a chain of
+    layers, so the chain is rebuilt without that one (sharing the weights).
+    """
+    names = [layer.name for layer in model.layers]
+    if "augmentation" not in names:
+        return model
+    inputs = keras.Input(shape=model.input_shape[1:], name="image")
+    x = inputs
+    for layer in model.layers[1:]:
+        if layer.name != "augmentation":
+            x = layer(x, training=False) if layer.name == BASE_LAYER else layer(x)
+    return keras.Model(inputs, x, name=model.name)

@@ -38,6 +38,7 @@ class Batcher:
         timeout: float = 0.005,
         max_queue: int = 256,
         on_batch: BatchHook | None = None,
+        max_inflight: int = 1,
     ) -> None:
         self._predict = predict
         self._executor = executor
@@ -45,6 +46,10 @@ class Batcher:
         self.timeout = timeout
         self.max_queue = max_queue
         self._on_batch = on_batch
+        # Batches handed to the runtime at once: with 2, the next batch is stacked and
+        # submitted while one runs, so the runtime never waits for Python.
+        self._slots = asyncio.Semaphore(max_inflight)
+        self._running: set[asyncio.Task[None]] = set()
         self._queue: deque[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = deque()
         self._wakeup = asyncio.Event()
         self._closed = False
@@ -104,25 +109,37 @@ class Batcher:
         return [self._queue.popleft() for _ in range(n)]
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
+            await self._slots.acquire()
             batch = await self._next_batch()
             if not batch:
+                self._slots.release()
+                if self._running:
+                    await asyncio.gather(*self._running)
                 return
+            task = asyncio.get_running_loop().create_task(self._execute(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _execute(self, batch: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]]) -> None:
+        try:
             live = [(img, fut) for img, fut in batch if not fut.done()]  # drop cancelled
             if not live:
-                continue
+                return
             started = time.perf_counter()
             try:
                 x = np.stack([img for img, _ in live])
+                loop = asyncio.get_running_loop()
                 probs = await loop.run_in_executor(self._executor, self._predict, x)
             except Exception as exc:
                 for _, fut in live:
                     if not fut.done():
                         fut.set_exception(exc)
-                continue
+                return
             if self._on_batch is not None:
                 self._on_batch(len(live), time.perf_counter() - started)
             for row, (_, fut) in zip(probs, live, strict=True):
                 if not fut.done():
                     fut.set_result(row)
+        finally:
+            self._slots.release()

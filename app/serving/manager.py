@@ -68,8 +68,9 @@ class ModelManager:
         self.registry = registry
         self.metrics = metrics
         self.models: dict[str, ModelState] = {n: ModelState(n) for n in settings.served_models}
-        # One inference thread: TensorFlow already spreads a batch over every core.
-        self._infer = ThreadPoolExecutor(1, thread_name_prefix="infer")
+        # Runtimes spread one batch over every core; two threads let the next batch be
+        # handed over while one runs (a predictor's `parallelism` caps its own share).
+        self._infer = ThreadPoolExecutor(2, thread_name_prefix="infer")
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="load")
         # Pillow releases the GIL while decoding and resizing, so these run in parallel.
         self._decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
@@ -133,7 +134,9 @@ class ModelManager:
         max_batch = self.settings.max_batch_size
 
         def load() -> Predictor:
-            predictor = make_predictor(path, size, self.settings.backend)
+            predictor = make_predictor(
+                path, size, self.settings.backend, self.settings.inference_precision
+            )
             predictor.load()
             warm_up(predictor, max_batch)
             return predictor
@@ -153,6 +156,7 @@ class ModelManager:
             timeout=self.settings.batch_timeout_ms / 1000,
             max_queue=self.settings.max_queue_size,
             on_batch=on_batch,
+            max_inflight=predictor.parallelism,
         )
         batcher.start()
         return LoadedVersion(name, version, metadata, predictor, batcher)

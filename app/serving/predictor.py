@@ -16,6 +16,8 @@ import numpy as np
 class Predictor(Protocol):
     backend: str
     image_size: int
+    # Batches the runtime can usefully run at once (the batcher keeps this many in flight).
+    parallelism: int
 
     def load(self) -> None: ...
 
@@ -30,6 +32,7 @@ class KerasPredictor:
     """
 
     backend = "keras"
+    parallelism = 1  # TensorFlow already spreads one batch over every core
 
     def __init__(self, model_path: Path, image_size: int) -> None:
         self.model_path = Path(model_path)
@@ -66,8 +69,30 @@ def warm_up(predictor: Predictor, max_batch_size: int) -> None:
         predictor.predict(np.zeros((n, size, size, 3), dtype=np.uint8))
 
 
-def make_predictor(model_path: Path, image_size: int, backend: str) -> Predictor:
-    """The predictor for ``backend`` (``keras``; ``auto`` resolves to the best available)."""
-    if backend in ("keras", "auto"):
-        return KerasPredictor(model_path, image_size)
-    raise ValueError(f"backend {backend!r} is not available")
+def openvino_available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend: str) -> str:
+    """``auto`` means OpenVINO where it is installed, else Keras."""
+    if backend == "auto":
+        return "openvino" if openvino_available() else "keras"
+    if backend == "openvino" and not openvino_available():
+        raise ValueError("CONVSERVE_BACKEND=openvino, but the openvino package is not installed")
+    return backend
+
+
+def make_predictor(
+    model_path: Path, image_size: int, backend: str, precision: str = "bf16"
+) -> Predictor:
+    """The predictor for ``backend`` (``keras``, ``openvino``, or ``auto``)."""
+    backend = resolve_backend(backend)
+    if backend == "openvino":
+        from app.serving.openvino_backend import OpenVINOPredictor
+
+        return OpenVINOPredictor(model_path, image_size, precision)
+    return KerasPredictor(model_path, image_size)

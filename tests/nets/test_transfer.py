@@ -79,3 +79,13 @@ def test_pretrained_weights_file_loads_into_the_base(tmp_path):
     loaded = model.get_layer(BASE_LAYER).get_layer("Conv1").get_weights()[0]
     fresh = random.get_layer(BASE_LAYER).get_layer("Conv1").get_weights()[0]
     assert not np.allclose(loaded, fresh)
+
+
+def test_inference_model_drops_augmentation_and_keeps_outputs():
+    from app.nets.transfer import inference_model
+
+    model = build_classifier("mobilenet_v2", 3, 32, weights=None, augmentation=AugmentConfig())
+    plain = inference_model(model)
+    assert "augmentation" not in [layer.name for layer in plain.layers]
+    x = np.random.default_rng(2).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(plain(x), model(x, training=False), atol=1e-6)

@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.serving.openvino_backend import OpenVINOPredictor, ir_path
+from app.serving.predictor import KerasPredictor, resolve_backend
+from tests.helpers import image_bytes, pattern_image
+
+pytest.importorskip("openvino")
+
+
+def test_auto_picks_openvino_when_installed():
+    assert resolve_backend("auto") == "openvino"
+    assert resolve_backend("keras") == "keras"
+
+
+@pytest.mark.parametrize("precision", ["f32", "bf16"])
+def test_openvino_matches_keras_on_the_same_pixels(registry, precision):
+    path = registry.model_path("toy", 1)
+    x = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3)).astype(np.uint8)
+    keras_p = KerasPredictor(path, 32)
+    keras_p.load()
+    ov_p = OpenVINOPredictor(path, 32, precision)
+    ov_p.load()
+    expected, got = keras_p.predict(x), ov_p.predict(x)
+    assert got.shape == expected.shape == (8, 2)
+    tolerance = 1e-4 if precision == "f32" else 2e-2
+    assert np.abs(got - expected).max() < tolerance
+
+
+def test_ir_is_converted_once_and_cached_beside_the_version(registry, settings_for):
+    xml = ir_path(registry.model_path("toy", 1))
+    assert not xml.exists()
+    png = image_bytes(pattern_image("checks", 40), "PNG")
+    with TestClient(create_app(settings_for(backend="openvino"))) as c:
+        assert c.get("/models/toy").json()["backend"] == "openvino"
+        r = c.post("/predict", files={"file": ("a.png", png)})
+        assert r.status_code == 200 and r.json()["version"] == 1
+    assert xml.exists() and xml.with_suffix(".bin").exists()
+    stamp = xml.stat().st_mtime_ns
+    with TestClient(create_app(settings_for(backend="openvino"))) as c:
+        assert c.post("/predict", files={"file": ("a.png", png)}).status_code == 200
+    assert xml.stat().st_mtime_ns == stamp, "the IR was converted again"
+    # The registry still lists exactly one version.
+    assert registry.versions("toy") == [1]
