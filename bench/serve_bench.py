@@ -58,8 +58,9 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-async def load(url: str, model: str, images: list[bytes], concurrency: int, requests: int,
-               seconds: float) -> dict[str, float]:
+async def load(
+    url: str, model: str, images: list[bytes], concurrency: int, requests: int, seconds: float
+) -> dict[str, float]:
     latencies: list[float] = []
     errors = 0
     sent = 0
@@ -75,8 +76,11 @@ async def load(url: str, model: str, images: list[bytes], concurrency: int, requ
                 data = images[i % len(images)]
                 i += concurrency
                 started = time.perf_counter()
-                r = await client.post("/predict", params={"model": model, "top_k": 1},
-                                      files={"file": ("img.jpg", data, "image/jpeg")})
+                r = await client.post(
+                    "/predict",
+                    params={"model": model, "top_k": 1},
+                    files={"file": ("img.jpg", data, "image/jpeg")},
+                )
                 latencies.append(time.perf_counter() - started)
                 if r.status_code != 200:
                     errors += 1
@@ -117,8 +121,10 @@ def raw_throughput(models_dir: Path, name: str, seconds: float) -> dict[int, dic
             t = time.perf_counter()
             predictor.predict(x)
             times.append(time.perf_counter() - t)
-        out[batch] = {"img_s": batch / statistics.mean(times),
-                      "p50_ms": percentile(times, 50) * 1000}
+        out[batch] = {
+            "img_s": batch / statistics.mean(times),
+            "p50_ms": percentile(times, 50) * 1000,
+        }
     return out
 
 
@@ -161,9 +167,20 @@ def main() -> None:
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "warning"],
-        cwd=ROOT, env=env,
+        [
+            sys.executable,
+            "-m",
+            "app",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
     )
     rows = []
     try:
@@ -171,8 +188,13 @@ def main() -> None:
         for model in models:
             for c in (1, 8, 32):
                 asyncio.run(load(url, model, images, c, 16, 10))  # warm the path
-                rows.append((model, c, asyncio.run(
-                    load(url, model, images, c, args.requests, args.seconds))))
+                rows.append(
+                    (
+                        model,
+                        c,
+                        asyncio.run(load(url, model, images, c, args.requests, args.seconds)),
+                    )
+                )
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -183,18 +205,24 @@ def main() -> None:
     print("| model | concurrency | requests | errors | req/s | img/s | p50 ms | p99 ms |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for model, c, r in rows:
-        print(f"| {model} | {c} | {r['requests']} | {r['errors']} | {r['req_s']:.1f} | "
-              f"{r['img_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |")
-    print("\n| model | raw batch 1 img/s | raw batch 1 ms | raw batch 16 img/s | "
-          "served c=32 / raw b16 | served c=1 p99 / (raw b1 x1.5 + 15 ms) |")
+        print(
+            f"| {model} | {c} | {r['requests']} | {r['errors']} | {r['req_s']:.1f} | "
+            f"{r['img_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |"
+        )
+    print(
+        "\n| model | raw batch 1 img/s | raw batch 1 ms | raw batch 16 img/s | "
+        "served c=32 / raw b16 | served c=1 p99 / (raw b1 x1.5 + 15 ms) |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for model in models:
         served32 = next(r for m, c, r in rows if m == model and c == 32)
         served1 = next(r for m, c, r in rows if m == model and c == 1)
         b1, b16 = raw[model][1], raw[model][16]
         budget = b1["p50_ms"] * 1.5 + 15
-        print(f"| {model} | {b1['img_s']:.1f} | {b1['p50_ms']:.1f} | {b16['img_s']:.1f} | "
-              f"{served32['img_s'] / b16['img_s']:.2f} | {served1['p99_ms'] / budget:.2f} |")
+        print(
+            f"| {model} | {b1['img_s']:.1f} | {b1['p50_ms']:.1f} | {b16['img_s']:.1f} | "
+            f"{served32['img_s'] / b16['img_s']:.2f} | {served1['p99_ms'] / budget:.2f} |"
+        )
 
 
 if __name__ == "__main__":

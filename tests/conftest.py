@@ -4,16 +4,16 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CONVSERVE_PRETRAINED", "none")
 
-from collections.abc import Callable, Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
-import pytest  # noqa: E402
-from fastapi.testclient import TestClient  # noqa: E402
+import pytest
+from fastapi.testclient import TestClient
 
-from app.config import Settings  # noqa: E402
-from app.main import create_app  # noqa: E402
-from app.registry import ModelRegistry  # noqa: E402
-from tests.helpers import write_toy_version  # noqa: E402
+from app.config import Settings
+from app.main import create_app
+from app.registry import ModelRegistry
+from tests.helpers import write_toy_version
 
 
 @pytest.fixture

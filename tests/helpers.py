@@ -68,8 +68,9 @@ def zip_directory(root: Path, prefix: str = "") -> bytes:
     return buf.getvalue()
 
 
-def write_toy_version(registry, name: str, classes: list[str], size: int = 32, seed: int = 0,
-                      source: str = "test") -> int:
+def write_toy_version(
+    registry, name: str, classes: list[str], size: int = 32, seed: int = 0, source: str = "test"
+) -> int:
     """Write a tiny random CNN (raw pixels in, probabilities out) as a new registry version.
 
     Loads and answers in milliseconds, and its outputs depend on the input, unlike a
@@ -83,9 +84,16 @@ def write_toy_version(registry, name: str, classes: list[str], size: int = 32, s
     x = keras.layers.Rescaling(1 / 255)(inputs)
     x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(len(classes), activation="softmax",
-                                 kernel_initializer=keras.initializers.RandomNormal(0, 3))(x)
+    outputs = keras.layers.Dense(
+        len(classes), activation="softmax", kernel_initializer=keras.initializers.RandomNormal(0, 3)
+    )(x)
     model = keras.Model(inputs, outputs, name="toy")
-    meta = {"source": source, "base": "toy", "architecture": "toy",
-            "class_names": classes, "image_size": size, "metrics": {"accuracy": 0.5}}
+    meta = {
+        "source": source,
+        "base": "toy",
+        "architecture": "toy",
+        "class_names": classes,
+        "image_size": size,
+        "metrics": {"accuracy": 0.5},
+    }
     return registry.write_version(name, lambda d: model.save(d / MODEL_FILE), meta)

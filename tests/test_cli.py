@@ -17,8 +17,13 @@ def run_cli(tmp_path, *args, env_extra=None, timeout=600):
         "TF_CPP_MIN_LOG_LEVEL": "2",
         **(env_extra or {}),
     }
-    return subprocess.run([sys.executable, "-m", "app", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def last_json(out: str) -> dict:
@@ -26,8 +31,7 @@ def last_json(out: str) -> dict:
 
 
 def test_train_rejects_out_of_range_parameters_naming_the_field(tmp_path):
-    r = run_cli(tmp_path, "train", "--data", str(tmp_path), "--model", "m", "--fine-tune-at",
-                "500")
+    r = run_cli(tmp_path, "train", "--data", str(tmp_path), "--model", "m", "--fine-tune-at", "500")
     assert r.returncode == 2
     err = last_json(r.stdout)
     assert err["code"] == "invalid_parameters" and "fine_tune_at" in err["error"]
@@ -35,8 +39,15 @@ def test_train_rejects_out_of_range_parameters_naming_the_field(tmp_path):
 
 def test_train_on_a_single_class_says_so(tmp_path):
     data = make_dataset(tmp_path / "data", classes=("dark",), per_class=6)
-    r = run_cli(tmp_path, "train", "--data", str(data), "--model", "m",
-                env_extra={"CONVSERVE_PRETRAINED": "none"})
+    r = run_cli(
+        tmp_path,
+        "train",
+        "--data",
+        str(data),
+        "--model",
+        "m",
+        env_extra={"CONVSERVE_PRETRAINED": "none"},
+    )
     assert r.returncode == 2 and last_json(r.stdout)["code"] == "too_few_classes"
     assert not (tmp_path / "models" / "m").exists()
 
@@ -48,9 +59,21 @@ def test_evaluate_unknown_model(tmp_path):
 
 def test_train_evaluate_and_list_on_generated_images(tmp_path):
     data = make_dataset(tmp_path / "data", per_class=10, size=32)
-    r = run_cli(tmp_path, "train", "--data", str(data), "--model", "shapes", "--epochs", "2",
-                "--fine-tune-epochs", "1", "--image-size", "32",
-                env_extra={"CONVSERVE_PRETRAINED": "none"})
+    r = run_cli(
+        tmp_path,
+        "train",
+        "--data",
+        str(data),
+        "--model",
+        "shapes",
+        "--epochs",
+        "2",
+        "--fine-tune-epochs",
+        "1",
+        "--image-size",
+        "32",
+        env_extra={"CONVSERVE_PRETRAINED": "none"},
+    )
     assert r.returncode == 0, r.stderr
     assert "epoch 3/3 (fine_tune)" in r.stdout and "s " in r.stdout
     result = last_json(r.stdout)
@@ -75,8 +98,9 @@ def test_readme_commands_on_signs_with_imagenet_weights(tmp_path):
     cache.mkdir(parents=True)
     shutil.copy(MOBILENET_WEIGHTS, cache / MOBILENET_WEIGHTS.name)
     env = {"KERAS_HOME": str(tmp_path / "keras"), "CONVSERVE_PRETRAINED": "imagenet"}
-    r = run_cli(tmp_path, "train", "--data", str(SIGNS_DIR), "--model", "signs", env_extra=env,
-                timeout=1200)
+    r = run_cli(
+        tmp_path, "train", "--data", str(SIGNS_DIR), "--model", "signs", env_extra=env, timeout=1200
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     trained = last_json(r.stdout)
     print("\n".join(line for line in r.stdout.splitlines() if line.startswith("epoch")))

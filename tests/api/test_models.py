@@ -65,8 +65,7 @@ def test_admin_endpoints_need_the_key(registry, settings_for):
             r = c.post("/models/toy/versions/2/activate", headers=headers)
             assert (r.status_code, r.json()["code"]) == (401, "unauthorized")
             assert c.delete("/models/toy/versions/2", headers=headers).status_code == 401
-        ok = c.post("/models/toy/versions/2/activate",
-                    headers={"Authorization": "Bearer s3cret"})
+        ok = c.post("/models/toy/versions/2/activate", headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
         # Reading and predicting stay open.
         assert c.get("/models").status_code == 200

@@ -10,8 +10,10 @@ def _png(kind="hstripes", size=40):
 
 
 def test_predict_several_files_returns_probabilities_per_file(client):
-    files = [("file", ("a.png", _png("hstripes"), "image/png")),
-             ("file", ("b.jpg", image_bytes(pattern_image("checks", 300), "JPEG"), "image/jpeg"))]
+    files = [
+        ("file", ("a.png", _png("hstripes"), "image/png")),
+        ("file", ("b.jpg", image_bytes(pattern_image("checks", 300), "JPEG"), "image/jpeg")),
+    ]
     r = client.post("/predict", files=files, params={"top_k": 2})
     assert r.status_code == 200, r.text
     body = r.json()
@@ -28,7 +30,7 @@ def test_predict_several_files_returns_probabilities_per_file(client):
 def test_every_image_mode_is_accepted(client, mode):
     img = pattern_image("vstripes", 20)
     if mode == "I;16":
-        img = Image.fromarray((np.asarray(img.convert("L"), dtype=np.uint16) * 257))
+        img = Image.fromarray(np.asarray(img.convert("L"), dtype=np.uint16) * 257)
     else:
         img = img.convert(mode)
     fmt = "JPEG" if mode == "CMYK" else "PNG"
@@ -82,7 +84,9 @@ def test_no_file_or_not_multipart(client):
     assert "file" in r.json()["detail"]
     r = client.post("/predict", json={"file": "x"})
     assert r.status_code in (415, 422) and r.json()["code"] in (
-        "unsupported_media_type", "invalid_parameters")
+        "unsupported_media_type",
+        "invalid_parameters",
+    )
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ def _zip(entries: dict[str, bytes], links: dict[str, str] | None = None) -> byte
             zf.writestr(name, data)
         for name, target in (links or {}).items():
             info = zipfile.ZipInfo(name)
-            info.external_attr = (0o120777 << 16)
+            info.external_attr = 0o120777 << 16
             zf.writestr(info, target)
     return buf.getvalue()
 
@@ -42,16 +42,27 @@ def _extract(tmp_path, data: bytes, limits=None):
     return out, count
 
 
-@pytest.mark.parametrize("pack", [_zip, lambda e: _tar(e, "w"), lambda e: _tar(e, "w:gz")],
-                         ids=["zip", "tar", "tar.gz"])
+@pytest.mark.parametrize(
+    "pack", [_zip, lambda e: _tar(e, "w"), lambda e: _tar(e, "w:gz")], ids=["zip", "tar", "tar.gz"]
+)
 def test_good_archives_extract_without_junk(tmp_path, pack):
-    out, count = _extract(tmp_path, pack({
-        "root/cats/a.jpg": b"1", "root/dogs/b.jpg": b"2", "root/.DS_Store": b"x",
-        "__MACOSX/root/._a.jpg": b"x", "root/cats/.hidden.jpg": b"x",
-    }))
+    out, count = _extract(
+        tmp_path,
+        pack(
+            {
+                "root/cats/a.jpg": b"1",
+                "root/dogs/b.jpg": b"2",
+                "root/.DS_Store": b"x",
+                "__MACOSX/root/._a.jpg": b"x",
+                "root/cats/.hidden.jpg": b"x",
+            }
+        ),
+    )
     assert count == 2
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
-        "root/cats/a.jpg", "root/dogs/b.jpg"]
+        "root/cats/a.jpg",
+        "root/dogs/b.jpg",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -64,12 +75,23 @@ def test_good_archives_extract_without_junk(tmp_path, pack):
         (_zip({"/etc/evil.jpg": b"1"}), "unsafe_archive"),
         (_tar({"a/../../evil.jpg": b"1"}), "unsafe_archive"),
         (_zip({"a/x.jpg": b"1"}, links={"a/link.jpg": "/etc/passwd"}), "unsafe_archive"),
-        (_tar({"a/x.jpg": b"1"}, link=("a/l.jpg", "/etc/passwd", tarfile.SYMTYPE)),
-         "unsafe_archive"),
+        (
+            _tar({"a/x.jpg": b"1"}, link=("a/l.jpg", "/etc/passwd", tarfile.SYMTYPE)),
+            "unsafe_archive",
+        ),
         (_tar({"a/x.jpg": b"1"}, link=("a/h.jpg", "a/x.jpg", tarfile.LNKTYPE)), "unsafe_archive"),
     ],
-    ids=["text", "empty", "truncated-zip", "dotdot", "absolute", "tar-dotdot", "zip-symlink",
-         "tar-symlink", "tar-hardlink"],
+    ids=[
+        "text",
+        "empty",
+        "truncated-zip",
+        "dotdot",
+        "absolute",
+        "tar-dotdot",
+        "zip-symlink",
+        "tar-symlink",
+        "tar-hardlink",
+    ],
 )
 def test_bad_archives_are_refused(tmp_path, data, code):
     with pytest.raises(ArchiveError) as info:

@@ -15,7 +15,7 @@ def test_prepare_then_load_gives_both_splits(tmp_path):
     n_train = sum(int(x.shape[0]) for x, _ in train)
     n_val = sum(int(x.shape[0]) for x, _ in val)
     assert (n_train, n_val) == (16, 4)
-    images, labels = next(iter(train))
+    images, _labels = next(iter(train))
     assert images.shape[1:] == (16, 16, 3) and images.dtype.name == "float32"
     assert float(images.numpy().max()) > 1.0  # raw pixels, not scaled
 
@@ -72,5 +72,3 @@ def test_class_of_corrupt_files_only_is_reported_as_empty(tmp_path):
     with pytest.raises(DatasetError) as info:
         prepare_dataset(root, tmp_path / "out", 16)
     assert info.value.code == "empty_class" and "'bad'" in info.value.message
-
-

@@ -44,9 +44,22 @@ class Service:
             # Its own process group, so a test can kill the service and its job processes
             # together, as a crashed container would be.
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1",
-                 "--port", str(self.port), "--log-level", "warning"],
-                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "app",
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--log-level",
+                    "warning",
+                ],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         end = time.time() + timeout

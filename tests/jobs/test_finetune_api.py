@@ -19,8 +19,9 @@ def jobs_client(registry, settings_for):
 
 
 def _upload(client, data: bytes, name="data.zip", **fields):
-    return client.post("/finetune", files={"dataset": (name, data)},
-                       data={k: str(v) for k, v in fields.items()})
+    return client.post(
+        "/finetune", files={"dataset": (name, data)}, data={k: str(v) for k, v in fields.items()}
+    )
 
 
 def _good_zip(tmp_path, **kw) -> bytes:
@@ -69,12 +70,17 @@ BAD_ARCHIVES = {
     "absolute": (_zip_bytes({"/tmp/a/x.png": PNG}), 400, "unsafe_archive"),
     "zip-bomb": (_zip_bytes({"a/z.png": b"\0" * 4_000_000}), 413, "archive_too_large"),
     "one-class": (_zip_bytes({f"a/{i}.png": PNG for i in range(6)}), 400, "too_few_classes"),
-    "few-images": (_zip_bytes({**{f"a/{i}.png": PNG for i in range(6)}, "b/0.png": PNG}),
-                   400, "too_few_images"),
+    "few-images": (
+        _zip_bytes({**{f"a/{i}.png": PNG for i in range(6)}, "b/0.png": PNG}),
+        400,
+        "too_few_images",
+    ),
     "no-classes": (_zip_bytes({"x.png": PNG}), 400, "no_classes"),
     "only-junk-in-a-class": (
         _zip_bytes({**{f"a/{i}.png": PNG for i in range(6)}, "b/notes.txt": b"x"}),
-        400, "empty_class"),
+        400,
+        "empty_class",
+    ),
 }
 
 
@@ -152,8 +158,11 @@ def test_queue_bound_and_upload_cap(registry, settings_for, tmp_path):
 def test_finetune_needs_the_admin_key(registry, settings_for, tmp_path):
     with TestClient(create_app(settings_for(run_jobs=False, api_key="k"))) as c:
         assert _upload(c, _good_zip(tmp_path)).status_code == 401
-        ok = c.post("/finetune", files={"dataset": ("d.zip", _good_zip(tmp_path / "2"))},
-                    headers={"Authorization": "Bearer k"})
+        ok = c.post(
+            "/finetune",
+            files={"dataset": ("d.zip", _good_zip(tmp_path / "2"))},
+            headers={"Authorization": "Bearer k"},
+        )
         assert ok.status_code == 202
         assert c.delete(ok.headers["location"]).status_code == 401
         assert c.get(ok.headers["location"]).status_code == 200

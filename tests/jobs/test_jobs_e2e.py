@@ -22,8 +22,9 @@ def service(tmp_path, registry):
 
 def _upload(client, tmp_path, per_class=10, **fields):
     data = zip_directory(make_dataset(tmp_path / "upload", per_class=per_class, size=32))
-    r = client.post("/finetune", files={"dataset": ("d.zip", data)},
-                    data={k: str(v) for k, v in fields.items()})
+    r = client.post(
+        "/finetune", files={"dataset": ("d.zip", data)}, data={k: str(v) for k, v in fields.items()}
+    )
     assert r.status_code == 202, r.text
     return r.json()["job_id"]
 
@@ -53,8 +54,9 @@ def test_upload_train_promote_then_roll_back(service, tmp_path, registry):
 def test_cancel_a_running_job(service, tmp_path, registry):
     service.start()
     with service.client() as c:
-        job_id = _upload(c, tmp_path, per_class=30, epochs=200, fine_tune_epochs=0,
-                         image_size=64, batch_size=4)
+        job_id = _upload(
+            c, tmp_path, per_class=30, epochs=200, fine_tune_epochs=0, image_size=64, batch_size=4
+        )
         wait_for(c, job_id, lambda j: (j.get("progress") or {}).get("epoch", 0) >= 1)
         asked = time.time()
         assert c.delete(f"/finetune/{job_id}").json()["status"] in ("cancelling", "cancelled")
@@ -69,8 +71,9 @@ def test_cancel_a_running_job(service, tmp_path, registry):
 def test_job_survives_sigkill_of_the_service(service, tmp_path, registry):
     service.start()
     with service.client() as c:
-        job_id = _upload(c, tmp_path, per_class=30, epochs=6, fine_tune_epochs=0,
-                         image_size=64, batch_size=4)
+        job_id = _upload(
+            c, tmp_path, per_class=30, epochs=6, fine_tune_epochs=0, image_size=64, batch_size=4
+        )
         wait_for(c, job_id, lambda j: (j.get("progress") or {}).get("epoch", 0) >= 2)
     service.kill_group()
     db = sqlite3.connect(tmp_path / "var" / "jobs.sqlite")
@@ -99,15 +102,27 @@ def test_signs_upload_reaches_090_with_imagenet_mobilenet(tmp_path):
 
     write_toy_version(registry, "signs", ["0", "1"])
     registry.set_active("signs", 1)
-    svc = Service(tmp_path, CONVSERVE_SERVED_MODELS="signs", CONVSERVE_DEFAULT_MODEL="signs",
-                  CONVSERVE_PRETRAINED=str(MOBILENET_WEIGHTS))
+    svc = Service(
+        tmp_path,
+        CONVSERVE_SERVED_MODELS="signs",
+        CONVSERVE_DEFAULT_MODEL="signs",
+        CONVSERVE_PRETRAINED=str(MOBILENET_WEIGHTS),
+    )
     svc.start()
     try:
         with svc.client() as c:
             started = time.time()
-            r = c.post("/finetune", files={"dataset": ("signs.zip", zip_directory(SIGNS_DIR))},
-                       data={"base": "mobilenet_v2", "image_size": "160", "epochs": "10",
-                             "fine_tune_epochs": "10", "seed": "42"})
+            r = c.post(
+                "/finetune",
+                files={"dataset": ("signs.zip", zip_directory(SIGNS_DIR))},
+                data={
+                    "base": "mobilenet_v2",
+                    "image_size": "160",
+                    "epochs": "10",
+                    "fine_tune_epochs": "10",
+                    "seed": "42",
+                },
+            )
             assert r.status_code == 202, r.text
             job = wait_for(c, r.json()["job_id"], lambda j: j["status"] in FINAL, timeout=1500)
             wall = time.time() - started

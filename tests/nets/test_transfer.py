@@ -13,9 +13,7 @@ from app.nets.transfer import (
 
 
 def test_mobilenet_depth_matches_the_declared_depth():
-    base = keras.applications.MobileNetV2(
-        include_top=False, weights=None, input_shape=(96, 96, 3)
-    )
+    base = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(96, 96, 3))
     assert len(base.layers) == BASES["mobilenet_v2"].depth == 154
 
 

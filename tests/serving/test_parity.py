@@ -52,32 +52,65 @@ def test_training_pipeline_and_serving_path_give_the_same_tensor(tmp_path):
 
 def test_cli_trained_model_serves_the_same_probabilities_as_keras(tmp_path):
     data = make_dataset(tmp_path / "data", per_class=10, size=40)
-    env = {"CONVSERVE_MODELS_DIR": str(tmp_path / "models"), "CONVSERVE_DATA_DIR":
-           str(tmp_path / "var"), "CONVSERVE_PRETRAINED": "none", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {
+        "CONVSERVE_MODELS_DIR": str(tmp_path / "models"),
+        "CONVSERVE_DATA_DIR": str(tmp_path / "var"),
+        "CONVSERVE_PRETRAINED": "none",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
     import os
 
     out = subprocess.run(
-        [sys.executable, "-m", "app", "train", "--data", str(data), "--model", "shapes",
-         "--epochs", "1", "--fine-tune-epochs", "0", "--image-size", "48"],
-        env={**os.environ, **env}, capture_output=True, text=True, check=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "app",
+            "train",
+            "--data",
+            str(data),
+            "--model",
+            "shapes",
+            "--epochs",
+            "1",
+            "--fine-tune-epochs",
+            "0",
+            "--image-size",
+            "48",
+        ],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
     )
     assert '"version": 1' in out.stdout.strip().splitlines()[-1]
 
     registry = ModelRegistry(tmp_path / "models")
     model = keras.saving.load_model(registry.model_path("shapes", 1))
-    files = [image_bytes(pattern_image(k, 33 + i, seed=i), "JPEG")
-             for i, k in enumerate(["hstripes", "vstripes", "checks", "dark"])]
-    direct = model.predict(np.stack([load_image(f, 48) for f in files]).astype("float32"),
-                           verbose=0)
+    files = [
+        image_bytes(pattern_image(k, 33 + i, seed=i), "JPEG")
+        for i, k in enumerate(["hstripes", "vstripes", "checks", "dark"])
+    ]
+    direct = model.predict(
+        np.stack([load_image(f, 48) for f in files]).astype("float32"), verbose=0
+    )
 
     from app.config import Settings
 
-    settings = Settings(models_dir=tmp_path / "models", data_dir=tmp_path / "var",
-                        served_models=["shapes"], default_model="shapes", pretrained="none",
-                        registry_poll_seconds=0)
+    settings = Settings(
+        models_dir=tmp_path / "models",
+        data_dir=tmp_path / "var",
+        served_models=["shapes"],
+        default_model="shapes",
+        pretrained="none",
+        registry_poll_seconds=0,
+    )
     with TestClient(create_app(settings)) as c:
-        r = c.post("/predict", params={"top_k": 2},
-                   files=[("file", (f"{i}.jpg", f)) for i, f in enumerate(files)])
+        r = c.post(
+            "/predict",
+            params={"top_k": 2},
+            files=[("file", (f"{i}.jpg", f)) for i, f in enumerate(files)],
+        )
     assert r.status_code == 200
     classes = registry.metadata("shapes", 1)["class_names"]
     for row, pred in zip(direct, r.json()["predictions"], strict=True):

@@ -5,8 +5,9 @@ from tests.helpers import image_bytes, pattern_image
 
 
 def test_fresh_registry_bootstraps_both_imagenet_models(settings_for):
-    settings = settings_for(served_models=["resnet50", "mobilenet_v2"],
-                            default_model="mobilenet_v2")
+    settings = settings_for(
+        served_models=["resnet50", "mobilenet_v2"], default_model="mobilenet_v2"
+    )
     with TestClient(create_app(settings)) as c:
         assert c.get("/readyz").status_code == 200
         models = {m["name"]: m for m in c.get("/models").json()["models"]}

@@ -20,21 +20,34 @@ needs_weights = pytest.mark.skipif(
 
 def _fast_params(**overrides):
     values = dict(
-        base="mobilenet_v2", epochs=3, fine_tune_epochs=1, fine_tune_at=120, image_size=64,
-        batch_size=16, seed=1,
+        base="mobilenet_v2",
+        epochs=3,
+        fine_tune_epochs=1,
+        fine_tune_at=120,
+        image_size=64,
+        batch_size=16,
+        seed=1,
     )
     return TrainParams(**{**values, **overrides})
 
 
 @needs_weights
 def test_synthetic_classes_train_to_high_accuracy_and_land_in_the_registry(tmp_path):
-    data = make_dataset(tmp_path / "data", classes=("hstripes", "vstripes", "checks"),
-                        per_class=30, size=32)
+    data = make_dataset(
+        tmp_path / "data", classes=("hstripes", "vstripes", "checks"), per_class=30, size=32
+    )
     registry = ModelRegistry(tmp_path / "models")
     lines: list[str] = []
     started = time.perf_counter()
-    result = train(data, "shapes", _fast_params(), registry, tmp_path / "ws",
-                   weights=str(MOBILENET_WEIGHTS), hooks=Hooks(log=lines.append))
+    result = train(
+        data,
+        "shapes",
+        _fast_params(),
+        registry,
+        tmp_path / "ws",
+        weights=str(MOBILENET_WEIGHTS),
+        hooks=Hooks(log=lines.append),
+    )
     assert time.perf_counter() - started < 60
     assert result.metrics["accuracy"] >= 0.9
     assert result.version == 1 and registry.versions("shapes") == [1]
@@ -48,8 +61,12 @@ def test_synthetic_classes_train_to_high_accuracy_and_land_in_the_registry(tmp_p
 
     # The saved model takes raw pixels decoded the serving way.
     model = keras.saving.load_model(registry.model_path("shapes", 1))
-    x = np.stack([load_image(_png(pattern_image(k, 32, seed=99)), 64)
-                  for k in ("checks", "hstripes", "vstripes")]).astype("float32")
+    x = np.stack(
+        [
+            load_image(_png(pattern_image(k, 32, seed=99)), 64)
+            for k in ("checks", "hstripes", "vstripes")
+        ]
+    ).astype("float32")
     assert np.argmax(model.predict(x, verbose=0), axis=1).tolist() == [0, 1, 2]
 
 
@@ -63,8 +80,15 @@ def test_cancel_stops_training_and_writes_nothing(tmp_path):
     data = make_dataset(tmp_path / "data", per_class=10, size=32)
     registry = ModelRegistry(tmp_path / "models")
     with pytest.raises(TrainingCancelled):
-        train(data, "shapes", _fast_params(), registry, tmp_path / "ws", weights=None,
-              hooks=Hooks(log=lambda _: None, should_stop=lambda: True))
+        train(
+            data,
+            "shapes",
+            _fast_params(),
+            registry,
+            tmp_path / "ws",
+            weights=None,
+            hooks=Hooks(log=lambda _: None, should_stop=lambda: True),
+        )
     assert registry.versions("shapes") == []
 
 
@@ -79,8 +103,14 @@ def test_metrics_from_a_known_confusion():
 
 @pytest.mark.parametrize(
     "field, value",
-    [("epochs", 0), ("image_size", 8), ("learning_rate", 0), ("fine_tune_at", 154),
-     ("base", "vgg16"), ("validation_split", 0.9)],
+    [
+        ("epochs", 0),
+        ("image_size", 8),
+        ("learning_rate", 0),
+        ("fine_tune_at", 154),
+        ("base", "vgg16"),
+        ("validation_split", 0.9),
+    ],
 )
 def test_out_of_range_parameters_name_the_field(field, value):
     from pydantic import ValidationError
