@@ -62,7 +62,7 @@ class OpenVINOPredictor:
     backend = "openvino"
     parallelism = 2
 
-    def __init__(self, model_path: Path, image_size: int, precision: str = "bf16") -> None:
+    def __init__(self, model_path: Path, image_size: int, precision: str = "f32") -> None:
         self.model_path = Path(model_path)
         self.image_size = image_size
         if precision not in PRECISIONS:

@@ -87,7 +87,7 @@ def resolve_backend(backend: str) -> str:
 
 
 def make_predictor(
-    model_path: Path, image_size: int, backend: str, precision: str = "bf16"
+    model_path: Path, image_size: int, backend: str, precision: str = "f32"
 ) -> Predictor:
     """The predictor for ``backend`` (``keras``, ``openvino``, or ``auto``)."""
     backend = resolve_backend(backend)
