@@ -1,12 +1,15 @@
-"""Load test of the served models against their raw throughput, on this machine.
+"""Load test of the served models against their raw throughput and a naive peer.
 
 Starts the service (uvicorn, loopback, a throw-away registry with ResNet-50 and MobileNetV2
-at 224x224, random weights), sends real JPEGs (the SIGNS photos plus larger photos made in
-code) at concurrency 1, 8 and 32, and prints requests/s, images/s, p50 and p99 latency. In
-the same run, with the service idle, it measures each model's raw throughput at batch 1 and
-batch 16 (the same Keras forward pass the service uses, without HTTP).
+at 224x224, random weights) once per backend (Keras, OpenVINO), then the naive peer (a
+FastAPI app whose async handler calls model.predict per request), and sends each real JPEGs
+(the SIGNS photos plus larger photos made in code) at concurrency 1, 8 and 32: requests/s,
+images/s, p50 and p99 latency. In the same run, with no server running, it measures each
+runtime's raw throughput at batch 1 and batch 16 (the predictor the service uses, without
+HTTP). Every level is bounded in requests and seconds.
 
-    python bench/serve_bench.py [--requests 200] [--seconds 30] [--models resnet50,mobilenet_v2]
+    python bench/serve_bench.py [--targets keras,openvino,naive] [--models resnet50,mobilenet_v2]
+                                [--requests 240] [--seconds 30]
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -99,16 +103,19 @@ async def load(
     }
 
 
-def raw_throughput(models_dir: Path, name: str, seconds: float) -> dict[int, dict[str, float]]:
-    """Images/s and per-batch latency of the bare forward pass, batch 1 and 16."""
+def raw_throughput(
+    models_dir: Path, name: str, backend: str, seconds: float
+) -> dict[int, dict[str, float]]:
+    """Images/s and per-batch latency of the bare forward pass at batch 1 and 16: the same
+    predictor the service uses, with no HTTP, decoding or batching."""
     from app.registry import ModelRegistry
-    from app.serving.predictor import KerasPredictor
+    from app.serving.predictor import make_predictor
 
     registry = ModelRegistry(models_dir)
     version = registry.active_version(name)
     assert version is not None
     size = int(registry.metadata(name, version)["image_size"])
-    predictor = KerasPredictor(registry.model_path(name, version), size)
+    predictor = make_predictor(registry.model_path(name, version), size, backend)
     predictor.load()
     out = {}
     for batch in (1, 16):
@@ -128,101 +135,176 @@ def raw_throughput(models_dir: Path, name: str, seconds: float) -> dict[int, dic
     return out
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 600) -> None:
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 900) -> None:
     end = time.time() + timeout
     while time.time() < end:
         if proc.poll() is not None:
-            raise RuntimeError("the service exited during start-up")
+            raise RuntimeError("the server exited during start-up")
         try:
             if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(1)
-    raise RuntimeError("the service did not become ready")
+    raise RuntimeError("the server did not become ready")
+
+
+def start_service(work: Path, models: list[str], backend: str, size: int) -> tuple[str, Any]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "CONVSERVE_MODELS_DIR": str(work / "models"),
+        "CONVSERVE_DATA_DIR": str(work / "var"),
+        "CONVSERVE_SERVED_MODELS": ",".join(models),
+        "CONVSERVE_PRETRAINED": "none",
+        "CONVSERVE_BOOTSTRAP_IMAGE_SIZE": str(size),
+        "CONVSERVE_BACKEND": backend,
+        "CONVSERVE_RUN_JOBS": "false",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "app",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    return f"http://127.0.0.1:{port}", proc
+
+
+def start_naive(work: Path, model: str) -> tuple[str, Any]:
+    from app.registry import ModelRegistry
+
+    registry = ModelRegistry(work / "models")
+    version = registry.active_version(model)
+    assert version is not None
+    size = registry.metadata(model, version)["image_size"]
+    port = free_port()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    cmd = [
+        sys.executable,
+        "bench/naive_peer.py",
+        str(registry.model_path(model, version)),
+        str(size),
+        str(port),
+    ]
+    return f"http://127.0.0.1:{port}", subprocess.Popen(cmd, cwd=ROOT, env=env)
+
+
+def run_levels(
+    url: str, model: str, images: list[bytes], args: argparse.Namespace
+) -> dict[int, dict[str, float]]:
+    out = {}
+    for c in (1, 8, 32):
+        asyncio.run(load(url, model, images, c, 16, 10))  # warm the path
+        out[c] = asyncio.run(load(url, model, images, c, args.requests, args.seconds))
+    return out
+
+
+def stop(proc: Any) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet50,mobilenet_v2")
+    parser.add_argument(
+        "--targets",
+        default="keras,openvino,naive",
+        help="served backends to load-test, and 'naive' for the naive peer",
+    )
     parser.add_argument("--requests", type=int, default=240, help="cap per concurrency level")
     parser.add_argument("--seconds", type=float, default=30, help="cap per concurrency level")
     parser.add_argument("--raw-seconds", type=float, default=8)
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--backend", default="keras")
     args = parser.parse_args()
     models = args.models.split(",")
+    targets = args.targets.split(",")
+    backends = [t for t in targets if t != "naive"]
     images = test_images()
     work = Path(tempfile.mkdtemp(prefix="convserve-bench-"))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "CONVSERVE_MODELS_DIR": str(work / "models"),
-        "CONVSERVE_DATA_DIR": str(work / "var"),
-        "CONVSERVE_SERVED_MODELS": args.models,
-        "CONVSERVE_PRETRAINED": "none",
-        "CONVSERVE_BOOTSTRAP_IMAGE_SIZE": str(args.image_size),
-        "CONVSERVE_BACKEND": args.backend,
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "app",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
-    )
-    rows = []
-    try:
-        wait_ready(url, proc)
-        for model in models:
-            for c in (1, 8, 32):
-                asyncio.run(load(url, model, images, c, 16, 10))  # warm the path
-                rows.append(
-                    (
-                        model,
-                        c,
-                        asyncio.run(load(url, model, images, c, args.requests, args.seconds)),
-                    )
-                )
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-    raw = {m: raw_throughput(work / "models", m, args.raw_seconds) for m in models}
 
-    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}")
-    print(f"backend: {args.backend}; images: {len(images)} JPEGs (SIGNS 64x64 and 720p-1200p)\n")
-    print("| model | concurrency | requests | errors | req/s | img/s | p50 ms | p99 ms |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for model, c, r in rows:
-        print(
-            f"| {model} | {c} | {r['requests']} | {r['errors']} | {r['req_s']:.1f} | "
-            f"{r['img_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |"
-        )
+    served: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
+    for backend in backends or ["keras"]:  # the first start also writes the models
+        url, proc = start_service(work, models, backend, args.image_size)
+        try:
+            wait_ready(url, proc)
+            if backend in backends:
+                for model in models:
+                    served[(backend, model)] = run_levels(url, model, images, args)
+        finally:
+            stop(proc)
+    if "naive" in targets:
+        for model in models:
+            url, proc = start_naive(work, model)
+            try:
+                wait_ready(url, proc)
+                served[("naive", model)] = run_levels(url, model, images, args)
+            finally:
+                stop(proc)
+    raw = {
+        (b, m): raw_throughput(work / "models", m, b, args.raw_seconds)
+        for b in backends
+        for m in models
+    }
+
+    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, {cpu_name()}")
     print(
-        "\n| model | raw batch 1 img/s | raw batch 1 ms | raw batch 16 img/s | "
-        "served c=32 / raw b16 | served c=1 p99 / (raw b1 x1.5 + 15 ms) |"
+        f"images: {len(images)} JPEGs (SIGNS 64x64 photos and 720p-1200p photos made in "
+        f"code), models at {args.image_size}x{args.image_size}, random weights\n"
     )
-    print("|---|---:|---:|---:|---:|---:|")
-    for model in models:
-        served32 = next(r for m, c, r in rows if m == model and c == 32)
-        served1 = next(r for m, c, r in rows if m == model and c == 1)
-        b1, b16 = raw[model][1], raw[model][16]
-        budget = b1["p50_ms"] * 1.5 + 15
+    print("| model | server | concurrency | requests | errors | req/s | img/s | p50 ms | p99 ms |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for (target, model), levels in served.items():
+        for c, r in levels.items():
+            print(
+                f"| {model} | {target} | {c} | {r['requests']} | {r['errors']} | "
+                f"{r['req_s']:.1f} | {r['img_s']:.1f} | {r['p50_ms']:.1f} | "
+                f"{r['p99_ms']:.1f} |"
+            )
+    print(
+        "\n| model | runtime | raw batch 1 img/s | raw batch 1 ms | raw batch 16 img/s | "
+        "served c=32 / raw b16 | served c=1 p99 / (1.5 x raw b1 + 15 ms) | "
+        "served c=8 p99 / p50 |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for (backend, model), r in raw.items():
+        levels = served[(backend, model)]
+        budget = r[1]["p50_ms"] * 1.5 + 15
         print(
-            f"| {model} | {b1['img_s']:.1f} | {b1['p50_ms']:.1f} | {b16['img_s']:.1f} | "
-            f"{served32['img_s'] / b16['img_s']:.2f} | {served1['p99_ms'] / budget:.2f} |"
+            f"| {model} | {backend} | {r[1]['img_s']:.1f} | {r[1]['p50_ms']:.1f} | "
+            f"{r[16]['img_s']:.1f} | {levels[32]['img_s'] / r[16]['img_s']:.2f} | "
+            f"{levels[1]['p99_ms'] / budget:.2f} | "
+            f"{levels[8]['p99_ms'] / levels[8]['p50_ms']:.2f} |"
         )
+    if "openvino" in backends:
+        print("\n| model | served OpenVINO c=32 img/s vs served Keras | vs naive peer |")
+        print("|---|---:|---:|")
+        for model in models:
+            ov = served[("openvino", model)][32]["img_s"]
+            vs_keras = ov / served[("keras", model)][32]["img_s"] if "keras" in backends else 0
+            vs_naive = ov / served[("naive", model)][32]["img_s"] if "naive" in targets else 0
+            print(f"| {model} | {vs_keras:.2f}x | {vs_naive:.2f}x |")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":
