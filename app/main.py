@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await manager.stop()
 
     app = FastAPI(title="convserve", version="0.1.0", lifespan=lifespan)
-    app.dependency_overrides[get_settings] = lambda: settings
+    app.state.settings = settings
     install_error_handlers(app)
     for module in (predict, models, finetune, health):
         app.include_router(module.router)

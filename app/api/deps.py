@@ -16,32 +16,40 @@ from app.serving.manager import ModelManager
 from app.serving.metrics import ServiceMetrics
 
 
-def get_manager(request: Request) -> ModelManager:
+async def get_manager(request: Request) -> ModelManager:
     manager: ModelManager = request.state.manager
     return manager
 
 
-def get_registry(request: Request) -> ModelRegistry:
+async def get_registry(request: Request) -> ModelRegistry:
     registry: ModelRegistry = request.state.registry
     return registry
 
 
-def get_metrics(request: Request) -> ServiceMetrics:
+async def get_metrics(request: Request) -> ServiceMetrics:
     metrics: ServiceMetrics = request.state.metrics
     return metrics
 
 
-def get_jobs(request: Request) -> JobStore:
+async def get_jobs(request: Request) -> JobStore:
     jobs: JobStore = request.state.jobs
     return jobs
 
 
-def get_supervisor(request: Request) -> JobSupervisor:
+async def get_supervisor(request: Request) -> JobSupervisor:
     supervisor: JobSupervisor = request.state.supervisor
     return supervisor
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+async def current_settings(request: Request) -> Settings:
+    """The settings the app was created with (``create_app(settings)``), else the
+    environment's. Async, as are the getters above: FastAPI runs a plain ``def``
+    dependency in its thread pool, a hop per request that the hot path does not need."""
+    settings: Settings | None = getattr(request.app.state, "settings", None)
+    return settings if settings is not None else get_settings()
+
+
+SettingsDep = Annotated[Settings, Depends(current_settings)]
 Jobs = Annotated[JobStore, Depends(get_jobs)]
 Supervisor = Annotated[JobSupervisor, Depends(get_supervisor)]
 Manager = Annotated[ModelManager, Depends(get_manager)]
@@ -49,7 +57,7 @@ Registry = Annotated[ModelRegistry, Depends(get_registry)]
 Metrics = Annotated[ServiceMetrics, Depends(get_metrics)]
 
 
-def require_admin(request: Request, settings: SettingsDep) -> None:
+async def require_admin(request: Request, settings: SettingsDep) -> None:
     """Admin endpoints need ``Authorization: Bearer <CONVSERVE_API_KEY>`` when it is set."""
     if not settings.api_key:
         return

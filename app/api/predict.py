@@ -71,7 +71,9 @@ async def predict(
             )
         target = await manager.resolve(name, version)
         blobs = await _read_all(file, settings.max_image_bytes)
-        images = await manager.decode(blobs, [f.filename for f in file], target.image_size)
+        names = [f.filename for f in file]
+        with target.batcher.expecting(len(blobs)):
+            images = await manager.decode(blobs, names, target.image_size)
         loaded, rows = await manager.predict(name, target.version, images)
         served, status = str(loaded.version), 200
         metrics.images.labels(label, served).inc(len(rows))

@@ -87,7 +87,7 @@ def load_image(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
         if img.format in ("JPEG", "MPO"):
             img.draft("RGB", (size, size))
         img.load()
-        img = ImageOps.exif_transpose(img)
+        img = ImageOps.exif_transpose(img, in_place=True) or img  # no copy when upright
         img = _to_rgb(img)
         if img.size != (size, size):
             img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 
 import numpy as np
@@ -54,6 +54,7 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._closed = False
         self._task: asyncio.Task[None] | None = None
+        self._expected = 0  # images announced by requests that have not queued them yet
 
     @property
     def depth(self) -> int:
@@ -65,6 +66,16 @@ class Batcher:
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
+
+    @contextlib.contextmanager
+    def expecting(self, count: int) -> Iterator[None]:
+        """Announce ``count`` images that will be queued soon (while they are decoded)."""
+        self._expected += count
+        try:
+            yield
+        finally:
+            self._expected -= count
+            self._wakeup.set()
 
     def enqueue(self, images: list[np.ndarray]) -> list[asyncio.Future[np.ndarray]]:
         """Queue ``images`` (no await: callers that resolved this batcher cannot race a
@@ -97,8 +108,10 @@ class Batcher:
             self._wakeup.clear()
             await self._wakeup.wait()
         if len(self._queue) < self.max_batch_size and self.timeout > 0 and not self._closed:
+            # Wait for a fuller batch only while images are known to be on their way
+            # (announced by requests still decoding): a lone request runs at once.
             deadline = time.perf_counter() + self.timeout
-            while len(self._queue) < self.max_batch_size:
+            while len(self._queue) < self.max_batch_size and self._expected > 0:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     break
