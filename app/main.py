@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from app.api import finetune, health, models, predict
 from app.api.errors import install_error_handlers
+from app.api.limits import BodySizeLimit
 from app.config import Settings, get_settings
 from app.jobs.runner import store_for
 from app.jobs.supervisor import JobSupervisor
@@ -50,6 +51,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="convserve", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
+    # Multipart framing adds a little to the files themselves.
+    slack = 1024 * 1024
+    app.add_middleware(
+        BodySizeLimit,
+        limits={
+            "/finetune": settings.max_upload_bytes + slack,
+            "/predict": settings.max_files_per_request * settings.max_image_bytes + slack,
+        },
+    )
     install_error_handlers(app)
     for module in (predict, models, finetune, health):
         app.include_router(module.router)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import os
 import platform
 import socket
@@ -104,18 +105,18 @@ async def load(
 
 
 def raw_throughput(
-    models_dir: Path, name: str, backend: str, seconds: float
+    models_dir: Path, name: str, backend: str, seconds: float, precision: str = "f32"
 ) -> dict[int, dict[str, float]]:
     """Images/s and per-batch latency of the bare forward pass at batch 1 and 16: the same
     predictor the service uses, with no HTTP, decoding or batching."""
     from app.registry import ModelRegistry
     from app.serving.predictor import make_predictor
 
-    registry = ModelRegistry(models_dir)
+    registry = ModelRegistry(Path(models_dir))
     version = registry.active_version(name)
     assert version is not None
     size = int(registry.metadata(name, version)["image_size"])
-    predictor = make_predictor(registry.model_path(name, version), size, backend)
+    predictor = make_predictor(registry.model_path(name, version), size, backend, precision)
     predictor.load()
     out = {}
     for batch in (1, 16):
@@ -135,6 +136,21 @@ def raw_throughput(
     return out
 
 
+def raw_in_subprocess(
+    models_dir: Path, name: str, backend: str, seconds: float, precision: str
+) -> dict[int, dict[str, float]]:
+    code = (
+        "import json, sys; sys.path.insert(0, 'bench'); from serve_bench import raw_throughput;"
+        f"print(json.dumps(raw_throughput({str(models_dir)!r}, {name!r}, {backend!r}, "
+        f"{seconds!r}, {precision!r})))"
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, check=True, capture_output=True, text=True
+    ).stdout
+    return {int(k): v for k, v in json.loads(out.strip().splitlines()[-1]).items()}
+
+
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 900) -> None:
     end = time.time() + timeout
     while time.time() < end:
@@ -149,7 +165,14 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 900) ->
     raise RuntimeError("the server did not become ready")
 
 
-def start_service(work: Path, models: list[str], backend: str, size: int) -> tuple[str, Any]:
+def start_service(
+    work: Path,
+    models: list[str],
+    backend: str,
+    size: int,
+    run_jobs: bool = False,
+    precision: str = "f32",
+) -> tuple[str, Any]:
     port = free_port()
     env = {
         **os.environ,
@@ -159,7 +182,8 @@ def start_service(work: Path, models: list[str], backend: str, size: int) -> tup
         "CONVSERVE_PRETRAINED": "none",
         "CONVSERVE_BOOTSTRAP_IMAGE_SIZE": str(size),
         "CONVSERVE_BACKEND": backend,
-        "CONVSERVE_RUN_JOBS": "false",
+        "CONVSERVE_RUN_JOBS": "true" if run_jobs else "false",
+        "CONVSERVE_INFERENCE_PRECISION": precision,
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
     cmd = [
@@ -227,6 +251,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30, help="cap per concurrency level")
     parser.add_argument("--raw-seconds", type=float, default=8)
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--precision", default="f32", help="OpenVINO inference precision")
     args = parser.parse_args()
     models = args.models.split(",")
     targets = args.targets.split(",")
@@ -236,7 +261,7 @@ def main() -> None:
 
     served: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
     for backend in backends or ["keras"]:  # the first start also writes the models
-        url, proc = start_service(work, models, backend, args.image_size)
+        url, proc = start_service(work, models, backend, args.image_size, precision=args.precision)
         try:
             wait_ready(url, proc)
             if backend in backends:

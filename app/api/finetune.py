@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
@@ -31,17 +31,8 @@ def _params(fields: dict[str, Any], default_base: str) -> TrainParams:
         ) from None
 
 
-def _check_size(request: Request, limit: int) -> None:
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        raise ConvserveError(
-            "upload_too_large", f"the upload is larger than the limit of {limit} bytes", 413
-        )
-
-
 @router.post("", status_code=202, response_model=JobCreated, dependencies=[Admin])
 async def create_job(
-    request: Request,
     response: Response,
     settings: SettingsDep,
     jobs: Jobs,
@@ -64,7 +55,6 @@ async def create_job(
     promote: bool = Form(True),
 ) -> JobCreated:
     """Queue a fine-tuning job; the archive is checked before the job is queued."""
-    _check_size(request, settings.max_upload_bytes)
     name = model or settings.default_model
     if name not in manager.models:
         raise RequestValidationError(

@@ -74,7 +74,7 @@ async def predict(
         names = [f.filename for f in file]
         with target.batcher.expecting(len(blobs)):
             images = await manager.decode(blobs, names, target.image_size)
-        loaded, rows = await manager.predict(name, target.version, images)
+        loaded, rows = await manager.predict(name, version, images, target)
         served, status = str(loaded.version), 200
         metrics.images.labels(label, served).inc(len(rows))
         return PredictResponse(

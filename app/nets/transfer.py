@@ -29,6 +29,7 @@ class BaseSpec:
 # Depths as Keras 3.15 builds them (tests check these against the built networks).
 BASES: dict[str, BaseSpec] = {
     "mobilenet_v2": BaseSpec("mobilenet_v2", depth=154, default_fine_tune_at=120),
+    # ResNet-50 fine-tunes its last stage by default: layer 143 is conv5_block1_1_conv.
     "resnet50": BaseSpec("resnet50", depth=175, default_fine_tune_at=143),
 }
 

@@ -58,6 +58,7 @@ class ModelState:
     others: dict[int, LoadedVersion] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_error: str | None = None
+    failed_version: int | None = None  # the last version that could not be loaded
 
 
 class ModelManager:
@@ -230,15 +231,29 @@ class ModelManager:
         return [r for r in results if isinstance(r, np.ndarray)]
 
     async def predict(
-        self, name: str, version: int | None, images: list[np.ndarray]
+        self,
+        name: str,
+        version: int | None,
+        images: list[np.ndarray],
+        target: LoadedVersion | None = None,
     ) -> tuple[LoadedVersion, list[np.ndarray]]:
-        """Classify ``images``; returns the version that did it and one row per image."""
+        """Classify ``images`` on ``target`` (resolved earlier by the caller), or on the
+        version that replaced it if it was swapped out meanwhile; returns the version
+        that did it and one row per image."""
+        loaded = target or await self.resolve(name, version)
         for _ in range(3):
-            loaded = await self.resolve(name, version)
+            if images and images[0].shape[0] != loaded.image_size:
+                raise ConvserveError(
+                    "model_unavailable",
+                    f"model {name!r} changed its input size while the request was decoded; retry",
+                    503,
+                    {"Retry-After": "0"},
+                )
             try:
                 futures = loaded.batcher.enqueue(images)
             except BatcherClosed:
-                continue  # swapped between resolve and enqueue: take the new version
+                loaded = await self.resolve(name, version)  # swapped: take the new version
+                continue
             except QueueFull:
                 raise ConvserveError(
                     "queue_full",
@@ -274,6 +289,7 @@ class ModelManager:
                     loaded = await self._load(name, version)
                 except Exception as exc:
                     state.last_error = f"version {version}: {_describe(exc)}"
+                    state.failed_version = version
                     log.error("activation of %s v%d failed: %s", name, version, exc)
                     current = state.active.version if state.active else None
                     raise ConvserveError(
@@ -300,6 +316,13 @@ class ModelManager:
             await extra.batcher.close()
         return state
 
+    async def _retry_failed(self, state: ModelState, version: int) -> None:
+        try:
+            await self.activate(state.name, version, write_pointer=False)
+        except ConvserveError:
+            state.failed_version = version  # do not retry the same version every poll
+            raise
+
     async def _poll(self) -> None:
         """Follow activations made by another replica sharing the registry."""
         while True:
@@ -307,7 +330,12 @@ class ModelManager:
             for name, state in self.models.items():
                 try:
                     pointed = self.registry.active_version(name)
-                    if state.active is not None and pointed not in (None, state.active.version):
+                    if pointed is None or pointed == state.failed_version:
+                        continue
+                    if state.active is None:
+                        # A model that had nothing to serve (or failed) gets a version.
+                        await self._retry_failed(state, pointed)
+                    elif pointed != state.active.version:
                         await self.activate(name, pointed, write_pointer=False)
                 except ConvserveError as exc:
                     log.warning("could not follow %s to its new version: %s", name, exc)

@@ -166,3 +166,9 @@ def test_finetune_needs_the_admin_key(registry, settings_for, tmp_path):
         assert ok.status_code == 202
         assert c.delete(ok.headers["location"]).status_code == 401
         assert c.get(ok.headers["location"]).status_code == 200
+
+
+def test_oversized_body_is_refused_from_its_content_length(registry, settings_for):
+    with TestClient(create_app(settings_for(run_jobs=False, max_upload_bytes=1000))) as c:
+        r = _upload(c, b"PK\x03\x04" + b"\0" * 3_000_000)
+    assert (r.status_code, r.json()["code"]) == (413, "upload_too_large")

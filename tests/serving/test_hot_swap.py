@@ -96,3 +96,26 @@ def test_replica_follows_an_activation_made_elsewhere(registry, settings_for, po
                 return 1
 
     assert asyncio.run(scenario()) == 2
+
+
+def test_a_model_without_versions_starts_serving_once_one_is_written(registry, settings_for):
+    async def scenario() -> tuple[str, str, int]:
+        app = create_app(settings_for(served_models=["toy", "signs"], registry_poll_seconds=0.2))
+        async with LifespanManager(app) as manager:
+            transport = httpx.ASGITransport(app=manager.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                before = (await client.get("/models/signs")).json()["status"]
+                write_toy_version(registry, "signs", ["a", "b", "c"])  # e.g. by `app train`
+                for _ in range(50):
+                    await asyncio.sleep(0.1)
+                    if (await client.get("/models/signs")).json()["status"] == "ready":
+                        break
+                after = (await client.get("/models/signs")).json()["status"]
+                r = await client.post(
+                    "/predict",
+                    params={"model": "signs"},
+                    files={"file": ("a.png", PNG, "image/png")},
+                )
+                return before, after, r.status_code
+
+    assert asyncio.run(scenario()) == ("failed", "ready", 200)
