@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
 import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -102,3 +105,24 @@ def write_toy_version(
         "metrics": {"accuracy": 0.5},
     }
     return registry.write_version(name, lambda d: model.save(d / MODEL_FILE), meta)
+
+
+def run_cli(tmp_path, *args, env_extra=None, timeout=600):
+    env = {
+        **os.environ,
+        "CONVSERVE_MODELS_DIR": str(tmp_path / "models"),
+        "CONVSERVE_DATA_DIR": str(tmp_path / "var"),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        **(env_extra or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def last_json(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])

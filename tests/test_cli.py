@@ -1,33 +1,8 @@
-import json
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-from tests.helpers import MOBILENET_WEIGHTS, SIGNS_DIR, make_dataset
-
-
-def run_cli(tmp_path, *args, env_extra=None, timeout=600):
-    env = {
-        **os.environ,
-        "CONVSERVE_MODELS_DIR": str(tmp_path / "models"),
-        "CONVSERVE_DATA_DIR": str(tmp_path / "var"),
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        **(env_extra or {}),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "app", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def last_json(out: str) -> dict:
-    return json.loads(out.strip().splitlines()[-1])
+from tests.helpers import MOBILENET_WEIGHTS, SIGNS_DIR, last_json, make_dataset, run_cli
 
 
 def test_train_rejects_out_of_range_parameters_naming_the_field(tmp_path):

@@ -146,13 +146,13 @@ def test_queue_bound_and_upload_cap(registry, settings_for, tmp_path):
     settings = settings_for(run_jobs=False, max_queued_jobs=2, max_upload_bytes=200_000)
     data = _good_zip(tmp_path)
     with TestClient(create_app(settings)) as c:
+        big = _upload(c, b"PK\x03\x04" + b"\0" * 300_000)
+        assert (big.status_code, big.json()["code"]) == (413, "upload_too_large")
         assert _upload(c, data).status_code == 202
         assert _upload(c, data).status_code == 202
         full = _upload(c, data)
         assert (full.status_code, full.json()["code"]) == (503, "queue_full")
         assert full.headers["retry-after"]
-        big = _upload(c, b"PK\x03\x04" + b"\0" * 300_000)
-        assert (big.status_code, big.json()["code"]) == (413, "upload_too_large")
 
 
 def test_finetune_needs_the_admin_key(registry, settings_for, tmp_path):

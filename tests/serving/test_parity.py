@@ -1,8 +1,5 @@
 """Serving feeds the model exactly what training fed it."""
 
-import subprocess
-import sys
-
 import keras
 import numpy as np
 from fastapi.testclient import TestClient
@@ -11,7 +8,7 @@ from app.data.datasets import load_directory, prepare_dataset
 from app.data.images import load_image
 from app.main import create_app
 from app.registry import ModelRegistry
-from tests.helpers import image_bytes, make_dataset, pattern_image
+from tests.helpers import image_bytes, make_dataset, pattern_image, run_cli
 
 
 def _mixed_files(root):
@@ -52,37 +49,22 @@ def test_training_pipeline_and_serving_path_give_the_same_tensor(tmp_path):
 
 def test_cli_trained_model_serves_the_same_probabilities_as_keras(tmp_path):
     data = make_dataset(tmp_path / "data", per_class=10, size=40)
-    env = {
-        "CONVSERVE_MODELS_DIR": str(tmp_path / "models"),
-        "CONVSERVE_DATA_DIR": str(tmp_path / "var"),
-        "CONVSERVE_PRETRAINED": "none",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
-    import os
-
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "app",
-            "train",
-            "--data",
-            str(data),
-            "--model",
-            "shapes",
-            "--epochs",
-            "1",
-            "--fine-tune-epochs",
-            "0",
-            "--image-size",
-            "48",
-        ],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
+    out = run_cli(
+        tmp_path,
+        "train",
+        "--data",
+        str(data),
+        "--model",
+        "shapes",
+        "--epochs",
+        "1",
+        "--fine-tune-epochs",
+        "0",
+        "--image-size",
+        "48",
+        env_extra={"CONVSERVE_PRETRAINED": "none"},
     )
+    assert out.returncode == 0, out.stderr[-2000:]
     assert '"version": 1' in out.stdout.strip().splitlines()[-1]
 
     registry = ModelRegistry(tmp_path / "models")
