@@ -256,11 +256,14 @@ def load_datasets(
     autotune = tf.data.AUTOTUNE
     # Cache decoded images, then reshuffle them every epoch (caching the batched set would
     # freeze the first epoch's batches).
+    steps = math.ceil(len(train.file_paths) / batch_size)
     train = (
         train.unbatch()
         .cache()
         .shuffle(2048, seed=seed, reshuffle_each_iteration=True)
         .batch(batch_size)
+        # Re-batching hides the number of batches; Keras needs it for per-step progress.
+        .apply(tf.data.experimental.assert_cardinality(steps))
         .prefetch(autotune)
     )
     return train, val.cache().prefetch(autotune)

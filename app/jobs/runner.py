@@ -64,6 +64,7 @@ class _Progress:
         self.first_epoch: int | None = None
         self.phase = "head"
         self._last_check = 0.0
+        self._last_batch_write = 0.0
         self._cancelling = False
 
     def on_phase(self, phase: str, first: int, total: int) -> None:
@@ -79,21 +80,31 @@ class _Progress:
         self.store.update(self.job_id, history=sorted(history, key=lambda h: h["epoch"]))
         self._write(report.epoch, report)
 
-    def _write(self, done: int, report: Any) -> None:
+    def _write(self, done: int, report: Any, within: float = 0.0) -> None:
+        """``done`` whole epochs finished, plus ``within`` of the next one."""
         eta = None
-        ran = done - (self.first_epoch or 0)
+        ran = done + within - (self.first_epoch or 0)
         if ran > 0:
-            eta = round((time.monotonic() - self.started) / ran * (self.total - done), 1)
+            left = self.total - done - within
+            eta = round((time.monotonic() - self.started) / ran * left, 1)
         self.store.update(
             self.job_id,
             progress={
                 "phase": self.phase,
                 "epoch": done,
                 "total_epochs": self.total,
-                "fraction": round(done / self.total, 4) if self.total else 1.0,
+                "fraction": round((done + within) / self.total, 4) if self.total else 1.0,
                 "eta_seconds": eta,
             },
         )
+
+    def on_batch(self, epoch: int, batch: int, steps: int) -> None:
+        """Fraction done within an epoch, written at most every 2 seconds."""
+        now = time.monotonic()
+        if steps <= 0 or now - self._last_batch_write < 2.0:
+            return
+        self._last_batch_write = now
+        self._write(epoch, None, within=batch / steps)
 
     def should_stop(self) -> bool:
         now = time.monotonic()
@@ -129,6 +140,7 @@ def run_job(job_id: str, settings: Settings) -> int:
                 log=lambda line: log.info("%s: %s", job_id, line),
                 on_epoch=progress.on_epoch,
                 on_phase=progress.on_phase,
+                on_batch=progress.on_batch,
                 should_stop=progress.should_stop,
             )
             result = train(

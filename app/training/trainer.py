@@ -67,6 +67,7 @@ class Hooks:
     log: Log = print
     on_epoch: Callable[[EpochReport], None] | None = None
     on_phase: Callable[[str, int, int], None] | None = None  # phase, first epoch, total
+    on_batch: Callable[[int, int, int], None] | None = None  # epoch (0-based), batch, steps
     should_stop: Callable[[], bool] | None = None
     extra_metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -82,13 +83,18 @@ class _EpochCallback(keras.callbacks.Callback):
         self.hooks = hooks
         self.history_file = history_file
         self._started = 0.0
+        self._epoch = 0
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._started = time.perf_counter()
+        self._epoch = epoch  # 0-based, counted over both phases
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if self.hooks.should_stop is not None and self.hooks.should_stop():
             raise TrainingCancelled("training was cancelled")
+        if self.hooks.on_batch is not None:
+            steps = int(self.params.get("steps") or 0)
+            self.hooks.on_batch(self._epoch, batch + 1, steps)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         seconds = time.perf_counter() - self._started
@@ -217,6 +223,7 @@ def train(
             validation_data=val_ds,
             initial_epoch=first,
             epochs=last,
+            shuffle=False,  # the dataset reshuffles itself every epoch
             verbose=0,
             callbacks=[
                 # Two checkpoints: a process killed while writing one leaves the other.
