@@ -54,7 +54,11 @@ class JobSupervisor:
             self.store.requeue_orphans, self.settings.max_job_attempts
         )
         if requeued:
-            log.warning("jobs interrupted by a restart, queued again: %s", ", ".join(requeued))
+            log.warning(
+                "jobs left running by a stopped service (queued again, or ended when out of "
+                "attempts or being cancelled): %s",
+                ", ".join(requeued),
+            )
         self._loop_task = asyncio.get_running_loop().create_task(self._loop())
 
     def wake(self) -> None:

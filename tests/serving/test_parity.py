@@ -47,7 +47,7 @@ def test_training_pipeline_and_serving_path_give_the_same_tensor(tmp_path):
     assert np.abs(train_images - served.astype(np.float32)).mean() < 1 / 255
 
 
-def test_cli_trained_model_serves_the_same_probabilities_as_keras(tmp_path):
+def test_cli_trained_model_serves_the_same_probabilities_as_keras(tmp_path, settings_for):
     data = make_dataset(tmp_path / "data", per_class=10, size=40)
     out = run_cli(
         tmp_path,
@@ -77,16 +77,7 @@ def test_cli_trained_model_serves_the_same_probabilities_as_keras(tmp_path):
         np.stack([load_image(f, 48) for f in files]).astype("float32"), verbose=0
     )
 
-    from app.config import Settings
-
-    settings = Settings(
-        models_dir=tmp_path / "models",
-        data_dir=tmp_path / "var",
-        served_models=["shapes"],
-        default_model="shapes",
-        pretrained="none",
-        registry_poll_seconds=0,
-    )
+    settings = settings_for(served_models=["shapes"], default_model="shapes")
     with TestClient(create_app(settings)) as c:
         r = c.post(
             "/predict",
