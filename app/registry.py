@@ -12,13 +12,15 @@ never leaves half a version; readers ignore hidden folders.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from app.errors import ConvserveError
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
 ACTIVE_FILE = "active"
+LOCK_FILE = ".lock"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -165,6 +168,19 @@ class ModelRegistry:
         if activate:
             self.set_active(name, version)
         return version
+
+    @contextlib.contextmanager
+    def locked(self, name: str) -> Iterator[None]:
+        """Hold ``name``'s lock (an exclusive ``flock`` on ``<name>/.lock``) for a step that
+        must not run twice at once, across threads and processes sharing this folder."""
+        folder = self.root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / LOCK_FILE, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def set_active(self, name: str, version: int) -> None:
         if not self.exists(name, version):

@@ -20,6 +20,7 @@ import io
 import json
 import os
 import platform
+import resource
 import socket
 import statistics
 import subprocess
@@ -131,7 +132,8 @@ def raw_throughput(
         x = np.random.default_rng(0).integers(0, 255, (batch, size, size, 3)).astype(np.uint8)
         for _ in range(3):
             predictor.predict(x)
-        times = []
+        times: list[float] = []
+        cpu = process_cpu_seconds()
         end = time.perf_counter() + seconds
         while time.perf_counter() < end or len(times) < 5:
             t = time.perf_counter()
@@ -140,7 +142,36 @@ def raw_throughput(
         out[batch] = {
             "img_s": batch / statistics.mean(times),
             "p50_ms": percentile(times, 50) * 1000,
+            "cpu_ms_img": (process_cpu_seconds() - cpu) * 1000 / (batch * len(times)),
         }
+    return out
+
+
+def process_cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU time of a process (this one by default), all threads."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def decode_cost(images: list[bytes], size: int) -> dict[str, float]:
+    """Milliseconds of CPU to decode and resize one image, as the service does it."""
+    from app.data.images import load_image
+
+    small = [b for b in images if len(b) < 20_000]
+    large = [b for b in images if len(b) >= 20_000]
+    out = {}
+    for label, group in (("small", small), ("large", large), ("all", images)):
+        if not group:
+            continue
+        for b in group:  # warm up
+            load_image(b, size)
+        cpu = process_cpu_seconds()
+        for b in group * 3:
+            load_image(b, size)
+        out[label] = (process_cpu_seconds() - cpu) * 1000 / (3 * len(group))
     return out
 
 
@@ -230,12 +261,19 @@ def start_naive(work: Path, model: str) -> tuple[str, Any]:
 
 
 def run_levels(
-    url: str, model: str, images: list[bytes], args: argparse.Namespace
+    url: str, model: str, images: list[bytes], args: argparse.Namespace, pid: int
 ) -> dict[int, dict[str, float]]:
+    """Each concurrency level, with the CPU time the server (``pid``) and this load
+    generator spent per image."""
     out = {}
     for c in (1, 8, 32):
         asyncio.run(load(url, model, images, c, 16, 10))  # warm the path
-        out[c] = asyncio.run(load(url, model, images, c, args.requests, args.seconds))
+        server, client = process_cpu_seconds(pid), process_cpu_seconds()
+        result = asyncio.run(load(url, model, images, c, args.requests, args.seconds))
+        done = max(result["requests"], 1)
+        result["server_cpu_ms_img"] = (process_cpu_seconds(pid) - server) * 1000 / done
+        result["client_cpu_ms_img"] = (process_cpu_seconds() - client) * 1000 / done
+        out[c] = result
     return out
 
 
@@ -274,7 +312,7 @@ def main() -> None:
             wait_ready(url, proc)
             if backend in backends:
                 for model in models:
-                    served[(backend, model)] = run_levels(url, model, images, args)
+                    served[(backend, model)] = run_levels(url, model, images, args, proc.pid)
         finally:
             stop(proc)
     if "naive" in targets:
@@ -282,11 +320,12 @@ def main() -> None:
             url, proc = start_naive(work, model)
             try:
                 wait_ready(url, proc)
-                served[("naive", model)] = run_levels(url, model, images, args)
+                served[("naive", model)] = run_levels(url, model, images, args, proc.pid)
             finally:
                 stop(proc)
+    # Each runtime alone in a fresh process, at the same precision as the service.
     raw = {
-        (b, m): raw_throughput(work / "models", m, b, args.raw_seconds)
+        (b, m): raw_in_subprocess(work / "models", m, b, args.raw_seconds, args.precision)
         for b in backends
         for m in models
     }
@@ -311,14 +350,32 @@ def main() -> None:
         "served c=8 p99 / p50 |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for (backend, model), r in raw.items():
+    for (backend, model), by_batch in raw.items():
         levels = served[(backend, model)]
-        budget = r[1]["p50_ms"] * 1.5 + 15
+        b1, b16 = by_batch[1], by_batch[16]
+        budget = b1["p50_ms"] * 1.5 + 15
         print(
-            f"| {model} | {backend} | {r[1]['img_s']:.1f} | {r[1]['p50_ms']:.1f} | "
-            f"{r[16]['img_s']:.1f} | {levels[32]['img_s'] / r[16]['img_s']:.2f} | "
+            f"| {model} | {backend} | {b1['img_s']:.1f} | {b1['p50_ms']:.1f} | "
+            f"{b16['img_s']:.1f} | {levels[32]['img_s'] / b16['img_s']:.2f} | "
             f"{levels[1]['p99_ms'] / budget:.2f} | "
             f"{levels[8]['p99_ms'] / levels[8]['p50_ms']:.2f} |"
+        )
+    decode = decode_cost(images, args.image_size)
+    print(
+        "\nWhere the CPU goes at concurrency 32 (ms of CPU per image, all threads; raw is "
+        "the bare forward pass at batch 16; decode is Pillow's decode and resize to "
+        f"{args.image_size}x{args.image_size}, measured alone: "
+        + ", ".join(f"{k} photos {v:.2f} ms" for k, v in decode.items())
+        + "):\n"
+    )
+    print("| model | server | raw inference | server process | load generator |")
+    print("|---|---|---:|---:|---:|")
+    for (target, model), levels in served.items():
+        inference = raw[(target, model)][16]["cpu_ms_img"] if (target, model) in raw else None
+        print(
+            f"| {model} | {target} | "
+            f"{'' if inference is None else f'{inference:.2f}'} | "
+            f"{levels[32]['server_cpu_ms_img']:.2f} | {levels[32]['client_cpu_ms_img']:.2f} |"
         )
     if "openvino" in backends:
         print("\n| model | served OpenVINO c=32 img/s vs served Keras | vs naive peer |")

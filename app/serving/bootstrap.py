@@ -44,8 +44,19 @@ def imagenet_class_names(download: bool) -> list[str]:
 def bootstrap(registry: ModelRegistry, name: str, pretrained: str, image_size: int) -> int:
     """Write the ImageNet classifier ``name`` as its first version and activate it.
 
+    Replicas sharing the registry may start at the same moment: under the model's lock, a
+    version another one wrote first is used instead of writing a second.
+
     Raises whatever Keras raises when the weights cannot be had (no network, no cache).
     """
+    with registry.locked(name):
+        existing = registry.active_version(name)
+        if existing is not None:
+            return existing
+        return _write_bootstrap(registry, name, pretrained, image_size)
+
+
+def _write_bootstrap(registry: ModelRegistry, name: str, pretrained: str, image_size: int) -> int:
     from app.nets.transfer import build_imagenet_classifier
 
     weights = None if pretrained in ("", "none") else pretrained

@@ -1,6 +1,12 @@
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from app.registry import LOCK_FILE, ModelRegistry
+from app.serving.bootstrap import bootstrap
 from tests.helpers import image_bytes, pattern_image
 
 
@@ -40,3 +46,30 @@ def test_bootstrapped_resnet_is_our_network_from_its_blocks(settings_for, tmp_pa
     inner = model.get_layer("resnet50_imagenet")
     assert inner.get_layer("conv3_block1_0_conv").strides == (2, 2)
     assert inner.count_params() == 25_636_712
+
+
+def test_replicas_bootstrapping_at_once_write_one_version(tmp_path):
+    registry = ModelRegistry(tmp_path / "models")
+    with ThreadPoolExecutor(2) as pool:
+        versions = list(
+            pool.map(lambda _: bootstrap(registry, "mobilenet_v2", "none", 32), range(2))
+        )
+    assert versions == [1, 1]
+    assert registry.versions("mobilenet_v2") == [1]
+
+
+def test_registry_lock_excludes_another_process(tmp_path):
+    registry = ModelRegistry(tmp_path / "models")
+    probe = (
+        "import fcntl, sys\n"
+        "with open(sys.argv[1], 'a') as f:\n"
+        "    try:\n"
+        "        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "    except BlockingIOError:\n"
+        "        sys.exit(3)\n"
+    )
+    lock = str(tmp_path / "models" / "m" / LOCK_FILE)
+    with registry.locked("m"):
+        held = subprocess.run([sys.executable, "-c", probe, lock])
+    free = subprocess.run([sys.executable, "-c", probe, lock])
+    assert (held.returncode, free.returncode) == (3, 0)
