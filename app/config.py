@@ -13,7 +13,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 class Settings(BaseSettings):
     """Every knob of the service. The README lists each with its default."""
 
-    model_config = SettingsConfigDict(env_prefix="CONVSERVE_", extra="ignore")
+    # An empty variable (as docker-compose passes an unset one) means the default.
+    model_config = SettingsConfigDict(
+        env_prefix="CONVSERVE_", extra="ignore", env_ignore_empty=True
+    )
 
     models_dir: Path = Path("models")
     data_dir: Path = Path("var")
@@ -30,7 +33,9 @@ class Settings(BaseSettings):
     # Input size of the bootstrap (ImageNet) versions. Tests use a tiny size.
     bootstrap_image_size: int = Field(224, ge=32, le=1024)
 
-    max_batch_size: int = Field(16, ge=1, le=256)
+    # Largest batch run at once; unset: the backend's best on a small CPU (Keras 16,
+    # OpenVINO 4, see KerasPredictor and OpenVINOPredictor).
+    max_batch_size: int | None = Field(None, ge=1, le=256)
     batch_timeout_ms: float = Field(5.0, ge=0, le=1000)
     # Images waiting for a model, across requests; beyond it /predict answers 503.
     max_queue_size: int = Field(256, ge=1)

@@ -132,18 +132,18 @@ class ModelManager:
         metadata = self.registry.metadata(name, version)
         size = int(metadata["image_size"])
         path = self.registry.model_path(name, version)
-        max_batch = self.settings.max_batch_size
 
         def load() -> Predictor:
             predictor = make_predictor(
                 path, size, self.settings.backend, self.settings.inference_precision
             )
             predictor.load()
-            warm_up(predictor, max_batch)
+            warm_up(predictor, self.settings.max_batch_size or predictor.batch_size)
             return predictor
 
         started = time.perf_counter()
         predictor = await asyncio.get_running_loop().run_in_executor(self._loader, load)
+        max_batch = self.settings.max_batch_size or predictor.batch_size
         log.info("loaded %s v%d in %.1fs", name, version, time.perf_counter() - started)
 
         def on_batch(n: int, seconds: float) -> None:

@@ -61,6 +61,10 @@ def convert_to_ir(model_path: Path) -> Path:
 class OpenVINOPredictor:
     backend = "openvino"
     parallelism = 2
+    # Larger batches gain nothing here and fall out of cache: MobileNetV2 at 224x224 runs
+    # 481 img/s at batch 4 and 450 at batch 16 (two requests in flight), and served at
+    # concurrency 32 it answers about 6% more images with batches of at most 4.
+    batch_size = 4
 
     def __init__(self, model_path: Path, image_size: int, precision: str = "f32") -> None:
         self.model_path = Path(model_path)

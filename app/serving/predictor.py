@@ -18,6 +18,8 @@ class Predictor(Protocol):
     image_size: int
     # Batches the runtime can usefully run at once (the batcher keeps this many in flight).
     parallelism: int
+    # The largest batch worth forming when CONVSERVE_MAX_BATCH_SIZE is not set.
+    batch_size: int
 
     def load(self) -> None: ...
 
@@ -32,7 +34,13 @@ class KerasPredictor:
     """
 
     backend = "keras"
-    parallelism = 1  # TensorFlow already spreads one batch over every core
+    # TensorFlow spreads one batch over every core, but between two batches (stacking the
+    # next, answering the last) the cores idle; a second batch in flight fills those gaps
+    # (4-5% more images/s at concurrency 32 for both bootstrap models, measured in bench/).
+    parallelism = 2
+    # TensorFlow's fixed cost per call (about 2 ms) wants large batches: ResNet-50 runs at
+    # 34 img/s at batch 1 and 47 at batch 16 here.
+    batch_size = 16
 
     def __init__(self, model_path: Path, image_size: int) -> None:
         self.model_path = Path(model_path)

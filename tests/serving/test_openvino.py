@@ -44,3 +44,29 @@ def test_ir_is_converted_once_and_cached_beside_the_version(registry, settings_f
     assert xml.stat().st_mtime_ns == stamp, "the IR was converted again"
     # The registry still lists exactly one version.
     assert registry.versions("toy") == [1]
+
+
+def _batches_for(client: TestClient, images: int) -> float:
+    png = image_bytes(pattern_image("checks", 40), "PNG")
+    files = [("file", (f"{i}.png", png)) for i in range(images)]
+    assert client.post("/predict", files=files).status_code == 200
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith('convserve_batch_size_count{model="toy"}'):
+            return float(line.split()[-1])
+    raise AssertionError("no batch-size histogram for toy")
+
+
+@pytest.mark.parametrize(
+    ("backend", "max_batch", "batches"),
+    [
+        ("openvino", None, 3),  # OpenVINO's own batch size: 4
+        ("keras", None, 1),  # Keras': 16
+        ("openvino", 16, 1),  # the setting wins
+    ],
+)
+def test_batch_size_defaults_to_the_backends_best(
+    registry, settings_for, backend, max_batch, batches
+):
+    settings = settings_for(backend=backend, max_batch_size=max_batch)
+    with TestClient(create_app(settings)) as c:
+        assert _batches_for(c, 10) == batches
