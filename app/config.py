@@ -27,8 +27,8 @@ class Settings(BaseSettings):
     api_key: str | None = None
     backend: Literal["auto", "keras", "openvino"] = "auto"
     # OpenVINO's inference precision. bf16 runs about twice as fast on CPUs with AMX or
-    # AVX512-BF16, but changed the top class of 1.0% of the SIGNS photos against Keras
-    # (tests/serving/test_backend_parity.py); f32 agrees on all of them, so it is the default.
+    # AVX512-BF16, but changed the top class of 1-2% of the SIGNS photos against Keras
+    # (bench/precision_study.py); f32 agrees on all of them, so it is the default.
     inference_precision: Literal["bf16", "f32"] = "f32"
     # Input size of the bootstrap (ImageNet) versions. Tests use a tiny size.
     bootstrap_image_size: int = Field(224, ge=32, le=1024)
