@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     # Seconds between reads of the registry's active pointers (picks up activations
     # made by another replica sharing models/). 0 turns polling off.
     registry_poll_seconds: float = Field(2.0, ge=0)
+    # A built-in model whose first version could not be written (no weights: offline, no
+    # cache) is tried again after this many seconds, then twice as long each time, up to
+    # an hour; 0 never retries. Retries run on the registry poll.
+    bootstrap_retry_seconds: float = Field(60.0, ge=0)
     decode_threads: int = Field(2, ge=1, le=64)
 
     # Fine-tuning jobs.

@@ -59,6 +59,12 @@ class ModelState:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_error: str | None = None
     failed_version: int | None = None  # the last version that could not be loaded
+    # When to try writing version 1 again after a failed bootstrap, and the last wait.
+    bootstrap_retry_at: float | None = None
+    bootstrap_wait: float = 0.0
+
+
+MAX_BOOTSTRAP_WAIT = 3600.0
 
 
 class ModelManager:
@@ -100,6 +106,7 @@ class ModelManager:
     async def _load_initial(self, state: ModelState) -> None:
         name = state.name
         loop = asyncio.get_running_loop()
+        bootstrapping = False
         try:
             version = self.registry.active_version(name)
             if version is None:
@@ -109,6 +116,7 @@ class ModelManager:
                         f"model {name!r} has no version in the registry; train one first",
                     )
                 log.info("bootstrapping %s", name)
+                bootstrapping = True
                 version = await loop.run_in_executor(
                     self._loader,
                     bootstrap,
@@ -124,7 +132,15 @@ class ModelManager:
             state.status, state.reason = "failed", _describe(exc)
             self.metrics.model_ready.labels(name).set(0)
             log.error("model %s failed to load: %s", name, state.reason)
+            first_wait = self.settings.bootstrap_retry_seconds
+            if bootstrapping and first_wait > 0 and self.settings.registry_poll_seconds > 0:
+                wait = min(max(state.bootstrap_wait * 2, first_wait), MAX_BOOTSTRAP_WAIT)
+                state.bootstrap_wait = wait
+                state.bootstrap_retry_at = time.monotonic() + wait
+                state.reason += f" (trying again in {wait:.0f} s)"
+                log.info("will try to bootstrap %s again in %.0f s", name, wait)
             return
+        state.bootstrap_retry_at, state.bootstrap_wait = None, 0.0
         self._install(state, loaded)
 
     async def _load(self, name: str, version: int) -> LoadedVersion:
@@ -324,12 +340,19 @@ class ModelManager:
             raise
 
     async def _poll(self) -> None:
-        """Follow activations made by another replica sharing the registry."""
+        """Follow activations made by another replica sharing the registry, and try again
+        to write version 1 of a built-in model whose bootstrap failed."""
         while True:
             await asyncio.sleep(self.settings.registry_poll_seconds)
             for name, state in self.models.items():
                 try:
                     pointed = self.registry.active_version(name)
+                    retry_at = state.bootstrap_retry_at
+                    if pointed is None and retry_at is not None and time.monotonic() >= retry_at:
+                        state.bootstrap_retry_at = None
+                        async with state.lock:  # not at the same time as an activation
+                            await self._load_initial(state)  # version 1, or a longer wait
+                        continue
                     if pointed is None or pointed == state.failed_version:
                         continue
                     if state.active is None:

@@ -1,3 +1,5 @@
+import time
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -112,3 +114,27 @@ def test_bootstrap_without_weights_fails_that_model_only(registry, settings_for,
         assert models["mobilenet_v2"]["reason"]
         assert models["toy"]["status"] == "ready"
     assert registry.versions("mobilenet_v2") == []
+
+
+def test_failed_bootstrap_is_tried_again_until_the_weights_appear(registry, settings_for, tmp_path):
+    import keras
+
+    weights = tmp_path / "mobilenet_v2.weights.h5"
+    settings = settings_for(
+        served_models=["toy", "mobilenet_v2"],
+        pretrained=str(weights),
+        registry_poll_seconds=0.1,
+        bootstrap_retry_seconds=0.2,
+    )
+    with TestClient(create_app(settings)) as c:
+        detail = c.get("/models/mobilenet_v2").json()
+        assert detail["status"] == "failed" and "trying again in" in detail["reason"]
+        # The weights become available (a download that now works, a mounted cache).
+        keras.applications.MobileNetV2(input_shape=(32, 32, 3), weights=None).save_weights(weights)
+        deadline = time.monotonic() + 60
+        while c.get("/models/mobilenet_v2").json()["status"] != "ready":
+            assert time.monotonic() < deadline, c.get("/models/mobilenet_v2").json()
+            time.sleep(0.2)
+        r = c.post("/predict", params={"model": "mobilenet_v2"}, files={"file": ("a.png", PNG)})
+        assert r.status_code == 200 and r.json()["version"] == 1
+    assert registry.versions("mobilenet_v2") == [1]
