@@ -149,17 +149,18 @@ class ModelManager:
         size = int(metadata["image_size"])
         path = self.registry.model_path(name, version)
 
-        def load() -> Predictor:
+        def load() -> tuple[Predictor, int]:
             predictor = make_predictor(
                 path, size, self.settings.backend, self.settings.inference_precision
             )
             predictor.load()
-            warm_up(predictor, self.settings.max_batch_size or predictor.batch_size)
-            return predictor
+            max_batch = self.settings.max_batch_size or predictor.batch_size
+            warm_up(predictor, max_batch)
+            return predictor, max_batch
 
         started = time.perf_counter()
-        predictor = await asyncio.get_running_loop().run_in_executor(self._loader, load)
-        max_batch = self.settings.max_batch_size or predictor.batch_size
+        loop = asyncio.get_running_loop()
+        predictor, max_batch = await loop.run_in_executor(self._loader, load)
         log.info("loaded %s v%d in %.1fs", name, version, time.perf_counter() - started)
 
         def on_batch(n: int, seconds: float) -> None:
