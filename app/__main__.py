@@ -1,4 +1,7 @@
-"""Command line: ``python -m app serve|train|evaluate|models``."""
+"""Command line: ``python -m app serve|train|evaluate|models`` (the local registry).
+
+The ``convserve`` command (`app.client.cli`) has the same service commands and talks to a
+running service for the rest."""
 
 from __future__ import annotations
 
@@ -43,22 +46,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from app.training.params import TrainParams
     from app.training.trainer import train
 
-    fields = {
-        "base": args.base,
-        "epochs": args.epochs,
-        "fine_tune_epochs": args.fine_tune_epochs,
-        "fine_tune_at": args.fine_tune_at,
-        "image_size": args.image_size,
-        "batch_size": args.batch_size,
-        "learning_rate": args.learning_rate,
-        "fine_tune_learning_rate": args.fine_tune_learning_rate,
-        "validation_split": args.validation_split,
-        "augment": not args.no_augment,
-        "from_scratch": args.from_scratch,
-        "seed": args.seed,
-    }
     try:
-        params = TrainParams(**{k: v for k, v in fields.items() if v is not None})
+        params = TrainParams(**train_fields(args))
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg']}" for e in exc.errors()
@@ -147,7 +136,52 @@ def cmd_run_job(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    add_service_commands(sub)
 
+    ls = sub.add_parser("models", help="list the registry")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_models)
+    return parser
+
+
+def add_train_options(parser: argparse.ArgumentParser) -> None:
+    """The training parameters (`TrainParams`), for ``train`` and ``convserve finetune``."""
+    parser.add_argument("--base", choices=["mobilenet_v2", "resnet50"])
+    parser.add_argument("--epochs", type=int, help="head epochs on the frozen base (default 5)")
+    parser.add_argument("--fine-tune-epochs", type=int, help="fine-tuning epochs (default 5)")
+    parser.add_argument("--fine-tune-at", type=int, help="first base layer to fine-tune")
+    parser.add_argument("--image-size", type=int, help="square input side (default 224)")
+    parser.add_argument("--batch-size", type=int, help="default 32")
+    parser.add_argument("--learning-rate", type=float, help="head learning rate (default 1e-3)")
+    parser.add_argument("--fine-tune-learning-rate", type=float, help="default: learning rate / 10")
+    parser.add_argument("--validation-split", type=float, help="default 0.2")
+    parser.add_argument("--no-augment", action="store_true", help="no random flips/rotations")
+    parser.add_argument("--from-scratch", action="store_true", help="random init, train all layers")
+    parser.add_argument("--seed", type=int, help="default 42")
+
+
+def train_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The training parameters given on the command line (unset ones left out)."""
+    fields = {
+        "base": args.base,
+        "epochs": args.epochs,
+        "fine_tune_epochs": args.fine_tune_epochs,
+        "fine_tune_at": args.fine_tune_at,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "fine_tune_learning_rate": args.fine_tune_learning_rate,
+        "validation_split": args.validation_split,
+        "augment": False if args.no_augment else None,
+        "from_scratch": True if args.from_scratch else None,
+        "seed": args.seed,
+    }
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def add_service_commands(sub: Any) -> None:
+    """``serve``, ``train``, ``evaluate`` and ``run-job``: shared by ``python -m app`` and
+    the ``convserve`` command."""
     serve = sub.add_parser("serve", help="start the HTTP service")
     serve.add_argument("--host", default="0.0.0.0")
     serve.add_argument("--port", type=int, default=8000)
@@ -157,18 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a new version of a model on a directory")
     tr.add_argument("--data", required=True, help="folder with one sub-folder per class")
     tr.add_argument("--model", required=True, help="registry name of the model")
-    tr.add_argument("--base", choices=["mobilenet_v2", "resnet50"])
-    tr.add_argument("--epochs", type=int, help="head epochs on the frozen base (default 5)")
-    tr.add_argument("--fine-tune-epochs", type=int, help="fine-tuning epochs (default 5)")
-    tr.add_argument("--fine-tune-at", type=int, help="first base layer to fine-tune")
-    tr.add_argument("--image-size", type=int, help="square input side (default 224)")
-    tr.add_argument("--batch-size", type=int, help="default 32")
-    tr.add_argument("--learning-rate", type=float, help="head learning rate (default 1e-3)")
-    tr.add_argument("--fine-tune-learning-rate", type=float, help="default: learning rate / 10")
-    tr.add_argument("--validation-split", type=float, help="default 0.2")
-    tr.add_argument("--no-augment", action="store_true", help="no random flips/rotations")
-    tr.add_argument("--from-scratch", action="store_true", help="random init, train all layers")
-    tr.add_argument("--seed", type=int, help="default 42")
+    add_train_options(tr)
     tr.add_argument("--activate", action="store_true", help="make the new version active")
     tr.set_defaults(func=cmd_train)
 
@@ -177,14 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", required=True, help="folder with one sub-folder per class")
     ev.set_defaults(func=cmd_evaluate)
 
-    ls = sub.add_parser("models", help="list the registry")
-    ls.add_argument("--json", action="store_true")
-    ls.set_defaults(func=cmd_models)
-
     job = sub.add_parser("run-job", help="run one queued fine-tuning job (the service does this)")
     job.add_argument("job_id")
     job.set_defaults(func=cmd_run_job)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from app.api import finetune, health, models, predict
+from app.api import datasets, finetune, health, models, predict
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.config import Settings, get_settings
@@ -57,10 +57,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         BodySizeLimit,
         limits={
             "/finetune": settings.max_upload_bytes + slack,
+            "/datasets/check": settings.max_upload_bytes + slack,
             "/predict": settings.max_files_per_request * settings.max_image_bytes + slack,
         },
     )
     install_error_handlers(app)
-    for module in (predict, models, finetune, health):
+    for module in (predict, models, finetune, datasets, health):
         app.include_router(module.router)
     return app

@@ -32,6 +32,9 @@ METADATA_FILE = "metadata.json"
 ACTIVE_FILE = "active"
 LOCK_FILE = ".lock"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MODEL_NAME_RULE = (
+    "a model name is 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
+)
 
 
 class RegistryError(ConvserveError):
@@ -135,12 +138,7 @@ class ModelRegistry:
             The new version number.
         """
         if not NAME_PATTERN.match(name):
-            raise RegistryError(
-                "invalid_model_name",
-                "a model name is 1-64 letters, digits, '_', '-' or '.', starting with a "
-                "letter or digit",
-                422,
-            )
+            raise RegistryError("invalid_model_name", MODEL_NAME_RULE, 422)
         folder = self.root / name
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".tmp-{uuid.uuid4().hex}"
@@ -206,10 +204,23 @@ class ModelRegistry:
         os.rename(folder, trash)
         shutil.rmtree(trash, ignore_errors=True)
 
+    def delete_model(self, name: str) -> None:
+        """Delete every version of ``name`` and its pointer."""
+        folder = self.root / name
+        if not NAME_PATTERN.match(name) or not folder.is_dir():
+            raise RegistryError("model_not_found", f"the registry has no model {name!r}", 404)
+        trash = self.root / f".trash-{name}-{uuid.uuid4().hex}"
+        os.rename(folder, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
     def clean_stale(self, older_than_seconds: float = 3600.0) -> None:
         """Remove temporary folders left by writers that crashed (old enough that no live
         writer can still own them)."""
         now = time.time()
+        if self.root.is_dir():
+            for p in self.root.iterdir():
+                if p.name.startswith(".trash-") and now - p.stat().st_mtime > older_than_seconds:
+                    shutil.rmtree(p, ignore_errors=True)
         for name in self.names():
             for p in (self.root / name).iterdir():
                 stale = now - p.stat().st_mtime > older_than_seconds

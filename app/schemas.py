@@ -120,3 +120,17 @@ class JobCreated(BaseModel):
 
 class JobList(BaseModel):
     jobs: list[Job]
+
+
+class SkippedFileInfo(BaseModel):
+    path: str
+    reason: str
+
+
+class DatasetReport(BaseModel):
+    class_names: list[str]
+    counts: dict[str, int]
+    images: int
+    skipped: list[SkippedFileInfo] = []
+    duplicates: list[list[str]] = []
+    warnings: list[str] = []

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Header, Query, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import ValidationError
 
 from app.api.deps import Admin, Jobs, Manager, Registry, SettingsDep, Supervisor
 from app.errors import ConvserveError
 from app.jobs.intake import queue_job
-from app.jobs.store import CANCELLED
+from app.jobs.store import CANCELLED, DONE, PROGRESS, JobEvent
 from app.nets.transfer import BASES
-from app.schemas import Job, JobCreated, JobList
+from app.registry import MODEL_NAME_RULE, NAME_PATTERN
+from app.schemas import ErrorBody, Job, JobCreated, JobList
 from app.training.params import TrainParams
 
 router = APIRouter(prefix="/finetune", tags=["finetune"])
@@ -51,22 +54,20 @@ async def create_job(
     fine_tune_learning_rate: float | None = Form(None),
     validation_split: float | None = Form(None),
     augment: bool | None = Form(None),
+    from_scratch: bool | None = Form(None),
     seed: int | None = Form(None),
     promote: bool = Form(True),
 ) -> JobCreated:
-    """Queue a fine-tuning job; the archive is checked before the job is queued."""
+    """Queue a fine-tuning job; the archive is checked before the job is queued. A
+    ``model`` that does not exist yet is created by the job."""
     name = model or settings.default_model
-    if name not in manager.models:
+    if not NAME_PATTERN.match(name):
         raise RequestValidationError(
-            [
-                {
-                    "loc": ("form", "model"),
-                    "type": "value_error",
-                    "msg": f"unknown model {name!r}; served models: {', '.join(manager.models)}",
-                }
-            ]
+            [{"loc": ("form", "model"), "type": "value_error", "msg": MODEL_NAME_RULE}]
         )
-    active = manager.models[name].active
+    # A name that is not served yet creates that model with the job's first version.
+    state = manager.models.get(name)
+    active = state.active if state is not None else None
     architecture = active.metadata.get("base") if active else None
     params = _params(
         dict(
@@ -80,6 +81,7 @@ async def create_job(
             fine_tune_learning_rate=fine_tune_learning_rate,
             validation_split=validation_split,
             augment=augment,
+            from_scratch=from_scratch,
             seed=seed,
         ),
         architecture if architecture in BASES else "mobilenet_v2",
@@ -118,3 +120,49 @@ def cancel_job(job_id: str, jobs: Jobs, supervisor: Supervisor) -> Job:
     if new == CANCELLED:
         supervisor.cleanup(job_id)
     return Job.from_row(_get(jobs, job_id))
+
+
+# How often a stream looks for new events: a new epoch reaches a client within this.
+EVENTS_POLL_SECONDS = 0.5
+
+
+async def _existing_job(job_id: str, jobs: Jobs) -> str:
+    await asyncio.to_thread(_get, jobs, job_id)
+    return job_id
+
+
+def _latest_progress_only(events: list[JobEvent]) -> list[JobEvent]:
+    """Drop ``progress`` events that a later one in the same batch supersedes (a client
+    catching up needs only where the job is now)."""
+    last = max((e.seq for e in events if e.type == PROGRESS), default=None)
+    return [e for e in events if e.type != PROGRESS or e.seq == last]
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=EventSourceResponse,
+    responses={
+        200: {"description": "text/event-stream of status, progress, epoch and done events"},
+        404: {"description": "no such job", "model": ErrorBody},
+    },
+)
+async def job_events(
+    job_id: Annotated[str, Depends(_existing_job)],
+    jobs: Jobs,
+    last_event_id: str | None = Header(
+        None, description="resume after this event id (EventSource sends it on reconnect)"
+    ),
+) -> AsyncIterator[ServerSentEvent]:
+    """Server-Sent Events for one job: ``status``, ``progress``, ``epoch`` and a final
+    ``done``, each with an id; the stream ends after ``done``. Works the same for a
+    queued, running or finished job. FastAPI sends keep-alive comments while it is quiet."""
+    after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    while True:
+        events = await asyncio.to_thread(jobs.events, job_id, after)
+        for event in _latest_progress_only(events):
+            yield ServerSentEvent(id=str(event.seq), event=event.type, data=event.data)
+            if event.type == DONE:
+                return
+        if events:
+            after = events[-1].seq
+        await asyncio.sleep(EVENTS_POLL_SECONDS)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Path
 
-from app.api.deps import Admin, Manager, Registry
+from app.api.deps import Admin, Jobs, Manager, Registry, SettingsDep
+from app.errors import ConvserveError
 from app.registry import ModelRegistry
 from app.schemas import ModelDetail, ModelInfo, ModelList, VersionInfo
 from app.serving.manager import ModelState
@@ -78,3 +81,24 @@ async def delete_version(
     """Delete a version that is not active."""
     state = await manager.delete(name, version)
     return model_detail(state, registry)
+
+
+@router.delete("/{name}", status_code=204, dependencies=[Admin])
+async def delete_model(name: str, manager: Manager, jobs: Jobs, settings: SettingsDep) -> None:
+    """Delete a whole model, every version of it. Refused for the default model and while
+    a fine-tuning job for it is queued or running."""
+    manager.state(name)  # 404 for an unknown model
+    if name == settings.default_model:
+        raise ConvserveError(
+            "model_is_default",
+            f"{name!r} is the default model (CONVSERVE_DEFAULT_MODEL); it cannot be deleted",
+            409,
+        )
+    busy = await asyncio.to_thread(jobs.active_for_model, name)
+    if busy:
+        raise ConvserveError(
+            "model_in_training",
+            f"job {busy[0]} is training {name!r}; cancel it or wait for it to end",
+            409,
+        )
+    await manager.delete_model(name)

@@ -9,6 +9,8 @@ and sees the same pixels the service will feed the model.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import math
 import shutil
 from collections.abc import Iterable
@@ -38,11 +40,44 @@ class SkippedFile:
     reason: str
 
 
+# A class with fewer images than this gets a warning in the dataset check.
+FEW_IMAGES_WARNING = 20
+# Largest class over smallest above which the check warns of imbalance.
+IMBALANCE_RATIO = 2.0
+
+
 @dataclass
 class DatasetSummary:
     class_names: list[str]
     counts: dict[str, int]
     skipped: list[SkippedFile] = field(default_factory=list)
+    # Groups of files with the same bytes (paths relative to the class root).
+    duplicates: list[list[str]] = field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        """What is worth knowing before training, though it does not stop a job."""
+        found = []
+        if self.counts:
+            most = max(self.counts, key=lambda c: self.counts[c])
+            least = min(self.counts, key=lambda c: self.counts[c])
+            if self.counts[most] > IMBALANCE_RATIO * self.counts[least]:
+                found.append(
+                    f"the classes are imbalanced: {most!r} has {self.counts[most]} images,"
+                    f" {least!r} {self.counts[least]}"
+                )
+        for name, count in self.counts.items():
+            if count < FEW_IMAGES_WARNING:
+                found.append(
+                    f"class {name!r} has {count} images; {FEW_IMAGES_WARNING} or more per class"
+                    " give better models"
+                )
+        if self.duplicates:
+            extra = sum(len(group) - 1 for group in self.duplicates)
+            found.append(f"{extra} files are exact copies of another file in the dataset")
+        if self.skipped:
+            found.append(f"{len(self.skipped)} files are not usable images and will be skipped")
+        return found
 
     @property
     def total(self) -> int:
@@ -54,6 +89,7 @@ class DatasetSummary:
             list(data["class_names"]),
             dict(data["counts"]),
             [SkippedFile(**s) for s in data.get("skipped", [])],
+            [list(g) for g in data.get("duplicates", [])],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,6 +98,8 @@ class DatasetSummary:
             "counts": self.counts,
             "images": self.total,
             "skipped": [asdict(s) for s in self.skipped],
+            "duplicates": self.duplicates,
+            "warnings": self.warnings,
         }
 
 
@@ -189,10 +227,12 @@ def _check_counts(counts: dict[str, int], validation_split: float, min_images: i
             )
 
 
-def _header_problem(path: Path, max_pixels: int) -> str | None:
-    """Why ``path`` is not a usable image, judged from its header alone (cheap)."""
+def _header_problem(data: bytes, max_pixels: int) -> str | None:
+    """Why ``data`` is not a usable image, judged from its header alone (cheap)."""
+    if len(data) > MAX_FILE_BYTES:
+        return f"larger than {MAX_FILE_BYTES // (1024 * 1024)} MB"
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data)) as img:
             if img.format not in SUPPORTED_FORMATS:
                 return f"{img.format} images are not supported"
             if img.width * img.height > max_pixels:
@@ -209,19 +249,30 @@ def scan_dataset(
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> DatasetSummary:
     """The checks of `prepare_dataset` from image headers only: fast enough to run on an
-    upload before a job is queued. Corrupt pixel data is caught later, by the full pass."""
+    upload before a job is queued (and by the ``convserve`` command on a local folder).
+    Also finds files that are exact copies of each other. Corrupt pixel data is caught
+    later, by the full pass."""
     root, class_dirs = _class_dirs(Path(source))
     counts = {d.name: 0 for d in class_dirs}
     skipped: list[SkippedFile] = []
+    by_digest: dict[str, list[str]] = {}
     for class_dir in class_dirs:
         for path in _class_files(class_dir):
-            reason = _header_problem(path, max_pixels)
+            relative = str(path.relative_to(root))
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                skipped.append(SkippedFile(relative, f"cannot be read: {exc.strerror or exc}"))
+                continue
+            reason = _header_problem(data, max_pixels)
             if reason is None:
                 counts[class_dir.name] += 1
+                by_digest.setdefault(hashlib.sha256(data).hexdigest(), []).append(relative)
             else:
-                skipped.append(SkippedFile(str(path.relative_to(root)), reason))
+                skipped.append(SkippedFile(relative, reason))
     _check_counts(counts, validation_split, min_images)
-    return DatasetSummary([d.name for d in class_dirs], counts, skipped)
+    duplicates = [group for group in by_digest.values() if len(group) > 1]
+    return DatasetSummary([d.name for d in class_dirs], counts, skipped, duplicates)
 
 
 def load_datasets(

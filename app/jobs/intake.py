@@ -8,7 +8,7 @@ from typing import IO, Any
 
 from app.config import Settings
 from app.data.archives import ArchiveLimits, extract_archive
-from app.data.datasets import scan_dataset
+from app.data.datasets import DatasetSummary, scan_dataset
 from app.errors import ConvserveError
 from app.jobs.runner import job_dir
 from app.jobs.store import QUEUED, JobStore, new_job_id
@@ -33,6 +33,34 @@ def save_upload(source: IO[bytes], target: Path, limit: int) -> int:
     return written
 
 
+def check_upload(
+    settings: Settings, upload: IO[bytes], folder: Path, validation_split: float
+) -> DatasetSummary:
+    """Store ``upload`` in ``folder``, extract it to ``folder/dataset`` and check it: the
+    report a job will use. Raises the archive's or the dataset's error."""
+    archive = folder / "upload"
+    save_upload(upload, archive, settings.max_upload_bytes)
+    limits = ArchiveLimits(settings.max_archive_files, settings.max_archive_bytes)
+    extract_archive(archive, folder / "dataset", limits)
+    archive.unlink()
+    return scan_dataset(
+        folder / "dataset",
+        validation_split,
+        settings.min_images_per_class,
+        settings.max_image_pixels,
+    )
+
+
+def check_only(settings: Settings, upload: IO[bytes], validation_split: float) -> dict[str, Any]:
+    """The dataset check of an upload, with nothing kept on disk (blocking)."""
+    folder = settings.data_dir / "checks" / new_job_id()
+    folder.mkdir(parents=True)
+    try:
+        return check_upload(settings, upload, folder, validation_split).to_dict()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def queue_job(
     settings: Settings,
     store: JobStore,
@@ -54,17 +82,7 @@ def queue_job(
     folder = job_dir(settings, job_id)
     folder.mkdir(parents=True)
     try:
-        archive = folder / "upload"
-        save_upload(upload, archive, settings.max_upload_bytes)
-        limits = ArchiveLimits(settings.max_archive_files, settings.max_archive_bytes)
-        extract_archive(archive, folder / "dataset", limits)
-        archive.unlink()
-        summary = scan_dataset(
-            folder / "dataset",
-            params.validation_split,
-            settings.min_images_per_class,
-            settings.max_image_pixels,
-        )
+        summary = check_upload(settings, upload, folder, params.validation_split)
         dataset = summary.to_dict()
         skipped = dataset.pop("skipped")
         return store.create(model, params.model_dump(), promote, skipped, dataset, job_id=job_id)

@@ -165,14 +165,17 @@ class JobSupervisor:
             try:
                 if name in self.manager.models:
                     await self.manager.activate(name, version)
-                else:
+                else:  # the job created this model
                     self.registry.set_active(name, version)
+                    await self.manager.add_model(name)
                 result["promoted"] = True
             except ConvserveError as exc:
                 result["promoted"] = False
                 result["promotion_error"] = exc.message
         else:
             result["promoted"] = False
+            if name not in self.manager.models:  # a new model serves its only version
+                await self.manager.add_model(name)
         await asyncio.to_thread(self.store.finish, job_id, SUCCEEDED, result=result)
         log.info("job %s succeeded: %s version %d", job_id, name, version)
 

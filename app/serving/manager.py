@@ -74,7 +74,10 @@ class ModelManager:
         self.settings = settings
         self.registry = registry
         self.metrics = metrics
-        self.models: dict[str, ModelState] = {n: ModelState(n) for n in settings.served_models}
+        # The built-in models (bootstrapped on first start), then every model the registry
+        # holds: models created by training are served from their first version on.
+        names = dict.fromkeys([*settings.served_models, *registry.names()])
+        self.models: dict[str, ModelState] = {n: ModelState(n) for n in names}
         # Runtimes spread one batch over every core; two threads let the next batch be
         # handed over while one runs (a predictor's `parallelism` caps its own share).
         self._infer = ThreadPoolExecutor(2, thread_name_prefix="infer")
@@ -333,6 +336,48 @@ class ModelManager:
             await extra.batcher.close()
         return state
 
+    async def add_model(self, name: str) -> ModelState:
+        """Serve a model the registry has and this manager does not yet (one created by
+        training, here or by another replica); its active version is loaded now."""
+        state = self.models.get(name)
+        if state is None:
+            state = self.models[name] = ModelState(name)
+            async with state.lock:
+                await self._load_initial(state)
+            log.info("now serving new model %s (%s)", name, state.status)
+        return state
+
+    async def remove_model(self, name: str) -> None:
+        """Stop serving ``name`` (its registry folder is gone); requests already queued
+        on it finish."""
+        state = self.models.pop(name, None)
+        if state is None:
+            return
+        for loaded in [state.active, *state.others.values()]:
+            if loaded is not None:
+                await loaded.batcher.close()
+        for metric in (self.metrics.active_version, self.metrics.model_ready):
+            with contextlib.suppress(KeyError):
+                metric.remove(name)
+        log.info("stopped serving model %s", name)
+
+    async def delete_model(self, name: str) -> None:
+        """Delete a whole model from the registry and stop serving it."""
+        state = self.state(name)
+        async with state.lock:
+            self.registry.delete_model(name)
+        await self.remove_model(name)
+
+    async def _follow_registry_names(self) -> None:
+        """Serve models another process created; drop those another process deleted."""
+        names = set(self.registry.names())
+        for name in sorted(names - set(self.models)):
+            if self.registry.versions(name):
+                await self.add_model(name)
+        for name in list(self.models):
+            if name not in names and name not in self.settings.served_models:
+                await self.remove_model(name)
+
     async def _retry_failed(self, state: ModelState, version: int) -> None:
         try:
             await self.activate(state.name, version, write_pointer=False)
@@ -345,7 +390,11 @@ class ModelManager:
         to write version 1 of a built-in model whose bootstrap failed."""
         while True:
             await asyncio.sleep(self.settings.registry_poll_seconds)
-            for name, state in self.models.items():
+            try:
+                await self._follow_registry_names()
+            except Exception:
+                log.exception("registry poll could not list the models")
+            for name, state in list(self.models.items()):
                 try:
                     pointed = self.registry.active_version(name)
                     retry_at = state.bootstrap_retry_at

@@ -127,7 +127,8 @@ def test_tar_gz_upload_is_accepted(jobs_client, tmp_path):
         ({"learning_rate": -1}, "learning_rate"),
         ({"fine_tune_at": 500}, "fine_tune_at"),
         ({"base": "vgg16"}, "base"),
-        ({"model": "nope"}, "model"),
+        ({"model": "../x"}, "model"),
+        ({"model": "a b"}, "model"),
         ({"validation_split": 0.99}, "validation_split"),
     ],
 )

@@ -1,0 +1,417 @@
+"""A typed HTTP client for the convserve API, sync (`Client`) and async (`AsyncClient`).
+
+It imports nothing from the server side but the response schemas, so it works without
+TensorFlow installed. Every failure, an API error or a service that cannot be reached,
+raises `APIError` with the API's ``status``, ``code`` and ``detail``.
+
+    from app.client import Client
+
+    with Client("http://localhost:8000", api_key="...") as cs:
+        print(cs.predict(["cat.jpg"]).predictions[0].top[0].label)
+        job = cs.finetune("photos/", model="pets", epochs=3)
+        for event in cs.events(job.job_id):
+            print(event.type, event.data)
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import httpx
+from httpx_sse import SSEError, aconnect_sse, connect_sse
+from pydantic import BaseModel
+
+from app.schemas import (
+    DatasetReport,
+    Job,
+    JobCreated,
+    JobList,
+    ModelDetail,
+    ModelList,
+    PredictResponse,
+)
+
+DEFAULT_URL = "http://localhost:8000"
+# How often `events` connects again after the stream dropped, before it gives up.
+RECONNECTS = 5
+
+Model = TypeVar("Model", bound=BaseModel)
+# What `predict` takes as one image: encoded bytes, a path, a PIL image, a numpy array
+# (H, W, 3 uint8 RGB), or a (filename, bytes) pair.
+ImageInput = Any
+# What `finetune` takes: a folder of class folders or an archive (paths), an open archive,
+# or a (filename, open archive) pair.
+DatasetInput = str | os.PathLike[str] | IO[bytes] | tuple[str, IO[bytes]]
+
+
+class APIError(Exception):
+    """An answer of the API that is not a success, or no answer at all (``status`` 0,
+    ``code`` ``unreachable``)."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(f"{detail} ({code}, HTTP {status})" if status else detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event of a job's stream: ``status``, ``progress``, ``epoch`` or ``done``."""
+
+    id: int
+    type: str
+    data: dict[str, Any]
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    try:
+        body = response.json()
+        code, detail = str(body["code"]), str(body["detail"])
+    except (ValueError, KeyError, TypeError):
+        code, detail = "http_error", response.text[:300] or response.reason_phrase
+    raise APIError(response.status_code, code, detail)
+
+
+def _unreachable(url: str, exc: httpx.TransportError) -> APIError:
+    reason = str(exc) or type(exc).__name__
+    return APIError(0, "unreachable", f"cannot reach the service at {url} ({reason})")
+
+
+def _image_part(image: ImageInput, n: int) -> tuple[str, tuple[str, bytes]]:
+    """One multipart ``file`` part for any of the inputs `predict` takes."""
+    if isinstance(image, tuple):
+        name, data = image
+        return "file", (str(name), bytes(data))
+    if isinstance(image, bytes | bytearray):
+        return "file", (f"image-{n}", bytes(image))
+    if isinstance(image, str | os.PathLike):
+        path = Path(image)
+        return "file", (path.name, path.read_bytes())
+    from PIL import Image  # PIL images and numpy arrays are sent as PNG (lossless)
+
+    if not isinstance(image, Image.Image):
+        import numpy as np
+
+        image = Image.fromarray(np.asarray(image).astype("uint8"))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "file", (f"image-{n}.png", buf.getvalue())
+
+
+def _predict_request(
+    images: Sequence[ImageInput], model: str | None, version: int | None, top_k: int
+) -> dict[str, Any]:
+    params: dict[str, Any] = {"top_k": top_k}
+    if model:
+        params["model"] = model
+    if version is not None:
+        params["version"] = version
+    return {"params": params, "files": [_image_part(im, n) for n, im in enumerate(images)]}
+
+
+def _finetune_form(model: str | None, promote: bool, params: dict[str, Any]) -> dict[str, str]:
+    form = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in params.items()}
+    form = {k: v for k, v in form.items() if v != "None"}
+    if model:
+        form["model"] = model
+    form["promote"] = str(promote).lower()
+    return form
+
+
+def _event(sse: Any) -> Event:
+    return Event(int(sse.id), sse.event, sse.json())
+
+
+class _Base:
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 300.0,
+    ) -> None:
+        self.url = (url or os.environ.get("CONVSERVE_URL") or DEFAULT_URL).rstrip("/")
+        key = api_key if api_key is not None else os.environ.get("CONVSERVE_API_KEY")
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.timeout = httpx.Timeout(timeout, connect=10.0)
+
+
+class Client(_Base):
+    """The convserve API from synchronous code."""
+
+    def __init__(
+        self, url: str | None = None, api_key: str | None = None, timeout: float = 300.0
+    ) -> None:
+        super().__init__(url, api_key, timeout)
+        self.http = httpx.Client(base_url=self.url, headers=self.headers, timeout=self.timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise _unreachable(self.url, exc) from None
+        _raise_for(response)
+        return response
+
+    def _get(self, kind: type[Model], method: str, path: str, **kwargs: Any) -> Model:
+        return kind.model_validate(self._send(method, path, **kwargs).json())
+
+    # -- predictions and models ------------------------------------------------------------
+
+    def predict(
+        self,
+        images: Sequence[ImageInput],
+        model: str | None = None,
+        version: int | None = None,
+        top_k: int = 5,
+    ) -> PredictResponse:
+        request = _predict_request(images, model, version, top_k)
+        return self._get(PredictResponse, "POST", "/predict", **request)
+
+    def models(self) -> ModelList:
+        return self._get(ModelList, "GET", "/models")
+
+    def model(self, name: str) -> ModelDetail:
+        return self._get(ModelDetail, "GET", f"/models/{name}")
+
+    def activate(self, name: str, version: int) -> ModelDetail:
+        return self._get(ModelDetail, "POST", f"/models/{name}/versions/{version}/activate")
+
+    def delete_version(self, name: str, version: int) -> ModelDetail:
+        return self._get(ModelDetail, "DELETE", f"/models/{name}/versions/{version}")
+
+    def delete_model(self, name: str) -> None:
+        self._send("DELETE", f"/models/{name}")
+
+    # -- fine-tuning -----------------------------------------------------------------------
+
+    def check_dataset(self, archive: IO[bytes], validation_split: float = 0.2) -> DatasetReport:
+        files = {"dataset": ("dataset.zip", archive)}
+        data = {"validation_split": str(validation_split)}
+        return self._get(DatasetReport, "POST", "/datasets/check", files=files, data=data)
+
+    def finetune(
+        self,
+        dataset: DatasetInput,
+        model: str | None = None,
+        promote: bool = True,
+        **params: Any,
+    ) -> JobCreated:
+        """Upload a dataset (a folder of class folders, an archive path, or an open
+        archive) and queue a job; ``params`` are the training parameters."""
+        form = _finetune_form(model, promote, params)
+        with open_dataset(dataset) as (name, fh):
+            files = {"dataset": (name, fh)}
+            return self._get(JobCreated, "POST", "/finetune", files=files, data=form)
+
+    def job(self, job_id: str) -> Job:
+        return self._get(Job, "GET", f"/finetune/{job_id}")
+
+    def jobs(self, limit: int = 100) -> JobList:
+        return self._get(JobList, "GET", "/finetune", params={"limit": limit})
+
+    def cancel(self, job_id: str) -> Job:
+        return self._get(Job, "DELETE", f"/finetune/{job_id}")
+
+    def events(self, job_id: str, last_event_id: int | None = None) -> Iterator[Event]:
+        """The job's events until ``done``, connecting again (with ``Last-Event-ID``) when
+        the stream drops."""
+        after, failures = last_event_id, 0
+        while True:
+            headers = {"Last-Event-ID": str(after)} if after else {}
+            try:
+                with connect_sse(
+                    self.http, "GET", f"/finetune/{job_id}/events", headers=headers
+                ) as source:
+                    if not source.response.is_success:
+                        source.response.read()
+                    _raise_for(source.response)
+                    for sse in source.iter_sse():
+                        event = _event(sse)
+                        after, failures = event.id, 0
+                        yield event
+                        if event.type == "done":
+                            return
+            except (httpx.TransportError, SSEError) as exc:
+                failures += 1
+                if failures > RECONNECTS:
+                    if isinstance(exc, httpx.TransportError):
+                        raise _unreachable(self.url, exc) from None
+                    raise APIError(0, "bad_stream", str(exc)) from None
+                time.sleep(min(0.5 * 2**failures, 10))
+
+    def wait(self, job_id: str, on_event: Callable[[Event], None] | None = None) -> Job:
+        """Follow the job to its end; returns it as `job` would."""
+        for event in self.events(job_id):
+            if on_event is not None:
+                on_event(event)
+        return self.job(job_id)
+
+
+class AsyncClient(_Base):
+    """The convserve API from asyncio code; the same methods as `Client`, awaited."""
+
+    def __init__(
+        self, url: str | None = None, api_key: str | None = None, timeout: float = 300.0
+    ) -> None:
+        super().__init__(url, api_key, timeout)
+        self.http = httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=self.timeout)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise _unreachable(self.url, exc) from None
+        _raise_for(response)
+        return response
+
+    async def _get(self, kind: type[Model], method: str, path: str, **kwargs: Any) -> Model:
+        return kind.model_validate((await self._send(method, path, **kwargs)).json())
+
+    async def predict(
+        self,
+        images: Sequence[ImageInput],
+        model: str | None = None,
+        version: int | None = None,
+        top_k: int = 5,
+    ) -> PredictResponse:
+        request = _predict_request(images, model, version, top_k)
+        return await self._get(PredictResponse, "POST", "/predict", **request)
+
+    async def models(self) -> ModelList:
+        return await self._get(ModelList, "GET", "/models")
+
+    async def model(self, name: str) -> ModelDetail:
+        return await self._get(ModelDetail, "GET", f"/models/{name}")
+
+    async def activate(self, name: str, version: int) -> ModelDetail:
+        path = f"/models/{name}/versions/{version}/activate"
+        return await self._get(ModelDetail, "POST", path)
+
+    async def delete_version(self, name: str, version: int) -> ModelDetail:
+        return await self._get(ModelDetail, "DELETE", f"/models/{name}/versions/{version}")
+
+    async def delete_model(self, name: str) -> None:
+        await self._send("DELETE", f"/models/{name}")
+
+    async def finetune(
+        self,
+        dataset: DatasetInput,
+        model: str | None = None,
+        promote: bool = True,
+        **params: Any,
+    ) -> JobCreated:
+        form = _finetune_form(model, promote, params)
+        with open_dataset(dataset) as (name, fh):
+            # httpx's async multipart wants bytes for a file it cannot read asynchronously.
+            files = {"dataset": (name, fh.read())}
+            return await self._get(JobCreated, "POST", "/finetune", files=files, data=form)
+
+    async def job(self, job_id: str) -> Job:
+        return await self._get(Job, "GET", f"/finetune/{job_id}")
+
+    async def jobs(self, limit: int = 100) -> JobList:
+        return await self._get(JobList, "GET", "/finetune", params={"limit": limit})
+
+    async def cancel(self, job_id: str) -> Job:
+        return await self._get(Job, "DELETE", f"/finetune/{job_id}")
+
+    async def wait(self, job_id: str, on_event: Callable[[Event], None] | None = None) -> Job:
+        async for event in self.events(job_id):
+            if on_event is not None:
+                on_event(event)
+        return await self.job(job_id)
+
+    async def events(self, job_id: str, last_event_id: int | None = None) -> AsyncIterator[Event]:
+        import asyncio
+
+        after, failures = last_event_id, 0
+        while True:
+            headers = {"Last-Event-ID": str(after)} if after else {}
+            try:
+                async with aconnect_sse(
+                    self.http, "GET", f"/finetune/{job_id}/events", headers=headers
+                ) as source:
+                    if not source.response.is_success:
+                        await source.response.aread()
+                    _raise_for(source.response)
+                    async for sse in source.aiter_sse():
+                        event = _event(sse)
+                        after, failures = event.id, 0
+                        yield event
+                        if event.type == "done":
+                            return
+            except (httpx.TransportError, SSEError) as exc:
+                failures += 1
+                if failures > RECONNECTS:
+                    if isinstance(exc, httpx.TransportError):
+                        raise _unreachable(self.url, exc) from None
+                    raise APIError(0, "bad_stream", str(exc)) from None
+                await asyncio.sleep(min(0.5 * 2**failures, 10))
+
+
+class open_dataset:
+    """``(filename, binary file)`` of a dataset to upload: an open archive as it is, an
+    archive path opened, a folder zipped into a temporary file first."""
+
+    def __init__(self, dataset: DatasetInput) -> None:
+        self.dataset = dataset
+        self._fh: IO[bytes] | None = None
+
+    def __enter__(self) -> tuple[str, IO[bytes]]:
+        if isinstance(self.dataset, tuple):  # (filename, open file)
+            return self.dataset
+        if not isinstance(self.dataset, str | os.PathLike):
+            return "dataset.zip", self.dataset
+        path = Path(self.dataset)
+        if path.is_dir():
+            self._fh = zip_folder(path)
+            return f"{path.name or 'dataset'}.zip", self._fh
+        self._fh = open(path, "rb")
+        return path.name, self._fh
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fh is not None:
+            self._fh.close()
+
+
+def zip_folder(folder: Path) -> IO[bytes]:
+    """A temporary zip of ``folder``'s files (stored, not compressed: images are already
+    compressed), rewound for reading. Hidden files are left out."""
+    import tempfile
+    import zipfile
+
+    out = tempfile.TemporaryFile()  # noqa: SIM115 (returned open, for the caller to close)
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as zf:
+        for path in sorted(folder.rglob("*")):
+            rel = path.relative_to(folder)
+            if path.is_file() and not any(p.startswith(".") for p in rel.parts):
+                zf.write(path, rel.as_posix())
+    out.seek(0)
+    return out

@@ -1,0 +1,620 @@
+"""The ``convserve`` command.
+
+``convserve serve|train|evaluate`` run the service and training on this machine (as
+``python -m app`` does); the other commands talk to a running service at ``--url`` /
+``CONVSERVE_URL`` with the key from ``--api-key`` / ``CONVSERVE_API_KEY``:
+
+    convserve predict PATH... [--model M] [--version V] [--top-k K] [--json | --csv FILE]
+    convserve finetune DIR|ARCHIVE --model M [training options] [--no-promote] [--wait]
+    convserve jobs [ID] [--follow] [--cancel]
+    convserve models [NAME]
+    convserve activate NAME VERSION
+    convserve delete NAME [VERSION]
+
+Progress bars go to standard error and only when it is a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from app.client.api import DEFAULT_URL, APIError, AsyncClient, Client, Event, zip_folder
+from app.schemas import Job
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+# Images per /predict request: fewer round trips; the service batches across requests too.
+IMAGES_PER_REQUEST = 8
+# Status codes after which a multi-image request is sent again image by image, to find
+# the bad file(s) and still classify the others.
+BAD_INPUT = {400, 413, 415, 422}
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _table(*columns: str, title: str | None = None) -> Table:
+    """A table whose cells wrap rather than being cut (piped output is 80 columns)."""
+    table = Table(title=title)
+    for name in columns:
+        table.add_column(name, overflow="fold")
+    return table
+
+
+class Failure(Exception):
+    """A command failure that is not an API error; ``message`` is printed as is."""
+
+
+# -- predict --------------------------------------------------------------------------------
+
+
+def image_files(paths: list[str]) -> list[Path]:
+    """Files named on the command line, and the images under the folders named."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(
+                p
+                for p in sorted(path.rglob("*"))
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_SUFFIXES
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise Failure(f"{raw}: no such file or folder")
+    return found
+
+
+@dataclass
+class PredictRun:
+    results: dict[Path, dict[str, Any]] = field(default_factory=dict)
+    errors: dict[Path, APIError] = field(default_factory=dict)
+
+
+async def _predict_group(
+    client: AsyncClient, group: list[Path], args: argparse.Namespace, run: PredictRun
+) -> None:
+    parts = [(str(p), p.read_bytes()) for p in group]
+    for attempt in range(4):
+        try:
+            answer = await client.predict(parts, args.model, args.version, args.top_k)
+        except APIError as exc:
+            if exc.status == 503 and attempt < 3:  # queue full or model swapping: wait
+                await asyncio.sleep(0.5 * 2**attempt)
+                continue
+            if exc.status in BAD_INPUT and len(group) > 1:
+                for path in group:  # find the bad one(s); the others still get answers
+                    await _predict_group(client, [path], args, run)
+                return
+            for path in group:
+                run.errors[path] = exc
+            return
+        for path, item in zip(group, answer.predictions, strict=True):
+            run.results[path] = {
+                "path": str(path),
+                "model": answer.model,
+                "version": answer.version,
+                "top": [label.model_dump() for label in item.top],
+            }
+        return
+
+
+async def _predict_all(
+    args: argparse.Namespace, files: list[Path], progress: _RateProgress
+) -> PredictRun:
+    run = PredictRun()
+    task = progress.add_task("classifying", total=len(files))
+    groups = [files[i : i + args.per_request] for i in range(0, len(files), args.per_request)]
+    pending = iter(groups)
+
+    async with AsyncClient(args.url, args.api_key) as client:
+
+        async def worker() -> None:
+            for group in pending:
+                await _predict_group(client, group, args, run)
+                progress.advance(task, len(group))
+
+        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+    return run
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    files = image_files(args.paths)
+    if not files:
+        raise Failure("no images found in " + ", ".join(args.paths))
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+    ]
+    started = time.perf_counter()
+    with Progress(*columns, console=err, disable=not err.is_terminal) as progress:
+        progress_rate = _RateProgress(progress)
+        run = asyncio.run(_predict_all(args, files, progress_rate))
+    seconds = time.perf_counter() - started
+    _show_predictions(args, files, run)
+    for path, exc in run.errors.items():
+        detail = exc.detail.removeprefix(f"{path}: ")  # the service names the file too
+        err.print(f"[red]failed[/red] {escape(str(path))}: {escape(detail)} ({exc.code})")
+    done = len(run.results)
+    err.print(
+        f"{done} of {len(files)} images classified in {seconds:.1f} s"
+        f" ({done / seconds if seconds else 0:.1f} images/s); {len(run.errors)} failed"
+    )
+    return 1 if run.errors else 0
+
+
+class _RateProgress:
+    """A `Progress` whose tasks show images per second."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.started = time.perf_counter()
+        self.done = 0
+
+    def add_task(self, description: str, total: int) -> Any:
+        return self.progress.add_task(description, total=total, rate="")
+
+    def advance(self, task: Any, n: int) -> None:
+        self.done += n
+        rate = self.done / max(time.perf_counter() - self.started, 1e-6)
+        self.progress.update(task, advance=n, rate=f"{rate:.1f} images/s")
+
+
+def _show_predictions(args: argparse.Namespace, files: list[Path], run: PredictRun) -> None:
+    if args.json:
+        for path in files:
+            if path in run.results:
+                print(json.dumps(run.results[path]))
+            elif path in run.errors:
+                exc = run.errors[path]
+                error = {"status": exc.status, "code": exc.code, "detail": exc.detail}
+                print(json.dumps({"path": str(path), "error": error}))
+        return
+    if args.csv:
+        with _open_output(args.csv) as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["path", "model", "version", "rank", "label", "index", "score"])
+            for path in files:
+                result = run.results.get(path)
+                for rank, label in enumerate(result["top"] if result else [], 1):
+                    writer.writerow(
+                        [
+                            path,
+                            result["model"],  # type: ignore[index]
+                            result["version"],  # type: ignore[index]
+                            rank,
+                            label["label"],
+                            label["index"],
+                            f"{label['score']:.6f}",
+                        ]
+                    )
+        return
+    table = _table("file", "model", "top class", "score", "runners-up")
+    for path in files:
+        result = run.results.get(path)
+        if result is None:
+            continue
+        best, *rest = result["top"]
+        others = ", ".join(f"{r['label']} {r['score']:.3f}" for r in rest[:2])
+        model = f"{result['model']}:{result['version']}"
+        table.add_row(str(path), model, best["label"], f"{best['score']:.3f}", others)
+    out.print(table)
+
+
+class _open_output:
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.fh: IO[str] | None = None
+
+    def __enter__(self) -> IO[str]:
+        if self.target == "-":
+            return sys.stdout
+        self.fh = open(self.target, "w", newline="", encoding="utf-8")
+        return self.fh
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fh is not None:
+            self.fh.close()
+
+
+# -- finetune and jobs ----------------------------------------------------------------------
+
+
+def check_folder(folder: Path, validation_split: float) -> None:
+    """The service's dataset checks, run here before anything is uploaded."""
+    from app.data.datasets import DatasetError, scan_dataset
+
+    try:
+        report = scan_dataset(folder, validation_split)
+    except DatasetError as exc:
+        raise Failure(f"{folder}: {exc.message} ({exc.code}); nothing was uploaded") from None
+    counts = ", ".join(f"{name} {n}" for name, n in report.counts.items())
+    summary = f"{len(report.counts)} classes, {report.total} images ({counts})"
+    err.print(f"{escape(str(folder))}: {escape(summary)}")
+    for warning in report.warnings:
+        err.print(f"[yellow]warning[/yellow]: {escape(warning)}")
+    for skipped in report.skipped[:10]:
+        err.print(f"  skipped {escape(skipped.path)}: {escape(skipped.reason)}")
+
+
+class _ReadProgress:
+    """A binary file that advances a progress bar as it is read (httpx reads uploads in
+    chunks)."""
+
+    def __init__(self, fh: IO[bytes], progress: Progress, task: Any) -> None:
+        self.fh, self.progress, self.task = fh, progress, task
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.fh.read(size)
+        self.progress.advance(self.task, len(chunk))
+        return chunk
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fh, name)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from app.__main__ import train_fields
+
+    source = Path(args.dataset)
+    if source.is_dir():
+        check_folder(source, args.validation_split or 0.2)
+        archive, name = zip_folder(source), f"{source.name or 'dataset'}.zip"
+    elif source.is_file() and source.name.lower().endswith(ARCHIVE_SUFFIXES):
+        archive, name = open(source, "rb"), source.name  # noqa: SIM115 (closed below)
+    else:
+        raise Failure(f"{source}: not a folder of class folders, nor a .zip/.tar/.tar.gz")
+    size = os.fstat(archive.fileno()).st_size
+    columns = [
+        TextColumn("uploading"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+    ]
+    with Client(args.url, args.api_key) as client:
+        with archive, Progress(*columns, console=err, disable=not err.is_terminal) as progress:
+            task = progress.add_task("upload", total=size)
+            upload = _ReadProgress(archive, progress, task)
+            created = client.finetune(
+                (name, upload),  # type: ignore[arg-type]
+                model=args.model,
+                promote=not args.no_promote,
+                **train_fields(args),
+            )
+        job_id = created.job_id
+        err.print(f"job {job_id} {created.status}")
+        if args.json and not args.wait:
+            print(json.dumps(created.model_dump()))
+        if not args.wait:
+            err.print(f"follow it with: convserve jobs {job_id} --follow")
+            return 0
+        return follow(client, job_id, args)
+
+
+def follow(client: Client, job_id: str, args: argparse.Namespace) -> int:
+    """Print the job's epochs as they come, then its result; 0 when it succeeded."""
+    try:
+        job = client.wait(job_id, on_event=_EpochPrinter())
+    except KeyboardInterrupt:
+        return _interrupted(client, job_id)
+    if args.json:
+        print(json.dumps(job.model_dump()))
+    else:
+        show_job(job)
+    return 0 if job.status == "succeeded" else 1
+
+
+class _EpochPrinter:
+    """One line per epoch; a bar within the epoch while it runs (terminals only)."""
+
+    def __init__(self) -> None:
+        columns = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn()]
+        self.progress = Progress(*columns, console=err, disable=not err.is_terminal)
+        self.task: Any = None
+        self.total = 0
+
+    def __call__(self, event: Event) -> None:
+        data = event.data
+        if event.type == "status":
+            err.print(f"status: {data['status']}")
+        elif event.type == "progress":
+            self.total = int(data.get("total_epochs") or self.total)
+            within = data["fraction"] * self.total - data["epoch"]
+            label = f"epoch {data['epoch'] + 1}/{self.total} ({data['phase']})"
+            if self.task is None:
+                self.progress.start()
+                self.task = self.progress.add_task(label, total=1.0)
+            self.progress.update(self.task, description=label, completed=max(within, 0.0))
+        elif event.type == "epoch":
+            metrics = "  ".join(
+                f"{k} {v:.4f}" for k, v in data.items() if k not in ("epoch", "phase", "seconds")
+            )
+            total = f"/{self.total}" if self.total else ""
+            self.progress.console.print(
+                f"epoch {data['epoch']}{total} {data['phase']:<9} {metrics}"
+                f"  {data.get('seconds', 0):.1f} s"
+            )
+        elif event.type == "done":
+            self.progress.stop()
+
+
+def _interrupted(client: Client, job_id: str) -> int:
+    answer = ""
+    if sys.stdin.isatty():
+        try:
+            answer = input(f"\ncancel job {job_id}? [y/N] ").strip().lower()
+        except (EOFError, KeyboardInterrupt):
+            answer = ""
+    if answer in ("y", "yes"):
+        job = client.cancel(job_id)
+        err.print(f"job {job_id} {job.status}")
+        return 130
+    err.print(f"\njob {job_id} keeps running; follow it again with: convserve jobs {job_id} -f")
+    return 130
+
+
+def show_job(job: Job) -> None:
+    out.print(f"job {job.job_id}: {job.status} (model {job.model})")
+    if job.error is not None:
+        out.print(f"error: {job.error.detail} ({job.error.code})")
+    if job.progress is not None and job.status not in ("succeeded", "failed", "cancelled"):
+        p = job.progress
+        eta = f", about {p.eta_seconds:.0f} s left" if p.eta_seconds else ""
+        out.print(f"{p.phase}, epoch {p.epoch}/{p.total_epochs}, {p.fraction:.0%} done{eta}")
+    result = job.result or {}
+    metrics = result.get("metrics")
+    if not metrics:
+        return
+    promoted = "active" if result.get("promoted") else "not active"
+    out.print(
+        f"new version {result.get('model')}:{result.get('version')} ({promoted}),"
+        f" validation accuracy {metrics['accuracy']:.4f} on {metrics.get('images', '?')} images"
+    )
+    per_class = _table("class", "precision", "recall", "f1", "support", title="per class")
+    for name, row in metrics.get("per_class", {}).items():
+        per_class.add_row(
+            name,
+            f"{row['precision']:.3f}",
+            f"{row['recall']:.3f}",
+            f"{row['f1']:.3f}",
+            str(row["support"]),
+        )
+    out.print(per_class)
+    names = metrics.get("class_names", [])
+    matrix = _table("true \\ predicted", *names, title="confusion matrix")
+    for name, row in zip(names, metrics.get("confusion_matrix", []), strict=False):
+        matrix.add_row(name, *map(str, row))
+    out.print(matrix)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with Client(args.url, args.api_key) as client:
+        if args.job_id is None:
+            jobs = client.jobs(args.limit).jobs
+            if args.json:
+                print(json.dumps([j.model_dump() for j in jobs]))
+                return 0
+            table = _table("job", "model", "status", "created", "epoch", "accuracy", "version")
+            for job in jobs:
+                epoch = f"{job.progress.epoch}/{job.progress.total_epochs}" if job.progress else ""
+                result = job.result or {}
+                accuracy = (result.get("metrics") or {}).get("accuracy")
+                table.add_row(
+                    job.job_id,
+                    job.model,
+                    job.status,
+                    job.created_at,
+                    epoch,
+                    "" if accuracy is None else f"{accuracy:.4f}",
+                    str(result.get("version", "")),
+                )
+            out.print(table)
+            return 0
+        if args.cancel:
+            job = client.cancel(args.job_id)
+            err.print(f"job {job.job_id} {job.status}")
+            if not args.follow:
+                return 0
+        if args.follow:
+            return follow(client, args.job_id, args)
+        job = client.job(args.job_id)
+        if args.json:
+            print(json.dumps(job.model_dump()))
+        else:
+            show_job(job)
+        return 0
+
+
+# -- models ---------------------------------------------------------------------------------
+
+
+def _accuracy(metrics: dict[str, Any] | None) -> str:
+    value = (metrics or {}).get("accuracy")
+    return "" if value is None else f"{value:.4f}"
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    with Client(args.url, args.api_key) as client:
+        if args.name is None:
+            models = client.models().models
+            if args.json:
+                print(json.dumps([m.model_dump() for m in models]))
+                return 0
+            table = _table("model", "status", "active", "versions", "base", "classes", "accuracy")
+            for m in models:
+                status = m.status + (f" ({m.reason})" if m.reason else "")
+                table.add_row(
+                    m.name,
+                    status,
+                    str(m.active_version or ""),
+                    ",".join(map(str, m.versions)),
+                    m.architecture or "",
+                    str(len(m.class_names)),
+                    _accuracy(m.metrics),
+                )
+            out.print(table)
+            return 0
+        detail = client.model(args.name)
+    if args.json:
+        print(json.dumps(detail.model_dump()))
+        return 0
+    out.print(
+        f"{detail.name}: {detail.status}, version {detail.active_version} serves"
+        f" ({detail.backend}), classes: {', '.join(detail.class_names)}"
+    )
+    table = _table("version", "active", "created", "source", "base", "classes", "accuracy")
+    for v in detail.version_details:
+        table.add_row(
+            str(v.version),
+            "*" if v.version == detail.active_version else "",
+            v.created_at or "",
+            v.source or "",
+            v.base or "",
+            str(len(v.class_names)),
+            _accuracy(v.metrics),
+        )
+    out.print(table)
+    return 0
+
+
+def cmd_activate(args: argparse.Namespace) -> int:
+    with Client(args.url, args.api_key) as client:
+        detail = client.activate(args.name, args.version)
+    err.print(f"{detail.name} now serves version {detail.active_version}")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    with Client(args.url, args.api_key) as client:
+        if args.version is not None:
+            client.delete_version(args.name, args.version)
+            err.print(f"deleted version {args.version} of {args.name}")
+            return 0
+        if not args.yes:
+            raise Failure(
+                f"this deletes every version of {args.name!r}; add --yes to do it"
+                " (or name a VERSION)"
+            )
+        client.delete_model(args.name)
+        err.print(f"deleted model {args.name}")
+        return 0
+
+
+# -- parser ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from app.__main__ import add_service_commands, add_train_options
+
+    parser = argparse.ArgumentParser(
+        prog="convserve", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_service_commands(sub)
+
+    remote = argparse.ArgumentParser(add_help=False)
+    remote.add_argument(
+        "--url",
+        default=os.environ.get("CONVSERVE_URL", DEFAULT_URL),
+        help="the service (default $CONVSERVE_URL or %(default)s)",
+    )
+    remote.add_argument(
+        "--api-key",
+        default=os.environ.get("CONVSERVE_API_KEY"),
+        help="admin key (default $CONVSERVE_API_KEY)",
+    )
+    remote.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    p = sub.add_parser("predict", parents=[remote], help="classify images and folders")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (recursive)")
+    p.add_argument("--model", help="model name (default: the service's default model)")
+    p.add_argument("--version", type=int, help="version (default: the active one)")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
+    p.add_argument(
+        "--per-request",
+        type=int,
+        default=IMAGES_PER_REQUEST,
+        help=f"images per request (default {IMAGES_PER_REQUEST})",
+    )
+    p.add_argument("--csv", metavar="FILE", help="write the results as CSV ('-': stdout)")
+    p.set_defaults(func=cmd_predict)
+
+    f = sub.add_parser("finetune", parents=[remote], help="train a new version on a dataset")
+    f.add_argument("dataset", help="a folder of class folders, or a .zip/.tar/.tar.gz")
+    f.add_argument("--model", help="model to train; a new name creates a model")
+    add_train_options(f)
+    f.add_argument("--no-promote", action="store_true", help="do not activate the new version")
+    f.add_argument("--wait", action="store_true", help="follow the job to its end")
+    f.set_defaults(func=cmd_finetune)
+
+    j = sub.add_parser("jobs", parents=[remote], help="list, show, follow or cancel jobs")
+    j.add_argument("job_id", nargs="?", metavar="ID")
+    j.add_argument("-f", "--follow", action="store_true", help="follow the job to its end")
+    j.add_argument("--cancel", action="store_true", help="cancel the job")
+    j.add_argument("--limit", type=int, default=20)
+    j.set_defaults(func=cmd_jobs)
+
+    m = sub.add_parser("models", parents=[remote], help="the served models, or one in detail")
+    m.add_argument("name", nargs="?", metavar="NAME")
+    m.set_defaults(func=cmd_models)
+
+    a = sub.add_parser("activate", parents=[remote], help="serve a version (promote, roll back)")
+    a.add_argument("name", metavar="NAME")
+    a.add_argument("version", type=int, metavar="VERSION")
+    a.set_defaults(func=cmd_activate)
+
+    d = sub.add_parser("delete", parents=[remote], help="delete a version, or a whole model")
+    d.add_argument("name", metavar="NAME")
+    d.add_argument("version", type=int, nargs="?", metavar="VERSION")
+    d.add_argument("--yes", action="store_true", help="confirm deleting a whole model")
+    d.set_defaults(func=cmd_delete)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except APIError as exc:
+        where = f" ({exc.code}, HTTP {exc.status})" if exc.status else ""
+        err.print(f"error: {exc.detail}{where}", markup=False)
+        return 1
+    except Failure as exc:
+        err.print(f"error: {exc}", markup=False)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
