@@ -148,10 +148,16 @@ class Client(_Base):
     """The convserve API from synchronous code."""
 
     def __init__(
-        self, url: str | None = None, api_key: str | None = None, timeout: float = 300.0
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 300.0,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         super().__init__(url, api_key, timeout)
-        self.http = httpx.Client(base_url=self.url, headers=self.headers, timeout=self.timeout)
+        self.http = httpx.Client(
+            base_url=self.url, headers=self.headers, timeout=self.timeout, transport=transport
+        )
 
     def __enter__(self) -> Client:
         return self
@@ -269,10 +275,16 @@ class AsyncClient(_Base):
     """The convserve API from asyncio code; the same methods as `Client`, awaited."""
 
     def __init__(
-        self, url: str | None = None, api_key: str | None = None, timeout: float = 300.0
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 300.0,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         super().__init__(url, api_key, timeout)
-        self.http = httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=self.timeout)
+        self.http = httpx.AsyncClient(
+            base_url=self.url, headers=self.headers, timeout=self.timeout, transport=transport
+        )
 
     async def __aenter__(self) -> AsyncClient:
         return self

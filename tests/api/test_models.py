@@ -138,3 +138,51 @@ def test_failed_bootstrap_is_tried_again_until_the_weights_appear(registry, sett
         r = c.post("/predict", params={"model": "mobilenet_v2"}, files={"file": ("a.png", PNG)})
         assert r.status_code == 200 and r.json()["version"] == 1
     assert registry.versions("mobilenet_v2") == [1]
+
+
+def test_every_registry_model_is_served_and_new_ones_appear(registry, settings_for):
+    write_toy_version(registry, "pets", ["cat", "dog"], seed=1)
+    with TestClient(create_app(settings_for(registry_poll_seconds=0.2))) as c:
+        assert [m["name"] for m in c.get("/models").json()["models"]] == ["toy", "pets"]
+        # Another process (a job, a replica) writes a new model: served without a restart.
+        write_toy_version(registry, "birds", ["crow", "owl", "wren"], seed=2)
+        deadline = time.time() + 10
+        while time.time() < deadline and "birds" not in str(c.get("/models").json()):
+            time.sleep(0.1)
+        r = c.post("/predict?model=birds", files={"file": ("a.png", PNG)})
+        assert r.status_code == 200 and r.json()["predictions"][0]["top"][0]["label"] in (
+            "crow",
+            "owl",
+            "wren",
+        )
+
+
+def test_delete_a_whole_model(registry, settings_for):
+    write_toy_version(registry, "pets", ["cat", "dog"], seed=1)
+    write_toy_version(registry, "pets", ["cat", "dog"], seed=2)
+    with TestClient(create_app(settings_for(api_key="k", run_jobs=False))) as c:
+        key = {"Authorization": "Bearer k"}
+        assert c.delete("/models/pets").status_code == 401
+        assert c.delete("/models/nope", headers=key).json()["code"] == "model_not_found"
+        r = c.delete("/models/toy", headers=key)
+        assert (r.status_code, r.json()["code"]) == (409, "model_is_default")
+        assert c.delete("/models/pets", headers=key).status_code == 204
+        assert [m["name"] for m in c.get("/models").json()["models"]] == ["toy"]
+        assert c.post("/predict?model=pets", files={"file": ("a.png", PNG)}).status_code == 404
+    assert registry.names() == ["toy"]
+    assert not [p for p in registry.root.iterdir() if p.name.startswith(".trash")]
+
+
+def test_a_model_in_training_cannot_be_deleted(registry, settings_for, tmp_path):
+    from tests.helpers import make_dataset, zip_directory
+
+    write_toy_version(registry, "pets", ["cat", "dog"], seed=1)
+    data = zip_directory(make_dataset(tmp_path / "ds", per_class=6, size=24))
+    with TestClient(create_app(settings_for(run_jobs=False))) as c:
+        job = c.post("/finetune", files={"dataset": ("d.zip", data)}, data={"model": "pets"})
+        assert job.status_code == 202
+        r = c.delete("/models/pets")
+        assert (r.status_code, r.json()["code"]) == (409, "model_in_training")
+        assert job.json()["job_id"] in r.json()["detail"]
+        c.delete(f"/finetune/{job.json()['job_id']}")
+        assert c.delete("/models/pets").status_code == 204

@@ -1,0 +1,184 @@
+"""The real ``convserve`` command (a subprocess) against the real service on loopback."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from app.registry import ModelRegistry
+from tests.helpers import SIGNS_DIR, write_toy_version
+from tests.jobs.service import Service, free_port
+
+CONVSERVE = Path(sys.executable).parent / "convserve"
+KEY = "test-key"
+needs_signs = pytest.mark.skipif(
+    not SIGNS_DIR.is_dir(), reason=f"needs the SIGNS photos in {SIGNS_DIR}"
+)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    root = tmp_path_factory.mktemp("command")
+    registry = ModelRegistry(root / "models")
+    write_toy_version(registry, "toy", ["circle", "square"], seed=0)
+    write_toy_version(registry, "toy", ["circle", "square"], seed=1)
+    registry.set_active("toy", 1)
+    svc = Service(root, CONVSERVE_API_KEY=KEY).start()
+    yield svc
+    svc.stop()
+
+
+def convserve(service, *args, key=KEY, timeout=300):
+    env = {**os.environ, "CONVSERVE_URL": service.url, "CONVSERVE_API_KEY": key}
+    return subprocess.run(
+        [str(CONVSERVE), *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _signs_folder(root: Path, classes=("0", "1", "2"), per_class=12) -> Path:
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for photo in sorted((SIGNS_DIR / name).iterdir())[:per_class]:
+            shutil.copy(photo, root / name / photo.name)
+    return root
+
+
+@needs_signs
+def test_finetune_a_folder_with_wait_creates_a_model(service, tmp_path):
+    folder = _signs_folder(tmp_path / "hands")
+    r = convserve(
+        service,
+        "finetune",
+        folder,
+        "--model",
+        "hands",
+        "--epochs",
+        2,
+        "--fine-tune-epochs",
+        1,
+        "--image-size",
+        32,
+        "--batch-size",
+        8,
+        "--wait",
+    )
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "3 classes, 36 images" in r.stderr
+    for epoch in ("epoch 1/3 head", "epoch 2/3 head", "epoch 3/3 fine_tune"):
+        assert epoch in r.stderr
+    assert "status: succeeded" in r.stderr
+    assert "succeeded (model hands)" in r.stdout
+    assert "new version hands:1 (active), validation accuracy" in r.stdout
+    assert "per class" in r.stdout and "confusion matrix" in r.stdout
+
+    detail = json.loads(convserve(service, "models", "hands", "--json").stdout)
+    assert detail["active_version"] == 1 and detail["class_names"] == ["0", "1", "2"]
+    photo = next((SIGNS_DIR / "2").iterdir())
+    answer = convserve(service, "predict", photo, "--model", "hands", "--json")
+    assert answer.returncode == 0
+    assert json.loads(answer.stdout)["top"][0]["label"] in ("0", "1", "2")
+
+
+@needs_signs
+def test_predict_a_folder_of_mixed_formats_and_a_corrupt_file(service, tmp_path):
+    folder = tmp_path / "photos"
+    (folder / "nested").mkdir(parents=True)
+    photos = sorted((SIGNS_DIR / "4").iterdir())[:5]
+    shutil.copy(photos[0], folder / "a.jpg")
+    Image.open(photos[1]).save(folder / "b.png")
+    Image.open(photos[2]).save(folder / "c.webp")
+    Image.open(photos[3]).convert("L").save(folder / "nested" / "d.bmp")
+    Image.open(photos[4]).convert("P").save(folder / "nested" / "e.gif")
+    (folder / "broken.jpg").write_bytes(photos[0].read_bytes()[:200])
+    (folder / "notes.txt").write_text("not an image: not sent")
+
+    r = convserve(service, "predict", folder, "--per-request", 3)
+    assert r.returncode == 1
+    for name in ("a.jpg", "b.png", "c.webp", "d.bmp", "e.gif"):
+        assert name in r.stdout
+    assert "broken.jpg" not in r.stdout and "notes.txt" not in r.stdout + r.stderr
+    assert "failed" in r.stderr and "broken.jpg" in r.stderr
+    assert "5 of 6 images classified" in r.stderr
+
+    r = convserve(service, "predict", folder, "--json", "--top-k", 2)
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    good = [line for line in lines if "top" in line]
+    bad = [line for line in lines if "error" in line]
+    assert len(good) == 5 and all(len(line["top"]) == 2 for line in good)
+    assert {line["model"] for line in good} == {"toy"}
+    assert [Path(b["path"]).name for b in bad] == ["broken.jpg"]
+    assert bad[0]["error"]["code"] == "invalid_image"
+
+    out = tmp_path / "out.csv"
+    assert convserve(service, "predict", folder / "a.jpg", "--csv", out).returncode == 0
+    assert out.read_text().splitlines()[0] == "path,model,version,rank,label,index,score"
+
+
+def test_a_folder_with_one_class_is_refused_before_upload(service, tmp_path):
+    from tests.helpers import make_dataset
+
+    before = json.loads(convserve(service, "jobs", "--json").stdout)
+    folder = make_dataset(tmp_path / "one", classes=("dark",), per_class=8)
+    r = convserve(service, "finetune", folder, "--model", "toy")
+    assert r.returncode == 2
+    assert "at least two are needed" in r.stderr and "nothing was uploaded" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert json.loads(convserve(service, "jobs", "--json").stdout) == before
+
+
+def test_cancel_a_running_job(service, tmp_path):
+    from tests.helpers import make_dataset
+
+    folder = make_dataset(tmp_path / "ds", per_class=30, size=64)
+    r = convserve(service, "finetune", folder, "--epochs", 200, "--fine-tune-epochs", 0, "--json")
+    assert r.returncode == 0, r.stderr
+    job_id = json.loads(r.stdout)["job_id"]
+    cancel = convserve(service, "jobs", job_id, "--cancel")
+    assert cancel.returncode == 0 and job_id in cancel.stderr
+    followed = convserve(service, "jobs", job_id, "--follow", timeout=60)
+    assert followed.returncode == 1  # cancelled is not success
+    assert f"job {job_id}: cancelled" in followed.stdout
+
+
+def test_activate_and_roll_back(service):
+    r = convserve(service, "activate", "toy", 2)
+    assert (r.returncode, r.stderr.strip()) == (0, "toy now serves version 2")
+    assert json.loads(convserve(service, "models", "toy", "--json").stdout)["active_version"] == 2
+    assert convserve(service, "activate", "toy", 1).returncode == 0
+    listed = json.loads(convserve(service, "models", "--json").stdout)
+    assert {m["name"]: m["active_version"] for m in listed}["toy"] == 1
+    missing = convserve(service, "activate", "toy", 9)
+    assert missing.returncode == 1 and "has no version 9 (version_not_found, HTTP 404)" in (
+        missing.stderr
+    )
+
+
+def test_a_wrong_key_shows_the_api_401_message(service):
+    r = convserve(service, "activate", "toy", 1, key="wrong")
+    assert r.returncode == 1
+    assert "needs an 'Authorization: Bearer <api key>' header" in r.stderr
+    assert "(unauthorized, HTTP 401)" in r.stderr
+
+
+def test_a_service_that_is_down_is_one_line(tmp_path):
+    down = f"http://127.0.0.1:{free_port()}"
+    r = subprocess.run(
+        [str(CONVSERVE), "models", "--url", down],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        f"error: cannot reach the service at {down} ([Errno 111] Connection refused)"
+    ]
