@@ -15,6 +15,7 @@ from app.api.limits import BodySizeLimit
 from app.config import Settings, get_settings
 from app.jobs.runner import store_for
 from app.jobs.supervisor import JobSupervisor
+from app.protocols import kserve_v2, tfserving
 from app.registry import ModelRegistry
 from app.serving.manager import ModelManager
 from app.serving.metrics import ServiceMetrics
@@ -60,8 +61,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "/datasets/check": settings.max_upload_bytes + slack,
             "/predict": settings.max_files_per_request * settings.max_image_bytes + slack,
         },
+        # The protocols carry images as base64 (4/3 of their size) or as pixel tensors.
+        prefix_limits=dict.fromkeys(
+            ("/v1/models/", "/v2/models/"),
+            2 * settings.max_files_per_request * settings.max_image_bytes + slack,
+        ),
     )
     install_error_handlers(app)
-    for module in (predict, models, finetune, datasets, health):
+    for module in (predict, models, finetune, datasets, health, tfserving, kserve_v2):
         app.include_router(module.router)
     return app

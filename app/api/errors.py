@@ -24,10 +24,26 @@ _HTTP_CODES = {
 }
 
 
+# Paths of the foreign protocols (TF Serving REST, KServe V2), whose clients read errors as
+# {"error": "..."}; the stable code rides along.
+PROTOCOL_PREFIXES = ("/v1/models", "/v2")
+
+
+def error_body(path: str, code: str, detail: str) -> dict[str, str]:
+    if path.startswith(PROTOCOL_PREFIXES):
+        return {"error": detail, "code": code}
+    return {"detail": detail, "code": code}
+
+
 def error_response(
-    status: int, code: str, detail: str, headers: Mapping[str, str] | None = None
+    status: int,
+    code: str,
+    detail: str,
+    headers: Mapping[str, str] | None = None,
+    path: str = "",
 ) -> JSONResponse:
-    return JSONResponse({"detail": detail, "code": code}, status_code=status, headers=headers)
+    body = error_body(path, code, detail)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _field(loc: tuple[object, ...]) -> str:
@@ -37,7 +53,7 @@ def _field(loc: tuple[object, ...]) -> str:
 
 async def _convserve_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ConvserveError)
-    return error_response(exc.status, exc.code, exc.message, exc.headers)
+    return error_response(exc.status, exc.code, exc.message, exc.headers, request.url.path)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -46,18 +62,19 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     for err in exc.errors():
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         problems.append(f"{_field(tuple(err.get('loc', ())))}: {msg}")
-    return error_response(422, "invalid_parameters", "; ".join(problems))
+    return error_response(422, "invalid_parameters", "; ".join(problems), None, request.url.path)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, code, str(exc.detail), exc.headers)
+    return error_response(exc.status_code, code, str(exc.detail), exc.headers, request.url.path)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return error_response(500, "internal_error", "the service hit an unexpected error")
+    detail = "the service hit an unexpected error"
+    return error_response(500, "internal_error", detail, None, request.url.path)
 
 
 def install_error_handlers(app: FastAPI) -> None:

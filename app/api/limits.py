@@ -6,6 +6,8 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from app.api.errors import error_body
+
 Scope = dict[str, Any]
 ASGIApp = Callable[..., Any]
 
@@ -15,21 +17,31 @@ class BodySizeLimit:
     with the usual error body when a POST to one of ``limits``' paths announces more bytes
     than allowed."""
 
-    def __init__(self, app: ASGIApp, limits: Mapping[str, int]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        limits: Mapping[str, int],
+        prefix_limits: Mapping[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.limits = dict(limits)
+        self.prefix_limits = dict(prefix_limits or {})
+
+    def _limit(self, path: str) -> int | None:
+        limit = self.limits.get(path)
+        if limit is None:
+            for prefix, value in self.prefix_limits.items():
+                if path.startswith(prefix):
+                    return value
+        return limit
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        limit = self.limits.get(scope.get("path", "")) if scope["type"] == "http" else None
+        limit = self._limit(scope.get("path", "")) if scope["type"] == "http" else None
         if limit is not None and scope.get("method") == "POST":
             length = dict(scope.get("headers") or []).get(b"content-length", b"")
             if length.isdigit() and int(length) > limit:
-                body = json.dumps(
-                    {
-                        "detail": f"the request body is larger than the limit of {limit} bytes",
-                        "code": "upload_too_large",
-                    }
-                ).encode()
+                detail = f"the request body is larger than the limit of {limit} bytes"
+                body = json.dumps(error_body(scope["path"], "upload_too_large", detail)).encode()
                 await send(
                     {
                         "type": "http.response.start",

@@ -89,5 +89,6 @@ async def predict(
         status = exc.status
         raise
     finally:
-        metrics.requests.labels(label, served, str(status)).inc()
-        metrics.latency.labels(label, served, str(status)).observe(time.perf_counter() - started)
+        labels = (label, served, str(status), "convserve")
+        metrics.requests.labels(*labels).inc()
+        metrics.latency.labels(*labels).observe(time.perf_counter() - started)

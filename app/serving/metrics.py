@@ -14,14 +14,14 @@ class ServiceMetrics:
         r = self.registry
         self.requests = Counter(
             "convserve_predict_requests_total",
-            "Prediction requests by model, version and HTTP status.",
-            ["model", "version", "status"],
+            "Prediction requests by model, version, HTTP status and protocol.",
+            ["model", "version", "status", "protocol"],
             registry=r,
         )
         self.latency = Histogram(
             "convserve_predict_latency_seconds",
-            "Prediction request latency by model, version and HTTP status.",
-            ["model", "version", "status"],
+            "Prediction request latency by model, version, HTTP status and protocol.",
+            ["model", "version", "status", "protocol"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

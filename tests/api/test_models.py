@@ -80,8 +80,14 @@ def test_health_ready_and_metrics(client):
     client.post("/predict", files={"file": ("a.png", PNG)})
     client.post("/predict", params={"model": "nope"}, files={"file": ("a.png", PNG)})
     text = client.get("/metrics").text
-    assert 'convserve_predict_requests_total{model="toy",status="200",version="1"} 1.0' in text
-    assert 'convserve_predict_requests_total{model="unknown",status="404",version="none"}' in text
+    assert (
+        'convserve_predict_requests_total{model="toy",protocol="convserve",'
+        'status="200",version="1"} 1.0' in text
+    )
+    assert (
+        'convserve_predict_requests_total{model="unknown",protocol="convserve",status="404",version="none"}'
+        in text
+    )
     assert "convserve_batch_size_bucket" in text
     assert 'convserve_model_active_version{model="toy"} 1.0' in text
     assert "convserve_queue_depth" in text

@@ -1,0 +1,1 @@
+"""Foreign protocols over the same model manager: TF Serving REST and KServe V2."""
