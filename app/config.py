@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     @classmethod
     def _split_names(cls, value: object) -> object:
         if isinstance(value, str):
+            if value.strip().lower() == "none":  # no built-in model: serve the registry
+                return []
             return [name.strip() for name in value.split(",") if name.strip()]
         return value
 

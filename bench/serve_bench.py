@@ -23,6 +23,7 @@ import platform
 import resource
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -64,13 +65,43 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
+def v2_binary_request(model: str, image: bytes) -> tuple[str, bytes, dict[str, str]]:
+    """A KServe V2 /infer request carrying one JPEG as binary BYTES, as tritonclient sends
+    it: the JSON header, then the element's 4-byte length and bytes."""
+    element = struct.pack("<I", len(image)) + image
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image_bytes",
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(element)},
+                }
+            ],
+            "outputs": [{"name": "probabilities", "parameters": {"classification": 1}}],
+        }
+    ).encode()
+    headers = {"Inference-Header-Content-Length": str(len(head))}
+    return f"/v2/models/{model}/infer", head + element, headers
+
+
 async def load(
-    url: str, model: str, images: list[bytes], concurrency: int, requests: int, seconds: float
+    url: str,
+    model: str,
+    images: list[bytes],
+    concurrency: int,
+    requests: int,
+    seconds: float,
+    protocol: str = "predict",
 ) -> dict[str, float]:
     """``concurrency`` clients, each sending one image per request until ``requests`` are
-    sent or ``seconds`` pass. aiohttp, not httpx: on a 2-core machine shared with the
+    sent or ``seconds`` pass, to ``/predict`` (multipart) or, with ``protocol="v2"``, to
+    KServe V2 ``/infer`` (binary). aiohttp, not httpx: on a 2-core machine shared with the
     server, httpx's own CPU (about 1.5 ms a request here) would be taken from the server."""
     import aiohttp
+
+    v2 = [v2_binary_request(model, image) for image in images] if protocol == "v2" else []
 
     latencies: list[float] = []
     errors = 0
@@ -85,15 +116,18 @@ async def load(
             i = offset
             while sent < requests and time.perf_counter() < deadline:
                 sent += 1
-                form = aiohttp.FormData()
-                form.add_field(
-                    "file", images[i % len(images)], filename="img.jpg", content_type="image/jpeg"
-                )
+                if v2:
+                    path, body, headers = v2[i % len(v2)]
+                    request = session.post(path, data=body, headers=headers)
+                else:
+                    form = aiohttp.FormData()
+                    image = images[i % len(images)]
+                    form.add_field("file", image, filename="img.jpg", content_type="image/jpeg")
+                    params = {"model": model, "top_k": "1"}
+                    request = session.post("/predict", params=params, data=form)
                 i += concurrency
                 started = time.perf_counter()
-                async with session.post(
-                    "/predict", params={"model": model, "top_k": "1"}, data=form
-                ) as r:
+                async with request as r:
                     await r.read()
                     latencies.append(time.perf_counter() - started)
                     if r.status != 200:
@@ -277,6 +311,20 @@ def run_levels(
     return out
 
 
+def compare_protocols(
+    url: str, model: str, images: list[bytes], args: argparse.Namespace
+) -> dict[str, dict[str, float]]:
+    """/predict and V2 /infer at concurrency 32, alternated twice, best of each (the two
+    share the machine with the load generator; alternating evens out drift)."""
+    best: dict[str, dict[str, float]] = {}
+    for _ in range(2):
+        for protocol in ("predict", "v2"):
+            r = asyncio.run(load(url, model, images, 32, args.requests, args.seconds, protocol))
+            if protocol not in best or r["img_s"] > best[protocol]["img_s"]:
+                best[protocol] = r
+    return best
+
+
 def stop(proc: Any) -> None:
     proc.terminate()
     try:
@@ -306,6 +354,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="convserve-bench-"))
 
     served: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
+    protocols: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
     for backend in backends or ["keras"]:  # the first start also writes the models
         url, proc = start_service(work, models, backend, args.image_size, precision=args.precision)
         try:
@@ -313,6 +362,7 @@ def main() -> None:
             if backend in backends:
                 for model in models:
                     served[(backend, model)] = run_levels(url, model, images, args, proc.pid)
+                    protocols[(backend, model)] = compare_protocols(url, model, images, args)
         finally:
             stop(proc)
     if "naive" in targets:
@@ -376,6 +426,18 @@ def main() -> None:
             f"| {model} | {target} | "
             f"{'' if inference is None else f'{inference:.2f}'} | "
             f"{levels[32]['server_cpu_ms_img']:.2f} | {levels[32]['client_cpu_ms_img']:.2f} |"
+        )
+    print(
+        "\nKServe V2 /infer (one binary JPEG per request, top class) against /predict "
+        "(multipart), concurrency 32, back to back in the same service:\n"
+    )
+    print("| model | server | /predict img/s | V2 binary img/s | V2 / predict | V2 errors |")
+    print("|---|---|---:|---:|---:|---:|")
+    for (target, model), pair in protocols.items():
+        ratio = pair["v2"]["img_s"] / pair["predict"]["img_s"]
+        print(
+            f"| {model} | {target} | {pair['predict']['img_s']:.1f} | {pair['v2']['img_s']:.1f} "
+            f"| {ratio:.2f} | {pair['v2']['errors']} |"
         )
     if "openvino" in backends:
         print("\n| model | served OpenVINO c=32 img/s vs served Keras | vs naive peer |")

@@ -41,3 +41,5 @@ def test_serve_bench_runs_and_reports_every_table():
     assert all(int(requests) == 12 and int(errors) == 0 for _, _, requests, errors in served)
     assert re.search(r"^\| mobilenet_v2 \| openvino \| [\d.]+ \| [\d.]+ \| [\d.]+ \|", out, re.M)
     assert "vs naive peer" in out
+    v2 = re.findall(r"^\| mobilenet_v2 \| (\w+) \| [\d.]+ \| [\d.]+ \| [\d.]+ \| 0 \|$", out, re.M)
+    assert sorted(v2) == ["keras", "openvino"], "V2 /infer row with no errors per backend"
