@@ -192,3 +192,9 @@ def test_a_model_in_training_cannot_be_deleted(registry, settings_for, tmp_path)
         assert job.json()["job_id"] in r.json()["detail"]
         c.delete(f"/finetune/{job.json()['job_id']}")
         assert c.delete("/models/pets").status_code == 204
+
+
+def test_no_built_in_model_serves_what_the_registry_holds(registry, settings_for):
+    with TestClient(create_app(settings_for(served_models="none", default_model="toy"))) as c:
+        assert [m["name"] for m in c.get("/models").json()["models"]] == ["toy"]
+        assert c.get("/readyz").status_code == 200
