@@ -125,13 +125,9 @@ async def model_metadata(name: str, manager: Manager) -> dict[str, Any]:
 
 
 @router.get("/{name}/versions/{version}/metadata")
+@router.get("/{name}/labels/{version}/metadata")
 async def version_metadata(name: str, version: str, manager: Manager) -> dict[str, Any]:
     return await _metadata(manager, name, parse_version(manager, name, version))
-
-
-@router.get("/{name}/labels/{label}/metadata")
-async def label_metadata(name: str, label: str, manager: Manager) -> dict[str, Any]:
-    return await _metadata(manager, name, parse_version(manager, name, label))
 
 
 # -- predict and classify -------------------------------------------------------------------
@@ -254,6 +250,7 @@ async def predict(
 
 
 @router.post("/{name}/versions/{version}:predict", openapi_extra=_BODY)
+@router.post("/{name}/labels/{version}:predict", openapi_extra=_BODY)
 async def predict_version(
     request: Request,
     name: str,
@@ -262,20 +259,9 @@ async def predict_version(
     metrics: Metrics,
     settings: SettingsDep,
 ) -> dict[str, Any]:
+    """The same on a version (a number) or a label (``active``, ``latest``)."""
     job = _job(manager, metrics, settings, name)
     return await _predict(request, name, version, manager, job)
-
-
-@router.post("/{name}/labels/{label}:predict", openapi_extra=_BODY)
-async def predict_label(
-    request: Request,
-    name: str,
-    label: str,
-    manager: Manager,
-    metrics: Metrics,
-    settings: SettingsDep,
-) -> dict[str, Any]:
-    return await _predict(request, name, label, manager, _job(manager, metrics, settings, name))
 
 
 @router.post("/{name}:classify", openapi_extra=_BODY)
@@ -287,6 +273,7 @@ async def classify(
 
 
 @router.post("/{name}/versions/{version}:classify", openapi_extra=_BODY)
+@router.post("/{name}/labels/{version}:classify", openapi_extra=_BODY)
 async def classify_version(
     request: Request,
     name: str,
@@ -297,16 +284,3 @@ async def classify_version(
 ) -> dict[str, Any]:
     job = _job(manager, metrics, settings, name)
     return await _classify(request, name, version, manager, job)
-
-
-@router.post("/{name}/labels/{label}:classify", openapi_extra=_BODY)
-async def classify_label(
-    request: Request,
-    name: str,
-    label: str,
-    manager: Manager,
-    metrics: Metrics,
-    settings: SettingsDep,
-) -> dict[str, Any]:
-    job = _job(manager, metrics, settings, name)
-    return await _classify(request, name, label, manager, job)
