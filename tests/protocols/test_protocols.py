@@ -333,3 +333,33 @@ def test_hot_swap_under_load_through_infer(registry, settings_for):
     assert versions.count("1") >= 60 and versions.count("2") >= 60
     after = {r.json()["model_version"] for started, r in results if started > swapped_at[0]}
     assert after == {"2"}
+
+
+def test_kserve_rest_client_in_v2_mode(service, http):
+    from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+
+    _, expected = _predict_scores(http)
+    pixels = load_image(JPEG, 32)
+
+    async def run():
+        client = InferenceRESTClient(RESTConfig(protocol="v2", timeout=60))
+        live = await client.is_server_live(service.url)
+        ready = await client.is_server_ready(service.url)
+        model_ready = await client.is_model_ready(service.url, "toy")
+        encoded = InferInput("image_bytes", [1], "BYTES")
+        encoded.set_data_from_numpy(np.array([JPEG], dtype=np.object_), binary_data=True)
+        tensor = InferInput("images", [1, 32, 32, 3], "FP32")
+        tensor.set_data_from_numpy(pixels[None].astype(np.float32), binary_data=False)
+        answers = [
+            await client.infer(
+                service.url, InferRequest("toy", [given], request_id="k1"), model_name="toy"
+            )
+            for given in (encoded, tensor)
+        ]
+        return live, ready, model_ready, answers
+
+    live, ready, model_ready, answers = asyncio.run(run())
+    assert live and ready and model_ready
+    for answer in answers:
+        assert answer.model_name == "toy" and answer.id == "k1"
+        np.testing.assert_allclose(answer.outputs[0].as_numpy()[0], expected, atol=1e-6)
