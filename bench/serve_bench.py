@@ -444,9 +444,11 @@ def main() -> None:
         print("|---|---:|---:|")
         for model in models:
             ov = served[("openvino", model)][32]["img_s"]
-            vs_keras = ov / served[("keras", model)][32]["img_s"] if "keras" in backends else 0
-            vs_naive = ov / served[("naive", model)][32]["img_s"] if "naive" in targets else 0
-            print(f"| {model} | {vs_keras:.2f}x | {vs_naive:.2f}x |")
+            ratios = [
+                f"{ov / served[(peer, model)][32]['img_s']:.2f}x" if peer in targets else "-"
+                for peer in ("keras", "naive")
+            ]
+            print(f"| {model} | {ratios[0]} | {ratios[1]} |")
 
 
 def cpu_name() -> str:

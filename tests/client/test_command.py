@@ -182,3 +182,36 @@ def test_a_service_that_is_down_is_one_line(tmp_path):
     assert r.stderr.strip().splitlines() == [
         f"error: cannot reach the service at {down} ([Errno 111] Connection refused)"
     ]
+
+
+def test_ctrl_c_while_waiting_leaves_the_job_running_and_says_how_to_follow(service, tmp_path):
+    import signal
+    import time
+
+    from tests.helpers import make_dataset
+
+    folder = make_dataset(tmp_path / "ds", per_class=30, size=64)
+    env = {**os.environ, "CONVSERVE_URL": service.url, "CONVSERVE_API_KEY": KEY}
+    proc = subprocess.Popen(
+        [str(CONVSERVE), "finetune", folder, "--epochs", "200", "--wait"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with service.client() as c:
+        deadline = time.time() + 60
+        running = []
+        while time.time() < deadline and not running:
+            running = [j for j in c.get("/finetune").json()["jobs"] if j["status"] == "running"]
+            time.sleep(0.2)
+        assert running, "the job never started"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        job_id = running[0]["job_id"]
+        assert proc.returncode == 130
+        assert f"job {job_id} keeps running; follow it again with: convserve jobs {job_id}" in err
+        assert "Traceback" not in err
+        assert c.get(f"/finetune/{job_id}").json()["status"] == "running"
+        c.delete(f"/finetune/{job_id}", headers={"Authorization": f"Bearer {KEY}"})
