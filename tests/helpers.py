@@ -126,3 +126,44 @@ def run_cli(tmp_path, *args, env_extra=None, timeout=600):
 
 def last_json(out: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
+
+
+def hot_swap_under_load(app, send, clients: int = 32, total: int = 320, after: int = 60):
+    """Send requests from ``clients`` concurrent clients (``send(client)`` makes one) while
+    version 2 of ``toy`` is activated once ``after`` answers are in; go on until ``total``
+    are in and ``after`` more started after the swap ended. Returns ``[(start time,
+    response)]`` and the time the swap ended."""
+    import asyncio
+    import time
+
+    import httpx
+    from asgi_lifespan import LifespanManager
+
+    results: list = []
+    swapped_at: list[float] = []
+
+    def finished() -> bool:
+        if len(results) < total or not swapped_at:
+            return False
+        return sum(1 for started, _ in results if started > swapped_at[0]) >= after
+
+    async def worker(client) -> None:
+        while not finished():
+            started = time.perf_counter()
+            results.append((started, await send(client)))
+
+    async def swap(client) -> None:
+        while len(results) < after:
+            await asyncio.sleep(0.002)
+        r = await client.post("/models/toy/versions/2/activate")
+        assert r.status_code == 200, r.text
+        swapped_at.append(time.perf_counter())
+
+    async def scenario() -> None:
+        async with LifespanManager(app) as manager:
+            transport = httpx.ASGITransport(app=manager.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                await asyncio.gather(swap(client), *[worker(client) for _ in range(clients)])
+
+    asyncio.run(scenario())
+    return results, swapped_at[0]

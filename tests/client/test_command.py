@@ -16,9 +16,14 @@ from tests.jobs.service import Service, free_port
 
 CONVSERVE = Path(sys.executable).parent / "convserve"
 KEY = "test-key"
-needs_signs = pytest.mark.skipif(
-    not SIGNS_DIR.is_dir(), reason=f"needs the SIGNS photos in {SIGNS_DIR}"
-)
+
+
+def needs_signs(test):
+    """Real photos (and, for finetune, real training): slow, skipped where missing."""
+    missing = pytest.mark.skipif(
+        not SIGNS_DIR.is_dir(), reason=f"needs the SIGNS photos in {SIGNS_DIR}"
+    )
+    return pytest.mark.slow(missing(test))
 
 
 @pytest.fixture(scope="module")

@@ -4,19 +4,17 @@ Triton client for V2 and requests shaped as TF Serving's docs and resnet_client.
 import asyncio
 import base64
 import json
-import time
 
 import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from asgi_lifespan import LifespanManager
 from tritonclient.utils import InferenceServerException
 
 from app.data.images import load_image
 from app.main import create_app
 from app.registry import ModelRegistry
-from tests.helpers import image_bytes, pattern_image, write_toy_version
+from tests.helpers import hot_swap_under_load, image_bytes, pattern_image, write_toy_version
 from tests.jobs.service import Service
 
 JPEG = image_bytes(pattern_image("checks", 48, seed=3), "JPEG", quality=90)
@@ -306,32 +304,16 @@ def test_metrics_count_each_protocol(http):
 def test_hot_swap_under_load_through_infer(registry, settings_for):
     write_toy_version(registry, "toy", ["circle", "square"], seed=5)  # version 2
     body = json.dumps(_bytes_input([B64])).encode()
-    results: list[tuple[float, httpx.Response]] = []
-    swapped_at: list[float] = []
 
-    async def worker(client: httpx.AsyncClient) -> None:
-        while len(results) < 320:
-            started = time.perf_counter()
-            results.append((started, await client.post("/v2/models/toy/infer", content=body)))
+    async def send(client: httpx.AsyncClient) -> httpx.Response:
+        return await client.post("/v2/models/toy/infer", content=body)
 
-    async def swap(client: httpx.AsyncClient) -> None:
-        while len(results) < 60:
-            await asyncio.sleep(0.002)
-        assert (await client.post("/models/toy/versions/2/activate")).status_code == 200
-        swapped_at.append(time.perf_counter())
-
-    async def scenario() -> None:
-        app = create_app(settings_for(max_queue_size=1024))
-        async with LifespanManager(app) as manager:
-            transport = httpx.ASGITransport(app=manager.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-                await asyncio.gather(swap(client), *[worker(client) for _ in range(32)])
-
-    asyncio.run(scenario())
+    app = create_app(settings_for(max_queue_size=1024))
+    results, swapped_at = hot_swap_under_load(app, send)
     assert [r.status_code for _, r in results] == [200] * len(results)
     versions = [r.json()["model_version"] for _, r in results]
     assert versions.count("1") >= 60 and versions.count("2") >= 60
-    after = {r.json()["model_version"] for started, r in results if started > swapped_at[0]}
+    after = {r.json()["model_version"] for started, r in results if started > swapped_at}
     assert after == {"2"}
 
 

@@ -1,12 +1,11 @@
 import asyncio
-import time
 
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
 from app.main import create_app
-from tests.helpers import image_bytes, pattern_image, write_toy_version
+from tests.helpers import hot_swap_under_load, image_bytes, pattern_image, write_toy_version
 
 PNG = image_bytes(pattern_image("hstripes", 32), "PNG")
 
@@ -17,34 +16,13 @@ async def _predict(client: httpx.AsyncClient) -> httpx.Response:
 
 def test_hot_swap_under_load_drops_nothing(registry, settings_for):
     write_toy_version(registry, "toy", ["circle", "square"], seed=5)  # version 2
-    results: list[tuple[float, httpx.Response]] = []  # (start time, response)
-    swapped_at: list[float] = []
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        while len(results) < 320:
-            started = time.perf_counter()
-            results.append((started, await _predict(client)))
-
-    async def swap(client: httpx.AsyncClient) -> None:
-        while len(results) < 60:
-            await asyncio.sleep(0.002)
-        r = await client.post("/models/toy/versions/2/activate")
-        assert r.status_code == 200, r.text
-        swapped_at.append(time.perf_counter())
-
-    async def scenario() -> None:
-        app = create_app(settings_for(max_queue_size=1024))
-        async with LifespanManager(app) as manager:
-            transport = httpx.ASGITransport(app=manager.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-                await asyncio.gather(swap(client), *[worker(client) for _ in range(32)])
-
-    asyncio.run(scenario())
+    app = create_app(settings_for(max_queue_size=1024))
+    results, swapped_at = hot_swap_under_load(app, _predict)
     assert len(results) >= 320
     assert [r.status_code for _, r in results] == [200] * len(results)
     versions = [r.json()["version"] for _, r in results]
     assert versions.count(1) >= 60 and versions.count(2) >= 60
-    after = [r.json()["version"] for started, r in results if started > swapped_at[0]]
+    after = [r.json()["version"] for started, r in results if started > swapped_at]
     assert after and set(after) == {2}
 
 
