@@ -152,9 +152,18 @@ def test_every_registry_model_is_served_and_new_ones_appear(registry, settings_f
         assert [m["name"] for m in c.get("/models").json()["models"]] == ["toy", "pets"]
         # Another process (a job, a replica) writes a new model: served without a restart.
         write_toy_version(registry, "birds", ["crow", "owl", "wren"], seed=2)
-        deadline = time.time() + 10
-        while time.time() < deadline and "birds" not in str(c.get("/models").json()):
+        # It is listed as "loading" (and answers 503 with Retry-After) until it is ready.
+        deadline = time.time() + 20
+        status = None
+        while time.time() < deadline and status != "ready":
+            models = {m["name"]: m for m in c.get("/models").json()["models"]}
+            status = models.get("birds", {}).get("status")
+            if status == "loading":
+                r = c.post("/predict?model=birds", files={"file": ("a.png", PNG)})
+                # (It may have become ready between the two requests.)
+                assert r.status_code == 200 or r.headers["retry-after"] == "5"
             time.sleep(0.1)
+        assert status == "ready"
         r = c.post("/predict?model=birds", files={"file": ("a.png", PNG)})
         assert r.status_code == 200 and r.json()["predictions"][0]["top"][0]["label"] in (
             "crow",
