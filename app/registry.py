@@ -31,6 +31,10 @@ MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
 ACTIVE_FILE = "active"
 LOCK_FILE = ".lock"
+# Thumbnails of validation images a trained version keeps, and their index.
+SAMPLES_DIR = "validation"
+SAMPLES_FILE = "validation.json"
+SAMPLE_NAME = re.compile(r"^[0-9]{1,4}-[0-9]{1,4}-[0-9]{1,4}\.jpg$")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MODEL_NAME_RULE = (
     "a model name is 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
@@ -106,6 +110,22 @@ class ModelRegistry:
             ) from None
         data["version"] = version
         return data
+
+    def validation_samples(self, name: str, version: int) -> dict[str, Any] | None:
+        """The validation images a trained version kept (``validation.json``), if any."""
+        path = self.version_dir(name, version) / SAMPLES_FILE
+        try:
+            data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return None
+        return data
+
+    def validation_image(self, name: str, version: int, file: str) -> Path | None:
+        """One kept validation thumbnail; None for a name that is not one."""
+        if not SAMPLE_NAME.match(file):
+            return None
+        path = self.version_dir(name, version) / SAMPLES_DIR / file
+        return path if path.is_file() else None
 
     def pointer(self, name: str) -> int | None:
         """The version the active pointer file names, if there is one."""

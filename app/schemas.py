@@ -63,6 +63,24 @@ class ModelDetail(ModelInfo):
     version_details: list[VersionInfo] = []
 
 
+class ValidationImage(BaseModel):
+    url: str
+    true: str
+    predicted: str
+    score: float
+    source: str | None = None
+
+
+class ValidationImages(BaseModel):
+    model: str
+    version: int
+    true: str | None = None
+    predicted: str | None = None
+    in_cell: int | None = None  # validation images in the cell, kept or not
+    per_cell: int  # at most this many are kept per cell
+    images: list[ValidationImage]
+
+
 class ModelList(BaseModel):
     models: list[ModelInfo]
 

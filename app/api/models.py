@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import FileResponse
 
 from app.api.deps import Admin, Jobs, Manager, Registry, SettingsDep
 from app.errors import ConvserveError
 from app.registry import ModelRegistry
-from app.schemas import ModelDetail, ModelInfo, ModelList, VersionInfo
+from app.schemas import (
+    ErrorBody,
+    ModelDetail,
+    ModelInfo,
+    ModelList,
+    ValidationImage,
+    ValidationImages,
+    VersionInfo,
+)
 from app.serving.manager import ModelState
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -102,3 +111,82 @@ async def delete_model(name: str, manager: Manager, jobs: Jobs, settings: Settin
             409,
         )
     await manager.delete_model(name)
+
+
+def _class_index(classes: list[str], value: str | None, field: str) -> int | None:
+    if value is None:
+        return None
+    if value not in classes:
+        raise ConvserveError(
+            "unknown_class", f"{field}: the version has no class named {value!r}", 422
+        )
+    return classes.index(value)
+
+
+@router.get(
+    "/{name}/versions/{version}/validation",
+    response_model=ValidationImages,
+    responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+)
+def validation_images(
+    name: str,
+    registry: Registry,
+    version: int = VersionPath,
+    true: str | None = Query(None, description="only images of this class"),
+    predicted: str | None = Query(None, description="only images predicted as this class"),
+) -> ValidationImages:
+    """Validation images a trained version kept, with what it predicted for each: the
+    images behind a cell of its confusion matrix."""
+    meta = registry.metadata(name, version)
+    kept = registry.validation_samples(name, version)
+    if kept is None:
+        raise ConvserveError(
+            "no_validation_images",
+            f"{name} version {version} kept no validation images (only versions trained"
+            " by this release of convserve keep them)",
+            404,
+        )
+    classes = list(meta["class_names"])
+    t = _class_index(classes, true, "true")
+    p = _class_index(classes, predicted, "predicted")
+    in_cell = None
+    matrix = (meta.get("metrics") or {}).get("confusion_matrix")
+    if t is not None and p is not None and matrix:
+        in_cell = int(matrix[t][p])
+    base = f"/models/{name}/versions/{version}/validation"
+    return ValidationImages(
+        model=name,
+        version=version,
+        true=true,
+        predicted=predicted,
+        in_cell=in_cell,
+        per_cell=int(kept["per_cell"]),
+        images=[
+            ValidationImage(
+                url=f"{base}/{item['file']}",
+                true=classes[item["true"]],
+                predicted=classes[item["predicted"]],
+                score=item["score"],
+                source=item.get("source"),
+            )
+            for item in kept["images"]
+            if (t is None or item["true"] == t) and (p is None or item["predicted"] == p)
+        ],
+    )
+
+
+@router.get(
+    "/{name}/versions/{version}/validation/{file}",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/jpeg": {}}}, 404: {"model": ErrorBody}},
+)
+def validation_image(
+    name: str, file: str, registry: Registry, version: int = VersionPath
+) -> FileResponse:
+    """One kept validation image (a small JPEG)."""
+    path = registry.validation_image(name, version, file)
+    if path is None:
+        raise ConvserveError(
+            "image_not_found", f"{name} version {version} has no validation image {file!r}", 404
+        )
+    return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})

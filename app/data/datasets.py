@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 import shutil
 from collections.abc import Iterable
@@ -28,6 +29,8 @@ from app.errors import ConvserveError
 JUNK_NAMES = frozenset({"__MACOSX", "Thumbs.db", "desktop.ini", "ehthumbs.db"})
 MIN_IMAGES_PER_CLASS = 5
 MAX_FILE_BYTES = 50 * 1024 * 1024
+# In a prepared folder: prepared image (relative) -> the uploaded file it came from.
+SOURCES_FILE = "sources.json"
 
 
 class DatasetError(ConvserveError):
@@ -187,15 +190,19 @@ def prepare_dataset(
 
     skipped: list[SkippedFile] = []
     counts = {d.name: 0 for d in class_dirs}
+    sources: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=workers) as pool:
         reasons = pool.map(lambda job: _convert(job[1], job[2], image_size, max_pixels), jobs)
-        for (class_name, path, _), reason in zip(jobs, reasons, strict=True):
+        for (class_name, path, out), reason in zip(jobs, reasons, strict=True):
             if reason is None:
                 counts[class_name] += 1
+                sources[out.relative_to(destination).as_posix()] = path.relative_to(root).as_posix()
             else:
                 skipped.append(SkippedFile(str(path.relative_to(root)), reason))
 
     _check_counts(counts, validation_split, min_images)
+    # Which uploaded file each prepared image came from (shown beside validation images).
+    (destination / SOURCES_FILE).write_text(json.dumps(sources))
     return DatasetSummary([d.name for d in class_dirs], counts, skipped)
 
 
@@ -282,11 +289,14 @@ def load_datasets(
     batch_size: int = 32,
     validation_split: float = 0.2,
     seed: int = 42,
-) -> tuple[Any, Any]:
-    """Training and validation `tf.data.Dataset`s of `(images, int labels)` batches.
+) -> tuple[Any, Any, list[str]]:
+    """Training and validation `tf.data.Dataset`s of `(images, int labels)` batches, and
+    the validation files in the validation set's order.
 
-    Images are `float32` raw pixels `(batch, S, S, 3)`. Both sets are cached in memory and
-    prefetched. The split is `image_dataset_from_directory`'s, seeded.
+    Images are `float32` raw pixels `(batch, S, S, 3)`. The split is
+    `image_dataset_from_directory`'s, seeded. The training set is cached and reshuffled
+    every epoch; the validation set is read in a fixed order, so each prediction on it
+    can be matched to its file.
     """
     import keras
     import tensorflow as tf
@@ -317,7 +327,29 @@ def load_datasets(
         .apply(tf.data.experimental.assert_cardinality(steps))
         .prefetch(autotune)
     )
-    return train, val.cache().prefetch(autotune)
+    # The validation split's own dataset reshuffles on every pass, which would hide which
+    # prediction belongs to which file.
+    val_files = sorted(val.file_paths)
+    return train, load_files(val_files, image_size, batch_size).cache(), val_files
+
+
+def load_files(files: list[str], image_size: int, batch_size: int = 32) -> Any:
+    """Prepared images (``<class index>/<n>.png``) in the given order, labelled by folder."""
+    import tensorflow as tf
+
+    labels = [int(Path(f).parent.name) for f in files]
+
+    def read(path: Any, label: Any) -> tuple[Any, Any]:
+        image = tf.io.decode_png(tf.io.read_file(path), channels=3)
+        # The same float32 pixels image_dataset_from_directory gives (already this size).
+        image = tf.image.resize(image, (image_size, image_size))
+        image.set_shape((image_size, image_size, 3))
+        return image, label
+
+    ds = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(files, tf.string), tf.constant(labels, tf.int32))
+    )
+    return ds.map(read, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
 
 
 def load_directory(prepared: Path, num_classes: int, image_size: int, batch_size: int = 32) -> Any:

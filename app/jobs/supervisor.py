@@ -161,6 +161,10 @@ class JobSupervisor:
         job_id, name = job["id"], job["model"]
         version = int(job["result"]["version"])
         result = dict(job["result"])
+        # What the new version is compared with (the console's side-by-side view).
+        state = self.manager.models.get(name)
+        if state is not None and state.active is not None:
+            result["previous_version"] = state.active.version
         if job["promote"]:
             try:
                 if name in self.manager.models:

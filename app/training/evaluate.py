@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,19 +47,69 @@ def classification_metrics(
     }
 
 
-def evaluate_model(model: Any, dataset: Any, class_names: list[str]) -> dict[str, Any]:
-    """Run ``model`` over a dataset of `(images, int labels)` batches and score it."""
-    y_true, y_pred = predict_dataset(model, dataset)
-    return classification_metrics(y_true, y_pred, class_names)
-
-
-def predict_dataset(model: Any, dataset: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Integer labels and top-1 predictions over a dataset of `(images, labels)` batches."""
+def predict_dataset(model: Any, dataset: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Integer labels, top-1 predictions and their probabilities over a dataset of
+    `(images, labels)` batches, in the dataset's order."""
     truths, preds = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+    scores = [np.zeros(0, dtype=np.float32)]
     for images, labels in dataset:
-        preds.append(np.argmax(np.asarray(model.predict_on_batch(images)), axis=-1))
+        probs = np.asarray(model.predict_on_batch(images))
+        preds.append(np.argmax(probs, axis=-1))
+        scores.append(probs.max(axis=-1))
         truths.append(np.asarray(labels, dtype=np.int64))
-    return np.concatenate(truths), np.concatenate(preds)
+    return np.concatenate(truths), np.concatenate(preds), np.concatenate(scores)
+
+
+# Validation images kept with a version, per (true, predicted) cell of its confusion matrix.
+SAMPLES_PER_CELL = 24
+SAMPLE_SIZE = 96
+
+
+def write_validation_samples(
+    folder: Path,
+    files: list[str],
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    scores: np.ndarray,
+    sources: dict[str, str],
+) -> int:
+    """Keep small JPEG thumbnails of the validation images with a version, so the console
+    can show the images behind each confusion-matrix cell: up to `SAMPLES_PER_CELL` per
+    cell, the least confident first (the ones worth looking at). Returns how many."""
+    from PIL import Image
+
+    from app.registry import SAMPLES_DIR, SAMPLES_FILE
+
+    out = folder / SAMPLES_DIR
+    out.mkdir()
+    cells: dict[tuple[int, int], list[int]] = {}
+    for i in np.argsort(scores, kind="stable"):
+        cell = cells.setdefault((int(y_true[i]), int(y_pred[i])), [])
+        if len(cell) < SAMPLES_PER_CELL:
+            cell.append(int(i))
+    kept = []
+    for (true, pred), indices in sorted(cells.items()):
+        for n, i in enumerate(indices):
+            name = f"{true}-{pred}-{n}.jpg"
+            with Image.open(files[i]) as src:
+                thumb = src.convert("RGB")
+            thumb.thumbnail((SAMPLE_SIZE, SAMPLE_SIZE))
+            thumb.save(out / name, format="JPEG", quality=85)
+            prepared = Path(files[i])
+            key = f"{prepared.parent.name}/{prepared.name}"
+            kept.append(
+                {
+                    "file": name,
+                    "true": true,
+                    "predicted": pred,
+                    "score": round(float(scores[i]), 6),
+                    "source": sources.get(key),
+                }
+            )
+    (folder / SAMPLES_FILE).write_text(
+        json.dumps({"per_cell": SAMPLES_PER_CELL, "size": SAMPLE_SIZE, "images": kept})
+    )
+    return len(kept)
 
 
 def evaluate_directory(
@@ -86,7 +138,7 @@ def evaluate_directory(
     to_model = np.array([model_classes.index(c) for c in summary.class_names])
     model = load_classifier(registry.model_path(name, version))
     dataset = load_directory(workspace / "images", len(summary.class_names), size)
-    y_true, y_pred = predict_dataset(model, dataset)
+    y_true, y_pred, _ = predict_dataset(model, dataset)
     result = classification_metrics(to_model[y_true], y_pred, model_classes)
     result.update(model=name, version=version, skipped=[s.__dict__ for s in summary.skipped])
     return result

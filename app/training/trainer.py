@@ -19,10 +19,14 @@ from typing import Any
 
 import keras
 
-from app.data.datasets import DatasetSummary, load_datasets, prepare_dataset
+from app.data.datasets import SOURCES_FILE, DatasetSummary, load_datasets, prepare_dataset
 from app.nets.transfer import AugmentConfig, build_classifier, unfreeze_from
 from app.registry import MODEL_FILE, ModelRegistry
-from app.training.evaluate import evaluate_model
+from app.training.evaluate import (
+    classification_metrics,
+    predict_dataset,
+    write_validation_samples,
+)
 from app.training.params import TrainParams
 
 Log = Callable[[str], None]
@@ -105,7 +109,13 @@ class _EpochCallback(keras.callbacks.Callback):
         history = read_history(self.history_file)
         history = [h for h in history if h["epoch"] != epoch + 1]
         history.append(
-            {"epoch": epoch + 1, "phase": self.phase, "seconds": round(seconds, 2), **values}
+            {
+                "epoch": epoch + 1,
+                "phase": self.phase,
+                "seconds": round(seconds, 2),
+                "ended_at": round(time.time(), 3),  # Unix time: when the epoch's point is due
+                **values,
+            }
         )
         self.history_file.write_text(json.dumps(history))
         if self.hooks.on_epoch is not None:
@@ -178,7 +188,7 @@ def train(
     class_names = summary.class_names
     hooks.log(f"{summary.total} images in {len(class_names)} classes: {', '.join(class_names)}")
 
-    train_ds, val_ds = load_datasets(
+    train_ds, val_ds, val_files = load_datasets(
         images_dir,
         len(class_names),
         params.image_size,
@@ -239,7 +249,8 @@ def train(
             os.replace(partial, workspace / "head.weights.h5")  # never half a file
             head_done.touch()
 
-    metrics = evaluate_model(model, val_ds, class_names)
+    y_true, y_pred, scores = predict_dataset(model, val_ds)
+    metrics = classification_metrics(y_true, y_pred, class_names)
     history = sorted(read_history(history_file), key=lambda h: h["epoch"])
     hooks.log(f"validation accuracy {metrics['accuracy']:.4f} on {metrics['images']} images")
     metadata = {
@@ -255,9 +266,14 @@ def train(
         "dataset": summary.to_dict(),
         **hooks.extra_metadata,
     }
-    version = registry.write_version(
-        name, lambda folder: model.save(folder / MODEL_FILE), metadata, activate=activate
-    )
+    sources_file = images_dir / SOURCES_FILE
+    sources = json.loads(sources_file.read_text()) if sources_file.exists() else {}
+
+    def save(folder: Path) -> None:
+        model.save(folder / MODEL_FILE)
+        write_validation_samples(folder, val_files, y_true, y_pred, scores, sources)
+
+    version = registry.write_version(name, save, metadata, activate=activate)
     hooks.log(f"wrote {name} version {version}")
     return TrainResult(
         name, version, metrics, history, summary.to_dict(), time.perf_counter() - started

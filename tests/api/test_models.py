@@ -207,3 +207,58 @@ def test_no_built_in_model_serves_what_the_registry_holds(registry, settings_for
     with TestClient(create_app(settings_for(served_models="none", default_model="toy"))) as c:
         assert [m["name"] for m in c.get("/models").json()["models"]] == ["toy"]
         assert c.get("/readyz").status_code == 200
+
+
+def test_validation_images_of_a_confusion_matrix_cell(registry, client, tmp_path):
+    import numpy as np
+
+    from app.registry import MODEL_FILE
+    from app.training.evaluate import write_validation_samples
+
+    # Four prepared validation images: circles 0, 1 (one taken for a square), squares 2, 3.
+    files = []
+    for i, kind in enumerate(["circle", "circle", "square", "square"]):
+        path = tmp_path / "prep" / f"000{i // 2}" / f"{i:06d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(image_bytes(pattern_image("checks", 64, seed=i), "PNG"))
+        files.append(str(path))
+    y_true, y_pred = np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1])
+    scores = np.array([0.9, 0.6, 0.8, 0.7])
+    sources = {"0000/000001.png": "circle/IMG_1.jpg"}
+    source = registry.model_path("toy", 1)
+
+    def save(folder):
+        (folder / MODEL_FILE).write_bytes(source.read_bytes())
+        write_validation_samples(folder, files, y_true, y_pred, scores, sources)
+
+    meta = dict(registry.metadata("toy", 1))
+    meta["metrics"] = {"accuracy": 0.75, "confusion_matrix": [[1, 1], [0, 2]]}
+    registry.write_version("toy", save, meta)
+
+    r = client.get(
+        "/models/toy/versions/2/validation", params={"true": "circle", "predicted": "square"}
+    )
+    assert r.status_code == 200
+    body = r.json()
+    assert body["in_cell"] == 1 and body["per_cell"] == 24
+    (image,) = body["images"]
+    assert (image["true"], image["predicted"], image["source"]) == (
+        "circle",
+        "square",
+        "circle/IMG_1.jpg",
+    )
+    picture = client.get(image["url"])
+    assert picture.status_code == 200 and picture.headers["content-type"] == "image/jpeg"
+    assert picture.content[:3] == b"\xff\xd8\xff"
+    # Squares, least confident first.
+    squares = client.get("/models/toy/versions/2/validation?true=square").json()["images"]
+    assert [i["score"] for i in squares] == [0.7, 0.8]
+    assert len(client.get("/models/toy/versions/2/validation").json()["images"]) == 4
+
+    r = client.get("/models/toy/versions/2/validation?true=cat")
+    assert (r.status_code, r.json()["code"]) == (422, "unknown_class")
+    r = client.get("/models/toy/versions/1/validation")
+    assert (r.status_code, r.json()["code"]) == (404, "no_validation_images")
+    for bad in ("..%2F..%2Fmetadata.json", "..%2F1%2Fmodel.keras", "0-0-9.jpg", "x.jpg"):
+        r = client.get(f"/models/toy/versions/2/validation/{bad}")
+        assert r.status_code == 404, bad

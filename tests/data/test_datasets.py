@@ -1,3 +1,4 @@
+import json
 import os
 
 import pytest
@@ -11,10 +12,16 @@ def test_prepare_then_load_gives_both_splits(tmp_path):
     summary = prepare_dataset(src, tmp_path / "out", 16, validation_split=0.2)
     assert summary.class_names == ["hstripes", "vstripes"]
     assert summary.counts == {"hstripes": 10, "vstripes": 10}
-    train, val = load_datasets(tmp_path / "out", 2, 16, batch_size=4, validation_split=0.2)
+    train, val, val_files = load_datasets(
+        tmp_path / "out", 2, 16, batch_size=4, validation_split=0.2
+    )
     n_train = sum(int(x.shape[0]) for x, _ in train)
     n_val = sum(int(x.shape[0]) for x, _ in val)
     assert (n_train, n_val) == (16, 4)
+    # The validation set is read in a fixed order, matching its file list.
+    labels = [int(y) for _, batch in val for y in batch.numpy()]
+    assert labels == [int(os.path.basename(os.path.dirname(f))) for f in val_files]
+    assert labels == [int(y) for _, batch in val for y in batch.numpy()]
     images, _labels = next(iter(train))
     assert images.shape[1:] == (16, 16, 3) and images.dtype.name == "float32"
     assert float(images.numpy().max()) > 1.0  # raw pixels, not scaled
@@ -41,7 +48,10 @@ def test_unicode_and_space_class_names_and_one_root_folder(tmp_path):
     assert find_class_root(tmp_path / "src").name == "my photos"
     summary = prepare_dataset(tmp_path / "src", tmp_path / "out", 16)
     assert summary.class_names == sorted(names)
-    assert sorted(os.listdir(tmp_path / "out")) == ["0000", "0001"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["0000", "0001", "sources.json"]
+    # Each prepared image remembers the uploaded file it came from.
+    sources = json.loads((tmp_path / "out" / "sources.json").read_text())
+    assert len(sources) == 10 and sources["0000/000000.png"].startswith("café ☕/")
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ import time
 import keras
 import numpy as np
 import pytest
+from PIL import Image
 
 from app.data.images import load_image
 from app.registry import ModelRegistry
@@ -58,6 +59,18 @@ def test_synthetic_classes_train_to_high_accuracy_and_land_in_the_registry(tmp_p
     assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(meta["history"][0])
     assert meta["metrics"]["confusion_matrix"] and meta["dataset"]["images"] == 90
     assert any(line.startswith("epoch 4/4 (fine_tune)") for line in lines)
+    assert all(h["ended_at"] > time.time() - 600 for h in meta["history"])
+
+    # The version keeps its validation images: each counted in the confusion matrix cell
+    # it is filed under, with the uploaded file it came from.
+    kept = registry.validation_samples("shapes", 1)
+    matrix = np.array(meta["metrics"]["confusion_matrix"])
+    assert len(kept["images"]) == matrix.sum() == meta["metrics"]["images"]  # < 24 per cell
+    for item in kept["images"]:
+        assert matrix[item["true"], item["predicted"]] > 0
+        assert item["source"].split("/")[0] == meta["class_names"][item["true"]]
+        with Image.open(registry.validation_image("shapes", 1, item["file"])) as thumb:
+            assert thumb.format == "JPEG" and max(thumb.size) <= 96
 
     # The saved model takes raw pixels decoded the serving way.
     model = keras.saving.load_model(registry.model_path("shapes", 1))
