@@ -13,6 +13,7 @@ from app.api import datasets, finetune, health, models, predict
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.config import Settings, get_settings
+from app.console import routes as console
 from app.jobs.runner import store_for
 from app.jobs.supervisor import JobSupervisor
 from app.protocols import kserve_v2, tfserving
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
     )
     install_error_handlers(app)
-    for module in (predict, models, finetune, datasets, health, tfserving, kserve_v2):
+    for module in (predict, models, finetune, datasets, health, tfserving, kserve_v2, console):
         app.include_router(module.router)
+    app.mount(console.STATIC_URL, console.static_files(), name="console-static")
     return app

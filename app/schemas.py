@@ -56,6 +56,7 @@ class ModelInfo(BaseModel):
     class_names: list[str] = []
     trained: bool | None = None
     backend: str | None = None
+    precision: str | None = None  # inference arithmetic of the active version: f32 or bf16
     metrics: dict[str, Any] | None = None
 
 

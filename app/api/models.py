@@ -49,6 +49,7 @@ def model_info(state: ModelState, registry: ModelRegistry) -> ModelInfo:
         info.class_names = list(meta["class_names"])
         info.trained = bool(meta.get("trained", True))
         info.backend = state.active.predictor.backend
+        info.precision = state.active.predictor.precision
         info.metrics = meta.get("metrics")
     return info
 

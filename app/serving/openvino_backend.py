@@ -85,7 +85,9 @@ class OpenVINOPredictor:
         ppp.input().preprocess().convert_element_type(ov.Type.f32)
         model = ppp.build()
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": self.precision}
-        self._compiled = core.compile_model(model, "CPU", config)
+        compiled = self._compiled = core.compile_model(model, "CPU", config)
+        # What the CPU plugin runs (it falls back to f32 where bf16 has no instructions).
+        self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         if self._compiled is None:

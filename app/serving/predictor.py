@@ -15,6 +15,7 @@ import numpy as np
 
 class Predictor(Protocol):
     backend: str
+    precision: str  # the arithmetic inference runs in: "f32" or "bf16"
     image_size: int
     # Batches the runtime can usefully run at once (the batcher keeps this many in flight).
     parallelism: int
@@ -34,6 +35,7 @@ class KerasPredictor:
     """
 
     backend = "keras"
+    precision = "f32"
     # TensorFlow spreads one batch over every core, but between two batches (stacking the
     # next, answering the last) the cores idle; a second batch in flight fills those gaps
     # (4-5% more images/s at concurrency 32 for both bootstrap models, measured in bench/).

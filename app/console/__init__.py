@@ -1,0 +1,1 @@
+"""The web console: server-rendered pages over the JSON API (predict, models, train, jobs)."""

@@ -1,0 +1,180 @@
+"""The console's pages. Each renders what the service knows now; the page's script then
+calls the JSON API (predict, promote, train, follow a job) like any other client.
+
+Admin actions carry the API key as an ``Authorization`` header that the page's script adds;
+the service sets no cookie, so another site's page cannot act with a visitor's rights.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from app import __version__
+from app.api.deps import Jobs, Manager, Registry, SettingsDep
+from app.api.models import model_detail, model_info
+from app.errors import ConvserveError
+from app.schemas import Job
+from app.training.params import TrainParams
+
+HERE = Path(__file__).parent
+STATIC_URL = "/console/static"
+templates = Jinja2Templates(directory=HERE / "templates")  # autoescapes
+# A version's source is a job id when a fine-tuning job wrote it (else "cli", "bootstrap").
+templates.env.tests["job_id"] = lambda value: bool(re.fullmatch(r"[0-9a-f]{16}", value or ""))
+
+# Pages load only their own files: no inline script, nothing from another origin. Styles
+# set from script (chart sizes, heat-map colours) go through the CSSOM, which this allows.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; "
+        "img-src 'self' blob: data:; media-src 'self' blob: mediastream:; "
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+router = APIRouter(include_in_schema=False)
+
+
+def static_files() -> StaticFiles:
+    return StaticFiles(directory=HERE / "static")
+
+
+def _page(
+    request: Request, template: str, title: str, status_code: int = 200, **context: Any
+) -> HTMLResponse:
+    settings = request.app.state.settings
+    return templates.TemplateResponse(
+        request,
+        template,
+        {
+            "title": title,
+            "auth_required": settings.api_key is not None,
+            "version": __version__,
+            "static": STATIC_URL,
+            **context,
+        },
+        status_code=status_code,
+        headers=SECURITY_HEADERS,
+    )
+
+
+def _not_found(request: Request, exc: ConvserveError) -> HTMLResponse:
+    return _page(request, "error.html", "Not found", status_code=exc.status, error=exc)
+
+
+def train_fields() -> list[dict[str, Any]]:
+    """The form fields of `TrainParams`, with their defaults and limits."""
+    schema = TrainParams.model_json_schema()
+    fields = []
+    for name, spec in schema["properties"].items():
+        if name == "base":
+            continue  # chosen with the model (a new version keeps its model's base)
+        kind = spec.get("type") or next(
+            (s["type"] for s in spec.get("anyOf", []) if s.get("type") != "null"), "string"
+        )
+        bounds = next((s for s in spec.get("anyOf", []) if s.get("type") == kind), spec)
+        fields.append(
+            {
+                "name": name,
+                "label": name.replace("_", " "),
+                "kind": kind,
+                "default": spec.get("default"),
+                "min": bounds.get("minimum", bounds.get("exclusiveMinimum")),
+                "above": "exclusiveMinimum" in bounds,  # the minimum itself is refused
+                "max": bounds.get("maximum"),
+                "step": "any" if kind == "number" else 1,
+                "help": spec.get("description", ""),
+            }
+        )
+    return fields
+
+
+@router.get("/", response_class=HTMLResponse)
+def predict_page(request: Request, manager: Manager, registry: Registry, settings: SettingsDep):
+    models = [model_info(s, registry) for s in manager.models.values()]
+    return _page(
+        request, "predict.html", "Predict", models=models, default_model=settings.default_model
+    )
+
+
+@router.get("/console", response_class=RedirectResponse)
+def console_root() -> RedirectResponse:
+    return RedirectResponse("/", status_code=307)
+
+
+@router.get("/console/models", response_class=HTMLResponse)
+def models_page(request: Request, manager: Manager, registry: Registry):
+    models = [model_info(s, registry) for s in manager.models.values()]
+    return _page(request, "models.html", "Models", models=models)
+
+
+@router.get("/console/models/{name}", response_class=HTMLResponse)
+def model_page(
+    request: Request,
+    name: str,
+    manager: Manager,
+    registry: Registry,
+    settings: SettingsDep,
+    version: int | None = None,
+):
+    try:
+        detail = model_detail(manager.state(name), registry)
+    except ConvserveError as exc:
+        return _not_found(request, exc)
+    versions = {v.version: v for v in detail.version_details}
+    shown = version if version in versions else detail.active_version
+    if shown is None and versions:
+        shown = max(versions)
+    return _page(
+        request,
+        "model.html",
+        name,
+        model=detail,
+        shown=versions.get(shown) if shown is not None else None,
+        is_default=name == settings.default_model,
+    )
+
+
+@router.get("/console/train", response_class=HTMLResponse)
+def train_page(request: Request, manager: Manager, registry: Registry, model: str | None = None):
+    models = [model_info(s, registry) for s in manager.models.values()]
+    return _page(
+        request,
+        "train.html",
+        "Train",
+        models=models,
+        chosen=model,
+        fields=train_fields(),
+        bases=list(TrainParams.model_fields["base"].annotation.__args__),  # type: ignore[union-attr]
+    )
+
+
+@router.get("/console/jobs", response_class=HTMLResponse)
+async def jobs_page(request: Request, jobs: Jobs):
+    rows = await asyncio.to_thread(jobs.recent, 200)
+    return _page(request, "jobs.html", "Jobs", jobs=[Job.from_row(r) for r in rows])
+
+
+@router.get("/console/jobs/{job_id}", response_class=HTMLResponse)
+async def job_page(request: Request, job_id: str, jobs: Jobs):
+    row = await asyncio.to_thread(jobs.get, job_id)
+    if row is None:
+        return _not_found(
+            request, ConvserveError("job_not_found", f"no fine-tuning job {job_id!r}", 404)
+        )
+    return _page(request, "job.html", f"Job {job_id}", job=Job.from_row(dict(row)))
+
+
+@router.get("/favicon.ico", include_in_schema=False)
+def favicon() -> Response:
+    return Response(status_code=204)

@@ -1,0 +1,126 @@
+// Job page: follows GET /finetune/{id}/events (Server-Sent Events; the browser reconnects
+// with Last-Event-ID by itself) and grows the curves; at the end, the new version against
+// the one that was active before, with promote or roll back.
+import { api, duration, el, flash, guarded, pct } from "./common.js";
+import { compareTable, Curves } from "./metrics.js";
+
+const job = JSON.parse(document.getElementById("job-data").textContent);
+const statusEl = document.getElementById("status");
+const phaseEl = document.getElementById("phase");
+const epochEl = document.getElementById("epoch");
+const etaEl = document.getElementById("eta");
+const bar = document.getElementById("progress");
+const cancel = document.getElementById("cancel");
+const errorEl = document.getElementById("error");
+const curves = new Curves(
+  document.getElementById("loss-chart"),
+  document.getElementById("accuracy-chart"),
+);
+
+function setStatus(status) {
+  statusEl.textContent = status;
+  statusEl.className = `status status-${status}`;
+  cancel.hidden = !["queued", "running"].includes(status);
+}
+
+function setProgress(p) {
+  phaseEl.textContent = p.phase.replace("_", " ");
+  epochEl.textContent = `${p.epoch} / ${p.total_epochs}`;
+  bar.value = p.fraction;
+  etaEl.textContent = p.eta_seconds === null ? "estimating…" : duration(p.eta_seconds);
+}
+
+cancel.addEventListener("click", () => {
+  if (!confirm("Cancel this job? What it trained so far is discarded.")) return;
+  guarded(cancel, async () => {
+    const now = await api(`/finetune/${job.job_id}`, { method: "DELETE" });
+    setStatus(now.status);
+  });
+});
+
+async function outcome(done) {
+  const box = document.getElementById("outcome");
+  const text = document.getElementById("outcome-text");
+  const actions = document.getElementById("outcome-actions");
+  etaEl.textContent = "—";
+  if (done.status !== "succeeded" || !done.result) {
+    if (done.error) {
+      errorEl.textContent = done.error.detail;
+      errorEl.hidden = false;
+    }
+    return;
+  }
+  bar.value = 1;
+  const result = done.result;
+  const modelUrl = `/models/${encodeURIComponent(result.model)}`;
+  const detail = await api(modelUrl);
+  const byVersion = Object.fromEntries(detail.version_details.map((v) => [v.version, v]));
+  const fresh = byVersion[result.version];
+  const before = byVersion[result.previous_version];
+  const promoted = result.promoted
+    ? "It is being served."
+    : result.promotion_error
+      ? `It was not promoted: ${result.promotion_error}`
+      : "It is not served yet.";
+  text.textContent = `${result.model} version ${result.version}: validation accuracy ${pct(result.metrics.accuracy)}. ${promoted}`;
+  const link = el("a", {
+    class: "button secondary",
+    href: `/console/models/${encodeURIComponent(result.model)}?version=${result.version}`,
+    text: "Confusion matrix and details",
+  });
+  const buttons = [link];
+  const activate = (version, label) => {
+    const button = el("button", { type: "button", class: "activate", text: label });
+    button.addEventListener("click", () => {
+      if (!confirm(`${label}: serve ${result.model} version ${version}?`)) return;
+      guarded(button, async () => {
+        const now = await api(`${modelUrl}/versions/${version}/activate`, { method: "POST" });
+        text.textContent = `${result.model} version ${now.active_version} is being served.`;
+        flash(`${result.model} now serves version ${now.active_version}.`, "ok");
+      });
+    });
+    return button;
+  };
+  if (detail.active_version !== result.version && fresh)
+    buttons.push(activate(result.version, `Promote version ${result.version}`));
+  if (before && before.version !== result.version)
+    buttons.push(activate(before.version, `Roll back to version ${before.version}`));
+  actions.replaceChildren(...buttons);
+  if (fresh && before?.metrics?.per_class && fresh.metrics?.per_class)
+    compareTable(document.getElementById("compare"), before, fresh);
+  else if (fresh && before)
+    document
+      .getElementById("compare")
+      .replaceChildren(
+        el("p", {
+          class: "muted",
+          text: `Version ${before.version} has no validation numbers of its own (it was not trained here), so there is nothing to set side by side.`,
+        }),
+      );
+  box.hidden = false;
+}
+
+for (const entry of job.history || []) curves.add(entry);
+if (job.progress) setProgress(job.progress);
+
+const events = new EventSource(`/finetune/${encodeURIComponent(job.job_id)}/events`);
+events.addEventListener("status", (e) => {
+  const data = JSON.parse(e.data);
+  setStatus(data.status);
+  if (data.error) {
+    errorEl.textContent = data.error.detail;
+    errorEl.hidden = false;
+  }
+});
+events.addEventListener("progress", (e) => setProgress(JSON.parse(e.data)));
+events.addEventListener("epoch", (e) => curves.add(JSON.parse(e.data)));
+events.addEventListener("done", (e) => {
+  events.close(); // the stream ends here; without close() the browser would reconnect
+  const data = JSON.parse(e.data);
+  setStatus(data.status);
+  document.body.dataset.jobDone = data.status;
+  outcome(data).catch((err) => flash(err.message));
+});
+events.addEventListener("error", () => {
+  if (events.readyState === EventSource.CLOSED) flash("Lost the job's event stream; reload the page.");
+});
