@@ -77,7 +77,14 @@ def zip_directory(root: Path, prefix: str = "") -> bytes:
 
 
 def write_toy_version(
-    registry, name: str, classes: list[str], size: int = 32, seed: int = 0, source: str = "test"
+    registry,
+    name: str,
+    classes: list[str],
+    size: int = 32,
+    seed: int = 0,
+    source: str = "test",
+    metadata: dict | None = None,
+    also_save=None,
 ) -> int:
     """Write a tiny random CNN (raw pixels in, probabilities out) as a new registry version.
 
@@ -103,8 +110,15 @@ def write_toy_version(
         "class_names": classes,
         "image_size": size,
         "metrics": {"accuracy": 0.5},
+        **(metadata or {}),
     }
-    return registry.write_version(name, lambda d: model.save(d / MODEL_FILE), meta)
+
+    def save(folder: Path) -> None:
+        model.save(folder / MODEL_FILE)
+        if also_save is not None:
+            also_save(folder)  # more files of the version (its validation images, say)
+
+    return registry.write_version(name, save, meta)
 
 
 def run_cli(tmp_path, *args, env_extra=None, timeout=600):

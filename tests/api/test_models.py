@@ -217,7 +217,7 @@ def test_validation_images_of_a_confusion_matrix_cell(registry, client, tmp_path
 
     # Four prepared validation images: circles 0, 1 (one taken for a square), squares 2, 3.
     files = []
-    for i, kind in enumerate(["circle", "circle", "square", "square"]):
+    for i in range(4):
         path = tmp_path / "prep" / f"000{i // 2}" / f"{i:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(image_bytes(pattern_image("checks", 64, seed=i), "PNG"))

@@ -164,7 +164,7 @@ export class Curves {
       width,
       height: 220,
       scales: { x: { time: false } },
-      axes: [{ label: "epoch" }, {}],
+      axes: [{ label: "epoch", incrs: [1, 2, 5, 10, 20, 50, 100] }, {}],
       series: [
         { label: "epoch" },
         ...keys.map((k, i) => ({

@@ -1,0 +1,413 @@
+"""The web console in a real Chromium (Debian's /usr/bin/chromium, driven by Playwright)
+against the real service on loopback, with small models.
+
+Every scenario saves a screenshot under build/test-artifacts/console (or
+$CONVSERVE_TEST_ARTIFACTS); page load times and the delay from an epoch's end to its point
+on the curve go to measurements.json there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.registry import ModelRegistry
+from app.training.evaluate import classification_metrics, write_validation_samples
+from tests.helpers import SIGNS_DIR, image_bytes, make_dataset, pattern_image, write_toy_version
+from tests.jobs.service import ROOT, Service
+
+CHROMIUM = Path(os.environ.get("CONVSERVE_CHROMIUM", "/usr/bin/chromium"))
+# The flags this machine needs: no sandbox as root, no GPU, and no background traffic to
+# Google's hosts (the network is closed; without these Chromium keeps retrying).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+KEY = "console-key"
+ARTIFACTS = (
+    Path(os.environ.get("CONVSERVE_TEST_ARTIFACTS", ROOT / "build" / "test-artifacts")) / "console"
+)
+MEASUREMENTS = ARTIFACTS / "measurements.json"
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason=f"needs Chromium at {CHROMIUM} (Debian: apt-get install chromium)",
+    ),
+]
+needs_signs = pytest.mark.skipif(
+    not SIGNS_DIR.is_dir(), reason=f"needs the SIGNS photos in {SIGNS_DIR}"
+)
+
+
+def record(name: str, value) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    data = json.loads(MEASUREMENTS.read_text()) if MEASUREMENTS.exists() else {}
+    data[name] = value
+    MEASUREMENTS.write_text(json.dumps(data, indent=2))
+
+
+def _signs_version(registry: ModelRegistry, tmp: Path) -> None:
+    """A 3-class "signs" model whose version 1 has validation numbers, curves and kept
+    validation images (a toy network; its numbers are made up but consistent)."""
+    classes = ["0", "1", "2"]
+    y_true = np.array([0] * 4 + [1] * 4 + [2] * 4)
+    y_pred = np.array([0, 0, 0, 1, 1, 1, 2, 1, 2, 2, 2, 0])
+    scores = np.linspace(0.4, 0.99, 12)
+    files = []
+    for i, t in enumerate(y_true):
+        path = tmp / "prep" / f"{t:04d}" / f"{i:06d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(image_bytes(pattern_image(("dark", "checks", "hstripes")[t], 64, i)))
+        files.append(str(path))
+    sources = {f"{t:04d}/{i:06d}.png": f"{t}/photo_{i}.jpg" for i, t in enumerate(y_true)}
+    history = [
+        {
+            "epoch": 1,
+            "phase": "head",
+            "loss": 1.0,
+            "accuracy": 0.5,
+            "val_loss": 1.1,
+            "val_accuracy": 0.45,
+        },
+        {
+            "epoch": 2,
+            "phase": "head",
+            "loss": 0.7,
+            "accuracy": 0.7,
+            "val_loss": 0.8,
+            "val_accuracy": 0.66,
+        },
+    ]
+    write_toy_version(
+        registry,
+        "signs",
+        classes,
+        seed=5,
+        metadata={
+            "metrics": classification_metrics(y_true, y_pred, classes),
+            "history": history,
+            "dataset": {"images": 60},
+        },
+        also_save=lambda folder: write_validation_samples(
+            folder, files, y_true, y_pred, scores, sources
+        ),
+    )
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    root = tmp_path_factory.mktemp("console")
+    registry = ModelRegistry(root / "models")
+    write_toy_version(registry, "toy", ["circle", "square"], seed=0)
+    write_toy_version(registry, "toy", ["circle", "square"], seed=1)
+    registry.set_active("toy", 1)
+    _signs_version(registry, root)
+    svc = Service(
+        root,
+        CONVSERVE_API_KEY=KEY,
+        CONVSERVE_SERVED_MODELS="toy",
+        CONVSERVE_MAX_IMAGE_BYTES="400000",
+        CONVSERVE_BACKEND="keras",
+    ).start()
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, service, request):
+    """A fresh tab (its own storage, so no key) that fails the test on a script error or a
+    Content-Security-Policy refusal, and leaves a screenshot behind."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=service.url)
+    tab = context.new_page()
+    tab.set_default_timeout(20_000)
+    problems: list[str] = []
+    tab.on("pageerror", lambda exc: problems.append(f"script error: {exc}"))
+    tab.on(
+        "console",
+        lambda msg: (
+            problems.append(msg.text)
+            if msg.type == "error" and "Content Security Policy" in msg.text
+            else None
+        ),
+    )
+    tab.on("dialog", lambda dialog: dialog.accept())  # confirmations say yes
+    yield tab
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    tab.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+    context.close()
+    assert not problems, problems
+
+
+def use_key(page) -> None:
+    page.fill("#api-key", KEY)
+    page.click("#key-save")
+    sync_api.expect(page.locator("#key-state")).to_have_text("key set for this tab")
+
+
+def api(service) -> httpx.Client:
+    return httpx.Client(
+        base_url=service.url, timeout=60, headers={"Authorization": f"Bearer {KEY}"}
+    )
+
+
+def _photo(tmp_path: Path) -> Path:
+    if SIGNS_DIR.is_dir():
+        return sorted((SIGNS_DIR / "3").iterdir())[0]
+    path = tmp_path / "square.png"
+    path.write_bytes(image_bytes(pattern_image("checks", 64)))
+    return path
+
+
+def test_predict_a_photo_and_see_its_bars(page, service, tmp_path):
+    page.goto("/")
+    load_ms = page.evaluate("performance.getEntriesByType('navigation')[0].loadEventEnd")
+    record("predict_page_load_ms", round(load_ms, 1))
+    photo = _photo(tmp_path)
+    page.set_input_files("#files", str(photo))
+    card = page.locator(f'.result[data-file="{photo.name}"]')
+    sync_api.expect(card.locator(".bars li")).to_have_count(2)  # toy knows two classes
+    expected = httpx.post(
+        f"{service.url}/predict", files={"file": (photo.name, photo.read_bytes())}
+    ).json()["predictions"][0]["top"]
+    labels = card.locator(".bars li").evaluate_all("els => els.map(e => e.dataset.label)")
+    assert labels == [t["label"] for t in expected]
+    first = card.locator(".bars li .score").first.inner_text()
+    assert first == f"{expected[0]['score'] * 100:.1f}%"
+    assert "toy version 1" in card.locator(".meta").inner_text()
+    assert card.locator(".meta").inner_text().endswith(" ms")
+    assert card.locator("img.thumb").evaluate("img => img.naturalWidth") > 0
+    # Over plain http from loopback the page is a secure context: the webcam is offered.
+    assert page.locator("#camera-start").is_enabled()
+
+
+def test_errors_show_as_their_sentence(page, service, tmp_path):
+    page.goto("/")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a picture")
+    big = tmp_path / "big.png"
+    noise = np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8)
+    big.write_bytes(image_bytes(Image.fromarray(noise), "PNG"))  # > 400,000 bytes
+    assert big.stat().st_size > 400_000
+    page.set_input_files("#files", [str(notes), str(big), str(_photo(tmp_path))])
+    with httpx.Client(base_url=service.url) as c:
+        for path, status in ((notes, 400), (big, 413)):
+            r = c.post("/predict", files={"file": (path.name, path.read_bytes())})
+            assert r.status_code == status
+            shown = page.locator(f'.result[data-file="{path.name}"] .error-text')
+            sync_api.expect(shown).to_have_text(r.json()["detail"])
+    # The good image in the same pick still gets its answer.
+    sync_api.expect(page.locator(".result .bars")).to_have_count(1)
+
+    # An archive with a single class, at the dataset check.
+    one = make_dataset(tmp_path / "one", classes=("dark",), per_class=6)
+    archive = shutil.make_archive(str(tmp_path / "one"), "zip", one)
+    page.goto("/console/train")
+    use_key(page)
+    page.set_input_files("#archive", archive)
+    page.click("#check")
+    with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {KEY}"}) as c:
+        r = c.post("/datasets/check", files={"dataset": ("one.zip", Path(archive).read_bytes())})
+    assert r.json()["code"] == "too_few_classes"
+    sync_api.expect(page.locator("#flash")).to_have_text(r.json()["detail"])
+    assert page.locator("#start").is_disabled()
+
+
+def test_admin_actions_need_the_key(page, service):
+    page.goto("/console/models/toy")
+    page.click('button.activate[data-version="2"]')
+    with httpx.Client(base_url=service.url) as c:
+        sentence = c.post("/models/toy/versions/2/activate").json()["detail"]
+        sync_api.expect(page.locator("#flash")).to_have_text(sentence)
+        assert c.get("/models/toy").json()["active_version"] == 1
+        # Cancel and delete are refused the same way.
+        page.click('button.delete-version[data-version="2"]')
+        sync_api.expect(page.locator("#flash")).to_have_text(sentence)
+        assert c.get("/models/toy").json()["versions"] == [1, 2]
+
+        # With the key: promote 2, then roll back to 1 from the versions table.
+        use_key(page)
+        page.click('button.activate[data-version="2"]')
+        sync_api.expect(page.locator("#active-version")).to_have_text("2")
+        assert c.get("/models/toy").json()["active_version"] == 2
+        page.click('button.activate[data-version="1"]')
+        sync_api.expect(page.locator("#active-version")).to_have_text("1")
+        assert c.get("/models/toy").json()["active_version"] == 1
+    # The key lives in this tab only; a new tab (another context here) has none.
+    assert page.evaluate("sessionStorage.getItem('convserve.apiKey')") == KEY
+
+
+def test_a_confusion_matrix_cell_shows_its_images(page, service):
+    page.goto("/console/models/signs")
+    sync_api.expect(page.locator("#per-class tbody tr")).to_have_count(3)
+    # True "1", predicted "2": one image (photo_6), shown with where it came from.
+    cell = page.locator('#confusion button.cell[data-true="1"][data-predicted="2"]')
+    assert cell.inner_text() == "1"
+    cell.click()
+    images = page.locator("#cell-images .gallery img")
+    sync_api.expect(images).to_have_count(1)
+    assert "1/photo_6.jpg" in images.first.get_attribute("alt")
+    images.first.evaluate("img => img.decode()")
+    assert images.first.evaluate("img => img.naturalWidth") > 0
+    page.locator('#confusion button.cell[data-true="0"][data-predicted="0"]').click()
+    sync_api.expect(images).to_have_count(3)
+    # The recorded curves are drawn: two epochs, train and validation.
+    assert page.locator("#loss-chart").get_attribute("data-points") == "2"
+    assert page.locator("#loss-chart canvas").count() == 1
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_pages_fit_the_width(browser, service, width):
+    context = browser.new_context(viewport={"width": width, "height": 800}, base_url=service.url)
+    tab = context.new_page()
+    loads = {}
+    for path in (
+        "/",
+        "/console/models",
+        "/console/models/signs",
+        "/console/train",
+        "/console/jobs",
+    ):
+        tab.goto(path)
+        tab.wait_for_load_state("load")
+        loads[path] = round(
+            tab.evaluate("performance.getEntriesByType('navigation')[0].loadEventEnd"), 1
+        )
+        overflow = tab.evaluate("document.documentElement.scrollWidth")
+        assert overflow <= width, f"{path} is {overflow}px wide at {width}px"
+        # Every control has a label a screen reader can read.
+        unlabelled = tab.evaluate(
+            """() => [...document.querySelectorAll('input, select, button')]
+                .filter(e => e.type !== 'hidden' && !e.labels?.length
+                        && !e.getAttribute('aria-label') && !e.textContent.trim())
+                .map(e => e.id || e.outerHTML.slice(0, 80))"""
+        )
+        assert not unlabelled, f"{path}: {unlabelled}"
+        name = path.strip("/").replace("/", "-") or "predict"
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        tab.screenshot(path=str(ARTIFACTS / f"{name}-{width}.png"), full_page=True)
+    # Keyboard: Tab from the top reaches the first nav link with a visible focus ring.
+    tab.goto("/")
+    tab.keyboard.press("Tab")
+    tab.keyboard.press("Tab")
+    assert tab.evaluate("document.activeElement.textContent") == "convserve"
+    record(f"page_load_ms_{width}px", loads)
+    context.close()
+
+
+def test_cancel_a_running_job(page, service, tmp_path):
+    data = make_dataset(tmp_path / "ds", per_class=8, size=32)
+    archive = Path(shutil.make_archive(str(tmp_path / "ds"), "zip", data))
+    with api(service) as c:
+        r = c.post(
+            "/finetune",
+            files={"dataset": ("ds.zip", archive.read_bytes())},
+            data={"model": "shapes", "epochs": 200, "image_size": 32, "batch_size": 4},
+        )
+        assert r.status_code == 202
+        job_id = r.json()["job_id"]
+        page.goto(f"/console/jobs/{job_id}")
+        sync_api.expect(page.locator("#status")).to_have_text("running", timeout=120_000)
+        use_key(page)
+        page.click("#cancel")
+        sync_api.expect(page.locator("#status")).to_have_text("cancelled", timeout=60_000)
+        assert c.get(f"/finetune/{job_id}").json()["status"] == "cancelled"
+        assert page.locator("#cancel").is_hidden()
+        # It is listed on the jobs page, newest first, as cancelled.
+        page.goto("/console/jobs")
+        first = page.locator("#jobs-table tbody tr").first
+        assert first.get_attribute("data-job") == job_id
+        assert "cancelled" in first.inner_text()
+
+
+def _signs_folder(root: Path, per_class: int = 12) -> Path:
+    for name in ("0", "1", "2"):
+        (root / name).mkdir(parents=True)
+        for photo in sorted((SIGNS_DIR / name).iterdir())[:per_class]:
+            shutil.copy(photo, root / name / photo.name)
+    return root
+
+
+@pytest.mark.slow
+@needs_signs
+def test_train_from_a_folder_watch_it_learn_compare_and_roll_back(page, service, tmp_path):
+    folder = _signs_folder(tmp_path / "my signs")
+    page.goto("/console/train?model=signs")
+    use_key(page)
+    assert page.locator("#existing-model").input_value() == "signs"
+    page.set_input_files("#folder", str(folder))
+    sync_api.expect(page.locator("#picked")).to_contain_text("36 files")
+    page.click("#check")
+    report = page.locator("#report")
+    sync_api.expect(report.locator("h3")).to_have_text("Dataset check: 36 images in 3 classes")
+    sync_api.expect(report.locator("#class-counts tbody tr")).to_have_count(3)
+    assert "few images" in report.inner_text()  # 12 per class: the check warns
+    for name, value in {
+        "epochs": "2",
+        "fine_tune_epochs": "1",
+        "image_size": "64",
+        "batch_size": "8",
+    }.items():
+        page.fill(f"#p-{name}", value)
+    page.click("#start")
+    page.wait_for_url("**/console/jobs/*")
+    job_id = page.url.rsplit("/", 1)[1]
+
+    # Points appear on the curve while the job is still running.
+    loss = page.locator("#loss-chart")
+    sync_api.expect(loss).to_have_attribute("data-points", "2", timeout=300_000)
+    with api(service) as c:
+        assert c.get(f"/finetune/{job_id}").json()["status"] == "running"
+        page.wait_for_selector('body[data-job-done="succeeded"]', timeout=300_000)
+        job = c.get(f"/finetune/{job_id}").json()
+        assert job["result"]["version"] == 2 and job["result"]["previous_version"] == 1
+        assert c.get("/models/signs").json()["active_version"] == 2
+    assert loss.get_attribute("data-points") == "3"
+    assert loss.get_attribute("data-phases") == "head,fine_tune"
+    shown_at = page.evaluate("window.convserveCurves.shownAt")
+    delays = [
+        round(shown_at[str(h["epoch"])] / 1000 - h["ended_at"], 3)
+        for h in job["history"]
+        if str(h["epoch"]) in shown_at
+    ]
+    record("epoch_end_to_curve_point_seconds", delays)
+    assert delays and all(d >= 0 for d in delays)
+
+    # The new version side by side with the one it replaced.
+    compare = page.locator("#compare table.compare")
+    sync_api.expect(compare).to_have_attribute("data-newer", "2")
+    assert compare.get_attribute("data-older") == "1"
+    assert compare.locator("tbody tr").count() == 1 + 3 * 3  # accuracy, then 3 per class
+    page.screenshot(path=str(ARTIFACTS / "job-finished.png"), full_page=True)
+
+    # Roll back from the job page.
+    page.click("text=Roll back to version 1")
+    sync_api.expect(page.locator("#flash")).to_have_text("signs now serves version 1.")
+    with api(service) as c:
+        assert c.get("/models/signs").json()["active_version"] == 1
+    # The job page still works once the job is over, from the stored history.
+    page.reload()
+    sync_api.expect(page.locator("#loss-chart")).to_have_attribute("data-points", "3")
+    assert page.locator("#status").inner_text() == "succeeded"
