@@ -356,7 +356,9 @@ class _EpochPrinter:
             self.progress.update(self.task, description=label, completed=max(within, 0.0))
         elif event.type == "epoch":
             metrics = "  ".join(
-                f"{k} {v:.4f}" for k, v in data.items() if k not in ("epoch", "phase", "seconds")
+                f"{k} {v:.4f}"
+                for k, v in data.items()
+                if k not in ("epoch", "phase", "seconds", "ended_at")
             )
             total = f"/{self.total}" if self.total else ""
             self.progress.console.print(

@@ -204,6 +204,9 @@ def test_ctrl_c_while_waiting_leaves_the_job_running_and_says_how_to_follow(serv
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as a terminal sends it: a runner that started these tests in the
+        # background may have left SIGINT ignored, and children inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     with service.client() as c:
         deadline = time.time() + 60
@@ -218,5 +221,6 @@ def test_ctrl_c_while_waiting_leaves_the_job_running_and_says_how_to_follow(serv
         assert proc.returncode == 130
         assert f"job {job_id} keeps running; follow it again with: convserve jobs {job_id}" in err
         assert "Traceback" not in err
+        assert "ended_at" not in err  # epoch lines show metrics, not timestamps
         assert c.get(f"/finetune/{job_id}").json()["status"] == "running"
         c.delete(f"/finetune/{job_id}", headers={"Authorization": f"Bearer {KEY}"})
