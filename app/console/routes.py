@@ -21,6 +21,7 @@ from app import __version__
 from app.api.deps import Jobs, Manager, Registry, SettingsDep
 from app.api.models import model_detail, model_info
 from app.errors import ConvserveError
+from app.nets.transfer import BASES
 from app.schemas import Job
 from app.training.params import TrainParams
 
@@ -155,7 +156,7 @@ def train_page(request: Request, manager: Manager, registry: Registry, model: st
         models=models,
         chosen=model,
         fields=train_fields(),
-        bases=list(TrainParams.model_fields["base"].annotation.__args__),  # type: ignore[union-attr]
+        bases=list(BASES),
     )
 
 
