@@ -121,6 +121,18 @@ def write_toy_version(
     return registry.write_version(name, save, meta)
 
 
+def toy_registry(root: Path, second_seed: int = 1):
+    """A registry under ``root/models`` with "toy" versions 1 (active) and 2, for tests
+    that promote and roll back between them."""
+    from app.registry import ModelRegistry
+
+    registry = ModelRegistry(root / "models")
+    write_toy_version(registry, "toy", ["circle", "square"], seed=0)
+    write_toy_version(registry, "toy", ["circle", "square"], seed=second_seed)
+    registry.set_active("toy", 1)
+    return registry
+
+
 def run_cli(tmp_path, *args, env_extra=None, timeout=600):
     env = {
         **os.environ,

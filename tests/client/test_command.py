@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from app.registry import ModelRegistry
-from tests.helpers import SIGNS_DIR, write_toy_version
+from tests.helpers import SIGNS_DIR, toy_registry
 from tests.jobs.service import Service, free_port
 
 CONVSERVE = Path(sys.executable).parent / "convserve"
@@ -29,10 +28,7 @@ def needs_signs(test):
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     root = tmp_path_factory.mktemp("command")
-    registry = ModelRegistry(root / "models")
-    write_toy_version(registry, "toy", ["circle", "square"], seed=0)
-    write_toy_version(registry, "toy", ["circle", "square"], seed=1)
-    registry.set_active("toy", 1)
+    toy_registry(root)
     svc = Service(root, CONVSERVE_API_KEY=KEY).start()
     yield svc
     svc.stop()

@@ -20,7 +20,14 @@ from PIL import Image
 
 from app.registry import ModelRegistry
 from app.training.evaluate import classification_metrics, write_validation_samples
-from tests.helpers import SIGNS_DIR, image_bytes, make_dataset, pattern_image, write_toy_version
+from tests.helpers import (
+    SIGNS_DIR,
+    image_bytes,
+    make_dataset,
+    pattern_image,
+    toy_registry,
+    write_toy_version,
+)
 from tests.jobs.service import ROOT, Service
 
 CHROMIUM = Path(os.environ.get("CONVSERVE_CHROMIUM", "/usr/bin/chromium"))
@@ -112,10 +119,7 @@ def _signs_version(registry: ModelRegistry, tmp: Path) -> None:
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     root = tmp_path_factory.mktemp("console")
-    registry = ModelRegistry(root / "models")
-    write_toy_version(registry, "toy", ["circle", "square"], seed=0)
-    write_toy_version(registry, "toy", ["circle", "square"], seed=1)
-    registry.set_active("toy", 1)
+    registry = toy_registry(root)
     _signs_version(registry, root)
     svc = Service(
         root,

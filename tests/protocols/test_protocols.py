@@ -13,8 +13,13 @@ from tritonclient.utils import InferenceServerException
 
 from app.data.images import load_image
 from app.main import create_app
-from app.registry import ModelRegistry
-from tests.helpers import hot_swap_under_load, image_bytes, pattern_image, write_toy_version
+from tests.helpers import (
+    hot_swap_under_load,
+    image_bytes,
+    pattern_image,
+    toy_registry,
+    write_toy_version,
+)
 from tests.jobs.service import Service
 
 JPEG = image_bytes(pattern_image("checks", 48, seed=3), "JPEG", quality=90)
@@ -25,10 +30,7 @@ B64 = base64.b64encode(JPEG).decode()
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     root = tmp_path_factory.mktemp("protocols")
-    registry = ModelRegistry(root / "models")
-    write_toy_version(registry, "toy", ["circle", "square"], seed=0)
-    write_toy_version(registry, "toy", ["circle", "square"], seed=4)
-    registry.set_active("toy", 1)
+    toy_registry(root, second_seed=4)
     svc = Service(root, CONVSERVE_MAX_FILES_PER_REQUEST="4").start()
     yield svc
     svc.stop()
