@@ -20,6 +20,7 @@ from fastapi.templating import Jinja2Templates
 from app import __version__
 from app.api.deps import Jobs, Manager, Registry, SettingsDep
 from app.api.models import model_detail, model_info
+from app.data.datasets import FEW_IMAGES_WARNING
 from app.errors import ConvserveError
 from app.nets.transfer import BASES
 from app.schemas import Job
@@ -157,6 +158,7 @@ def train_page(request: Request, manager: Manager, registry: Registry, model: st
         chosen=model,
         fields=train_fields(),
         bases=list(BASES),
+        few_images=FEW_IMAGES_WARNING,
     )
 
 

@@ -84,7 +84,7 @@ function showReport(r) {
   const rows = r.class_names.map((name) => {
     const bar = el("span", { class: "bar" });
     bar.style.width = `${((r.counts[name] / most) * 100).toFixed(1)}%`;
-    const few = r.counts[name] < 20;
+    const few = r.counts[name] < Number(form.dataset.fewImages); // the check's own threshold
     return el(
       "tr",
       { "data-class": name },
