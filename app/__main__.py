@@ -30,19 +30,25 @@ def _fail(message: str, code: str, status: int = 2) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
+    from app.main import create_app
+    from app.shutdown import DrainingServer
+
+    settings = get_settings()
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=args.host,
         port=args.port,
         log_level=args.log_level,
+        timeout_graceful_shutdown=settings.graceful_timeout_seconds,
     )
+    DrainingServer(config, app.state.drain, settings.shutdown_drain_seconds).run()
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from app.data.datasets import DatasetError
-    from app.registry import ModelRegistry, RegistryError
+    from app.errors import ConvserveError
+    from app.registry import ModelRegistry
     from app.training.params import TrainParams
     from app.training.trainer import train
 
@@ -68,9 +74,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 source="cli",
                 activate=args.activate,
             )
-        except DatasetError as exc:
-            return _fail(exc.message, exc.code)
-        except RegistryError as exc:
+        except ConvserveError as exc:  # the dataset's or the registry's
             return _fail(exc.message, exc.code)
     _print_json(result.summary())
     return 0

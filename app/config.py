@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     # an hour; 0 never retries. Retries run on the registry poll.
     bootstrap_retry_seconds: float = Field(60.0, ge=0)
     decode_threads: int = Field(2, ge=1, le=64)
+    # Shutdown (app/shutdown.py): after SIGTERM, answer 503 to new requests for this long
+    # (a load balancer sees /readyz fail and moves away), then stop listening and give the
+    # requests in flight up to graceful_timeout_seconds. docker-compose.yml's
+    # stop_grace_period covers both plus the job processes' stop.
+    shutdown_drain_seconds: float = Field(3.0, ge=0, le=300)
+    graceful_timeout_seconds: int = Field(30, ge=1, le=3600)
 
     # Fine-tuning jobs.
     run_jobs: bool = True  # start job processes from this service instance

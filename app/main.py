@@ -20,6 +20,7 @@ from app.protocols import kserve_v2, tfserving
 from app.registry import ModelRegistry
 from app.serving.manager import ModelManager
 from app.serving.metrics import ServiceMetrics
+from app.shutdown import DrainMiddleware, DrainState
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -36,7 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         manager = ModelManager(settings, registry, metrics)
         await manager.start()
         jobs = store_for(settings)
-        supervisor = JobSupervisor(settings, jobs, registry, manager, metrics)
+        supervisor = JobSupervisor(settings, jobs, registry, manager, metrics, app.state.drain)
         if settings.run_jobs:
             await supervisor.start()
         try:
@@ -68,6 +69,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             2 * settings.max_files_per_request * settings.max_image_bytes + slack,
         ),
     )
+    # Outermost: while the service drains, new requests are answered before anything else.
+    app.state.drain = DrainState()
+    app.add_middleware(DrainMiddleware, state=app.state.drain)
     install_error_handlers(app)
     for module in (predict, models, finetune, datasets, health, tfserving, kserve_v2, console):
         app.include_router(module.router)

@@ -7,7 +7,8 @@ Layout (see ``models/README.md``)::
     models/<name>/active                    the version being served (one line)
 
 A version is written into a hidden temporary folder and renamed into place, so a crash
-never leaves half a version; readers ignore hidden folders.
+never leaves half a version; readers ignore hidden folders. A write the disk refuses (full,
+read-only) raises ``storage_full`` or ``storage_not_writable`` and leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from app.errors import ConvserveError
+from app.errors import ConvserveError, writing_to
 
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
@@ -159,6 +160,15 @@ class ModelRegistry:
         """
         if not NAME_PATTERN.match(name):
             raise RegistryError("invalid_model_name", MODEL_NAME_RULE, 422)
+        with writing_to("the model registry"):
+            version = self._write_version(name, save, metadata)
+        if activate:
+            self.set_active(name, version)
+        return version
+
+    def _write_version(
+        self, name: str, save: Callable[[Path], None], metadata: dict[str, Any]
+    ) -> int:
         folder = self.root / name
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".tmp-{uuid.uuid4().hex}"
@@ -183,8 +193,6 @@ class ModelRegistry:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        if activate:
-            self.set_active(name, version)
         return version
 
     @contextlib.contextmanager
@@ -205,7 +213,8 @@ class ModelRegistry:
             raise RegistryError(
                 "version_not_found", f"model {name!r} has no version {version}", 404
             )
-        _write_text_atomic(self.root / name / ACTIVE_FILE, f"{version}\n")
+        with writing_to("the model registry"):
+            _write_text_atomic(self.root / name / ACTIVE_FILE, f"{version}\n")
 
     def delete_version(self, name: str, version: int) -> None:
         if not self.exists(name, version):
@@ -221,7 +230,8 @@ class ModelRegistry:
         folder = self.version_dir(name, version)
         # Hide it first (atomic), then remove: readers never see a half-deleted version.
         trash = folder.with_name(f".trash-{version}-{uuid.uuid4().hex}")
-        os.rename(folder, trash)
+        with writing_to("the model registry"):
+            os.rename(folder, trash)
         shutil.rmtree(trash, ignore_errors=True)
 
     def delete_model(self, name: str) -> None:
@@ -230,7 +240,8 @@ class ModelRegistry:
         if not NAME_PATTERN.match(name) or not folder.is_dir():
             raise RegistryError("model_not_found", f"the registry has no model {name!r}", 404)
         trash = self.root / f".trash-{name}-{uuid.uuid4().hex}"
-        os.rename(folder, trash)
+        with writing_to("the model registry"):
+            os.rename(folder, trash)
         shutil.rmtree(trash, ignore_errors=True)
 
     def clean_stale(self, older_than_seconds: float = 3600.0) -> None:

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Header, Query, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import ValidationError
@@ -147,6 +147,7 @@ def _latest_progress_only(events: list[JobEvent]) -> list[JobEvent]:
     },
 )
 async def job_events(
+    request: Request,
     job_id: Annotated[str, Depends(_existing_job)],
     jobs: Jobs,
     last_event_id: str | None = Header(
@@ -154,10 +155,12 @@ async def job_events(
     ),
 ) -> AsyncIterator[ServerSentEvent]:
     """Server-Sent Events for one job: ``status``, ``progress``, ``epoch`` and a final
-    ``done``, each with an id; the stream ends after ``done``. Works the same for a
-    queued, running or finished job. FastAPI sends keep-alive comments while it is quiet."""
+    ``done``, each with an id; the stream ends after ``done``, or early when the service
+    shuts down (reconnect with ``Last-Event-ID``). Works the same for a queued, running or
+    finished job. FastAPI sends keep-alive comments while it is quiet."""
     after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
-    while True:
+    drain = request.app.state.drain
+    while not drain.draining:
         events = await asyncio.to_thread(jobs.events, job_id, after)
         for event in _latest_progress_only(events):
             yield ServerSentEvent(id=str(event.seq), event=event.type, data=event.data)

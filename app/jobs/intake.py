@@ -9,7 +9,7 @@ from typing import IO, Any
 from app.config import Settings
 from app.data.archives import ArchiveLimits, extract_archive
 from app.data.datasets import DatasetSummary, scan_dataset
-from app.errors import ConvserveError
+from app.errors import ConvserveError, writing_to
 from app.jobs.runner import job_dir
 from app.jobs.store import QUEUED, JobStore, new_job_id
 from app.training.params import TrainParams
@@ -54,9 +54,10 @@ def check_upload(
 def check_only(settings: Settings, upload: IO[bytes], validation_split: float) -> dict[str, Any]:
     """The dataset check of an upload, with nothing kept on disk (blocking)."""
     folder = settings.data_dir / "checks" / new_job_id()
-    folder.mkdir(parents=True)
     try:
-        return check_upload(settings, upload, folder, validation_split).to_dict()
+        with writing_to("the service's data folder"):
+            folder.mkdir(parents=True)
+            return check_upload(settings, upload, folder, validation_split).to_dict()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -80,9 +81,10 @@ def queue_job(
         )
     job_id = new_job_id()
     folder = job_dir(settings, job_id)
-    folder.mkdir(parents=True)
     try:
-        summary = check_upload(settings, upload, folder, params.validation_split)
+        with writing_to("the service's data folder"):
+            folder.mkdir(parents=True)
+            summary = check_upload(settings, upload, folder, params.validation_split)
         dataset = summary.to_dict()
         skipped = dataset.pop("skipped")
         return store.create(model, params.model_dump(), promote, skipped, dataset, job_id=job_id)

@@ -11,11 +11,13 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
 from app.config import Settings
+from app.errors import ConvserveError, disk_error
 from app.jobs.store import CANCELLED, CANCELLING, FAILED, JobStore
 
 log = logging.getLogger("convserve.job")
@@ -114,8 +116,24 @@ class _Progress:
         return self._cancelling
 
 
+class JobStopped(BaseException):
+    """SIGTERM from the service shutting down (a BaseException: nothing catches it on the
+    way up, while every ``finally`` and the registry's cleanup still run)."""
+
+
+EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped, to be continued
+
+
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    raise JobStopped
+
+
 def run_job(job_id: str, settings: Settings) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s job %(message)s")
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    # Ctrl-C in a terminal reaches the whole process group: the service decides, and sends
+    # SIGTERM when it stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     store = store_for(settings)
     job = store.get(job_id)
     if job is None:
@@ -123,7 +141,6 @@ def run_job(job_id: str, settings: Settings) -> int:
         return 2
     _limit_threads(settings.job_threads)
 
-    from app.data.datasets import DatasetError
     from app.registry import ModelRegistry
     from app.training.params import TrainParams
     from app.training.trainer import Hooks, TrainingCancelled, train
@@ -172,13 +189,23 @@ def run_job(job_id: str, settings: Settings) -> int:
         remove_job_files(settings, job_id)
         store.finish(job_id, CANCELLED)
         return 0
-    except DatasetError as exc:
+    except JobStopped:
+        # The service is shutting down: leave the job running in the store (the service
+        # queues it again) and its workspace in place, so it resumes from its last epoch.
+        log.info("job %s stopped by the service; it resumes at the next start", job_id)
+        return EXIT_STOPPED
+    except ConvserveError as exc:  # the dataset's, or the registry's (disk full ...)
         remove_job_files(settings, job_id)
         store.finish(job_id, FAILED, error=exc.message, error_code=exc.code)
         return 0
     except Exception as exc:
-        log.exception("job %s failed", job_id)
         remove_job_files(settings, job_id)
+        disk = disk_error(exc, "the service's data folder")
+        if disk is not None:  # a full or read-only disk: the reason, not a stack trace
+            log.error("job %s failed: %s", job_id, disk.message)
+            store.finish(job_id, FAILED, error=disk.message, error_code=disk.code)
+            return 0
+        log.exception("job %s failed", job_id)
         store.finish(
             job_id, FAILED, error=f"training failed: {exc}"[:500], error_code="training_failed"
         )

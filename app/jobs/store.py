@@ -302,6 +302,22 @@ class JobStore:
             db.execute("COMMIT")
         return new
 
+    def release(self, job_id: str) -> bool:
+        """A ``running`` job whose process the service stopped on shutdown: queue it again
+        without counting the attempt (it resumes from its last epoch at the next start)."""
+        now = utc_now()
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute(
+                "UPDATE jobs SET status = ?, updated_at = ?, pid = NULL,"
+                " attempts = MAX(attempts - 1, 0) WHERE id = ? AND status = ? RETURNING id",
+                (QUEUED, now, job_id, RUNNING),
+            ).fetchone()
+            if row is not None:
+                _emit_status(db, job_id, now)
+            db.execute("COMMIT")
+        return row is not None
+
     def requeue_orphans(self, max_attempts: int) -> list[str]:
         """Jobs left ``running`` by a process that died: queue them again (they resume
         from their last completed epoch), or fail them after ``max_attempts``; a job that

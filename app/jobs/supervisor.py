@@ -19,15 +19,19 @@ from typing import Any
 
 from app.config import Settings
 from app.errors import ConvserveError
-from app.jobs.runner import remove_job_files
+from app.jobs.runner import EXIT_STOPPED, remove_job_files
 from app.jobs.store import CANCELLING, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
 from app.registry import ModelRegistry
 from app.serving.manager import ModelManager
 from app.serving.metrics import ServiceMetrics
+from app.shutdown import DrainState
 
 log = logging.getLogger("convserve.jobs")
 
 CANCEL_GRACE_SECONDS = 8.0
+# On shutdown a job process gets SIGTERM, which it turns into a clean stop at its next step
+# (app.jobs.runner); after this long it is killed (its checkpoints survive that too).
+STOP_GRACE_SECONDS = 10.0
 
 
 class JobSupervisor:
@@ -38,8 +42,10 @@ class JobSupervisor:
         registry: ModelRegistry,
         manager: ModelManager,
         metrics: ServiceMetrics,
+        drain: DrainState | None = None,
     ) -> None:
         self.settings = settings
+        self.drain = drain
         self.store = store
         self.registry = registry
         self.manager = manager
@@ -48,6 +54,7 @@ class JobSupervisor:
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._wakeup = asyncio.Event()
+        self._stopping = False
 
     async def start(self) -> None:
         requeued = await asyncio.to_thread(
@@ -65,18 +72,34 @@ class JobSupervisor:
         self._wakeup.set()
 
     async def stop(self) -> None:
+        """Stop taking jobs and stop the job processes; their jobs are queued again and
+        resume from their last completed epoch at the next start."""
+        self._stopping = True
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
-        # Stop the job processes; their jobs resume from the last epoch at the next start.
-        for proc in list(self._procs.values()):
+        procs = dict(self._procs)
+        for proc in procs.values():
             with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGKILL)
+                proc.send_signal(signal.SIGTERM)
+        if procs:
+            waits = [asyncio.create_task(proc.wait()) for proc in procs.values()]
+            _, late = await asyncio.wait(waits, timeout=STOP_GRACE_SECONDS)
+            for proc in procs.values():
+                if proc.returncode is None:
+                    log.warning("job process %d did not stop in time; killing it", proc.pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+            if late:
+                await asyncio.wait(late, timeout=5)
         for task in list(self._tasks):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for job_id in procs:
+            if await asyncio.to_thread(self.store.release, job_id):
+                log.info("job %s stopped with the service; it resumes at the next start", job_id)
 
     async def _loop(self) -> None:
         while True:
@@ -92,6 +115,8 @@ class JobSupervisor:
         counts = await asyncio.to_thread(self.store.counts)
         for status in (QUEUED, RUNNING, CANCELLING, SUCCEEDED, FAILED, "cancelled"):
             self.metrics.jobs.labels(status).set(counts.get(status, 0))
+        if self.drain is not None and self.drain.draining:
+            return  # shutting down: queued jobs wait for the next start
         while len(self._procs) < self.settings.max_concurrent_jobs:
             job = await asyncio.to_thread(self.store.claim_next)
             if job is None:
@@ -131,7 +156,12 @@ class JobSupervisor:
 
     async def _after_exit(self, job_id: str, returncode: int | None) -> None:
         job = await asyncio.to_thread(self.store.get, job_id)
-        if job is None:
+        if job is None or (self._stopping and job["status"] == RUNNING):
+            return  # stopped with the service: stop() queues it again
+        if job["status"] == RUNNING and returncode == EXIT_STOPPED:
+            # Stopped by a SIGTERM that was not ours (sent to the whole process group):
+            # queued again, not counted as a failed attempt.
+            await asyncio.to_thread(self.store.release, job_id)
             return
         if job["status"] == CANCELLING:  # killed after ignoring its cancellation
             self.cleanup(job_id)
