@@ -69,12 +69,9 @@ async def predict(
                 f"{len(file)} files in one request; the limit is {settings.max_files_per_request}",
                 413,
             )
-        target = await manager.resolve(name, version)
+        await manager.resolve(name, version)  # an unknown model or version: before reading
         blobs = await _read_all(file, settings.max_image_bytes)
-        names = [f.filename for f in file]
-        with target.batcher.expecting(len(blobs)):
-            images = await manager.decode(blobs, names, target.image_size)
-        loaded, rows = await manager.predict(name, version, images, target)
+        loaded, rows = await manager.classify(name, version, blobs, [f.filename for f in file])
         served, status = str(loaded.version), 200
         metrics.images.labels(label, served).inc(len(rows))
         return PredictResponse(

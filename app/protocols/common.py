@@ -131,11 +131,9 @@ class Inference:
                 raise ConvserveError(
                     "file_too_large", f"image {n} is {len(blob)} bytes, over {limit}", 413
                 )
-        target = await self.manager.resolve(self.name, version)
-        with target.batcher.expecting(len(blobs)):
-            names: list[str | None] = [f"image {n}" for n in range(len(blobs))]
-            images = await self.manager.decode(blobs, names, target.image_size)
-        return await self._run(version, images, target)
+        names: list[str | None] = [f"image {n}" for n in range(len(blobs))]
+        loaded, rows = await self.manager.classify(self.name, version, blobs, names)
+        return self._outcome(loaded, rows)
 
     async def tensor(self, version: int | None, array: np.ndarray, where: str) -> Outcome:
         """Classify a pixel tensor ``[N, S, S, 3]``."""
@@ -148,6 +146,9 @@ class Inference:
         self, version: int | None, images: list[np.ndarray], target: LoadedVersion
     ) -> Outcome:
         loaded, rows = await self.manager.predict(self.name, version, images, target)
+        return self._outcome(loaded, rows)
+
+    def _outcome(self, loaded: LoadedVersion, rows: list[np.ndarray]) -> Outcome:
         self.served = str(loaded.version)
         self.metrics.images.labels(self.name, self.served).inc(len(rows))
         return Outcome(loaded, rows)

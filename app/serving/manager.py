@@ -67,6 +67,19 @@ class ModelState:
 MAX_BOOTSTRAP_WAIT = 3600.0
 
 
+class InputSizeChanged(ConvserveError):
+    """Images decoded for a version that was swapped for one with another input size."""
+
+    def __init__(self, name: str, current: LoadedVersion) -> None:
+        super().__init__(
+            "model_unavailable",
+            f"model {name!r} changed its input size while the request was decoded; retry",
+            503,
+            {"Retry-After": "0"},
+        )
+        self.current = current
+
+
 class ModelManager:
     MAX_EXTRA_VERSIONS = 2
 
@@ -250,6 +263,24 @@ class ModelManager:
                 raise result
         return [r for r in results if isinstance(r, np.ndarray)]
 
+    async def classify(
+        self, name: str, version: int | None, blobs: list[bytes], filenames: list[str | None]
+    ) -> tuple[LoadedVersion, list[np.ndarray]]:
+        """Decode encoded images at the input size of the version that serves them and
+        classify them. A swap to a version with another input size while they were being
+        decoded makes them decode again for the new one: the request is not dropped."""
+        target = await self.resolve(name, version)
+        for _ in range(3):
+            with target.batcher.expecting(len(blobs)):
+                images = await self.decode(blobs, filenames, target.image_size)
+            try:
+                return await self.predict(name, version, images, target)
+            except InputSizeChanged as exc:
+                target = exc.current
+        raise ConvserveError(
+            "model_unavailable", f"model {name!r} is being swapped", 503, {"Retry-After": "1"}
+        )
+
     async def predict(
         self,
         name: str,
@@ -263,12 +294,7 @@ class ModelManager:
         loaded = target or await self.resolve(name, version)
         for _ in range(3):
             if images and images[0].shape[0] != loaded.image_size:
-                raise ConvserveError(
-                    "model_unavailable",
-                    f"model {name!r} changed its input size while the request was decoded; retry",
-                    503,
-                    {"Retry-After": "0"},
-                )
+                raise InputSizeChanged(name, loaded)
             try:
                 futures = loaded.batcher.enqueue(images)
             except BatcherClosed:

@@ -94,8 +94,7 @@ class _EpochCallback(keras.callbacks.Callback):
         self._epoch = epoch  # 0-based, counted over both phases
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        if self.hooks.should_stop is not None and self.hooks.should_stop():
-            raise TrainingCancelled("training was cancelled")
+        _check_stop(self.hooks)
         if self.hooks.on_batch is not None:
             steps = int(self.params.get("steps") or 0)
             self.hooks.on_batch(self._epoch, batch + 1, steps)
@@ -120,6 +119,11 @@ class _EpochCallback(keras.callbacks.Callback):
         self.history_file.write_text(json.dumps(history))
         if self.hooks.on_epoch is not None:
             self.hooks.on_epoch(report)
+
+
+def _check_stop(hooks: Hooks) -> None:
+    if hooks.should_stop is not None and hooks.should_stop():
+        raise TrainingCancelled("training was cancelled")
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:
@@ -217,6 +221,9 @@ def train(
             )
 
     for phase, first, last, learning_rate in phases:
+        # Also between phases: the next phase's first batch (graph tracing) can take longer
+        # than the supervisor waits for a cancelled job.
+        _check_stop(hooks)
         backup = workspace / "backup" / phase
         if phase == "fine_tune":
             unfreeze_from(model, params.resolved_fine_tune_at)

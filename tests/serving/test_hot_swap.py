@@ -14,8 +14,10 @@ async def _predict(client: httpx.AsyncClient) -> httpx.Response:
     return await client.post("/predict", files={"file": ("a.png", PNG, "image/png")})
 
 
-def test_hot_swap_under_load_drops_nothing(registry, settings_for):
-    write_toy_version(registry, "toy", ["circle", "square"], seed=5)  # version 2
+@pytest.mark.parametrize("new_size", [32, 48], ids=["same-input-size", "other-input-size"])
+def test_hot_swap_under_load_drops_nothing(registry, settings_for, new_size):
+    # Another input size: requests decoded for version 1 are decoded again for version 2.
+    write_toy_version(registry, "toy", ["circle", "square"], size=new_size, seed=5)
     app = create_app(settings_for(max_queue_size=1024))
     results, swapped_at = hot_swap_under_load(app, _predict)
     assert len(results) >= 320
