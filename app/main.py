@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from app.api import datasets, finetune, health, models, predict
+from app.api import datasets, finetune, health, models, openapi, predict
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.config import Settings, get_settings
@@ -76,4 +76,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (predict, models, finetune, datasets, health, tfserving, kserve_v2, console):
         app.include_router(module.router)
     app.mount(console.STATIC_URL, console.static_files(), name="console-static")
+    openapi.install(app)
     return app

@@ -6,6 +6,7 @@ import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.config import Settings, get_settings
 from app.errors import ConvserveError
@@ -57,15 +58,23 @@ Registry = Annotated[ModelRegistry, Depends(get_registry)]
 Metrics = Annotated[ServiceMetrics, Depends(get_metrics)]
 
 
-async def require_admin(request: Request, settings: SettingsDep) -> None:
+# Declared as a security scheme, so the OpenAPI document marks the admin operations.
+_bearer = HTTPBearer(
+    scheme_name="bearer",
+    description="CONVSERVE_API_KEY, needed by admin operations when it is set",
+    auto_error=False,
+)
+
+
+async def require_admin(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
     """Admin endpoints need ``Authorization: Bearer <CONVSERVE_API_KEY>`` when it is set."""
     if not settings.api_key:
         return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    valid = scheme.lower() == "bearer" and hmac.compare_digest(
-        token.strip().encode(), settings.api_key.encode()
-    )
-    if not valid:
+    token = credentials.credentials.strip() if credentials is not None else ""
+    if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
         raise ConvserveError(
             "unauthorized",
             "this endpoint needs an 'Authorization: Bearer <api key>' header with the right key",

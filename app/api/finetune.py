@@ -34,7 +34,22 @@ def _params(fields: dict[str, Any], default_base: str) -> TrainParams:
         ) from None
 
 
-@router.post("", status_code=202, response_model=JobCreated, dependencies=[Admin])
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobCreated,
+    dependencies=[Admin],
+    responses={
+        202: {
+            "headers": {
+                "Location": {
+                    "description": "the job: /finetune/{job_id}",
+                    "schema": {"type": "string"},
+                }
+            }
+        }
+    },
+)
 async def create_job(
     response: Response,
     settings: SettingsDep,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.deps import Manager, Metrics
@@ -31,7 +31,7 @@ def readyz(manager: Manager) -> JSONResponse:
     )
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 def prometheus_metrics(manager: Manager, metrics: Metrics) -> Response:
     for name, state in manager.models.items():
         depth = state.active.batcher.depth if state.active is not None else 0

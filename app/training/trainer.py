@@ -90,6 +90,7 @@ class _EpochCallback(keras.callbacks.Callback):
         self._epoch = 0
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        _check_stop(self.hooks)  # before the epoch's input pipeline fills its buffers
         self._started = time.perf_counter()
         self._epoch = epoch  # 0-based, counted over both phases
 

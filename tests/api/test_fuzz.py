@@ -1,0 +1,120 @@
+"""Schema-driven fuzzing: every operation of the running service, with valid and invalid
+requests generated from its own OpenAPI (schemathesis). No answer may be a 5xx or
+contradict the schema: an undocumented status, content type, header or body shape.
+
+Bounded and seeded, so a run is repeatable and fits the suite's time; ``bench/fuzz.py``
+runs the same with many more examples.
+"""
+
+from __future__ import annotations
+
+import hypothesis
+import pytest
+import schemathesis
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests.helpers import make_dataset, toy_registry, write_toy_version, zip_directory
+from tests.jobs.service import Service
+
+API_KEY = "fuzz-key"
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+EXAMPLES = 25
+SEED = 20261126
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def fuzz_service(tmp_path_factory):
+    """The service on a toy registry ("toy" v1 and v2, and "spare" for the deletes), with
+    an API key and one queued job (jobs are not run, so nothing trains meanwhile)."""
+    root = tmp_path_factory.mktemp("fuzz")
+    registry = toy_registry(root)
+    write_toy_version(registry, "spare", ["a", "b"])
+    service = Service(
+        root,
+        CONVSERVE_API_KEY=API_KEY,
+        CONVSERVE_SERVED_MODELS="none",
+        CONVSERVE_RUN_JOBS="false",
+        CONVSERVE_MAX_QUEUED_JOBS="4",
+    ).start()
+    with service.client() as client:
+        data = zip_directory(make_dataset(root / "upload", per_class=5, size=32))
+        r = client.post(
+            "/finetune",
+            files={"dataset": ("d.zip", data)},
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        )
+        assert r.status_code == 202, r.text
+        service.job_id = r.json()["job_id"]
+    yield service
+    service.stop()
+
+
+def _openapi() -> dict:
+    """The service's OpenAPI document, as ``/openapi.json`` serves it (built without
+    starting anything, so collection stays cheap)."""
+    from app.config import Settings
+    from app.main import create_app
+
+    return create_app(Settings(served_models=[], run_jobs=False)).openapi()
+
+
+schema = schemathesis.openapi.from_dict(_openapi())
+
+
+@schema.parametrize()
+@hypothesis.settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=list(hypothesis.HealthCheck),
+    database=None,
+)
+@hypothesis.seed(SEED)
+def test_no_operation_answers_5xx_or_off_schema(case, fuzz_service):
+    case.call_and_validate(
+        base_url=fuzz_service.url,
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        checks=CHECKS,
+        timeout=30,
+    )
+
+
+@schema.parametrize()
+@hypothesis.settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=list(hypothesis.HealthCheck),
+    database=None,
+)
+@hypothesis.seed(SEED)
+def test_operations_on_existing_models_and_jobs(case, fuzz_service):
+    """The same, with the path naming things that exist, so the fuzzed query and body
+    reach the code behind the lookups."""
+    existing = {
+        "name": "spare" if case.method == "DELETE" else "toy",
+        "version": "2",
+        "label": "active",
+        "job_id": fuzz_service.job_id,
+    }
+    for key in case.path_parameters or {}:
+        if key in existing:
+            case.path_parameters[key] = existing[key]
+    case.call_and_validate(
+        base_url=fuzz_service.url,
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        checks=CHECKS,
+        timeout=30,
+    )
