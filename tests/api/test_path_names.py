@@ -1,0 +1,91 @@
+"""Names that try to leave their folder (``../x`` and friends) in every route that takes
+a name: each is refused with 404 or 422, and nothing outside the registry is read,
+served or deleted."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.config import Settings
+from app.main import create_app
+from app.registry import ModelRegistry
+from tests.helpers import toy_registry, write_toy_version
+
+API_KEY = "k"
+HOSTILE = ["../x", "..", "../../x", "..\\x", "x/../../x", "%2e%2e/x", "/etc/passwd", "x\x00y"]
+
+
+def _operations(app) -> list[tuple[str, str, list[str]]]:
+    out = []
+    for path, operations in app.openapi()["paths"].items():
+        params = [p.strip("{}") for p in path.replace(":", "/").split("/") if p.startswith("{")]
+        for method in operations:
+            if params:
+                out.append((method.upper(), path, params))
+    return out
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("paths")
+    toy_registry(root)
+    # A model "x" next to the registry, where "../x" would lead.
+    outside = ModelRegistry(root)
+    write_toy_version(outside, "x", ["a", "b"])
+    settings = Settings(
+        models_dir=root / "models",
+        data_dir=root / "var",
+        served_models=[],
+        default_model="toy",
+        pretrained="none",
+        run_jobs=False,
+        registry_poll_seconds=0,
+        api_key=API_KEY,
+    )
+    app = create_app(settings)
+    with TestClient(app) as client:
+        yield root, app, client
+
+
+def test_every_route_refuses_names_that_leave_their_folder(setup):
+    root, app, client = setup
+    before = sorted(p.relative_to(root) for p in (root / "x").rglob("*"))
+    checked = 0
+    for method, path, params in _operations(app):
+        for hostile in HOSTILE:
+            url = path
+            for param in params:
+                # Dots encoded too, or the client would resolve "/models/.." itself.
+                value = quote(hostile, safe="").replace(".", "%2E")
+                url = url.replace("{" + param + "}", value)
+            r = client.request(
+                method,
+                url,
+                headers={"Authorization": f"Bearer {API_KEY}"},
+                files={"file": ("a.png", b"x")} if method == "POST" else None,
+            )
+            checked += 1
+            assert r.status_code in (400, 404, 405, 415, 422), (method, url, r.status_code, r.text)
+            if "text/html" not in r.headers["content-type"]:
+                assert r.json()["code"], r.text
+            assert "Traceback" not in r.text
+    assert checked >= 25 * len(HOSTILE)  # every route with a name, each hostile name
+    # Nothing outside the registry was read as a model or deleted.
+    assert sorted(p.relative_to(root) for p in (root / "x").rglob("*")) == before
+    assert ModelRegistry(root / "models").versions("toy") == [1, 2]
+
+
+def test_a_registry_model_name_cannot_be_a_path(setup):
+    root, _, client = setup
+    r = client.post(
+        "/finetune",
+        data={"model": "../x"},
+        files={"dataset": ("d.zip", b"PK")},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
+    assert r.status_code == 422 and r.json()["code"] == "invalid_parameters", r.text
+    assert "model" in r.json()["detail"]
+    assert not (root / "var" / "jobs").exists() or not any((root / "var" / "jobs").iterdir())
