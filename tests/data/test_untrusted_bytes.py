@@ -31,7 +31,7 @@ FAST = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 ARCHIVE_CODES = {"invalid_archive", "unsafe_archive", "archive_too_large"}
-IMAGE_CODES = {"empty_file", "invalid_image", "image_too_large", "unsupported_format"}
+IMAGE_CODES = {"empty_file", "invalid_image", "image_too_large", "unsupported_media_type"}
 
 # -- archives -------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
-"""Names that try to leave their folder (``../x`` and friends) in every route that takes
-a name: each is refused with 404 or 422, and nothing outside the registry is read,
-served or deleted."""
+"""What SECURITY.md promises: an anonymous caller can predict and read, not change
+anything; names that try to leave their folder (``../x`` and friends) are refused in every
+route that takes a name, and nothing outside the registry is read, served or deleted."""
 
 from __future__ import annotations
 
@@ -89,3 +89,30 @@ def test_a_registry_model_name_cannot_be_a_path(setup):
     assert r.status_code == 422 and r.json()["code"] == "invalid_parameters", r.text
     assert "model" in r.json()["detail"]
     assert not (root / "var" / "jobs").exists() or not any((root / "var" / "jobs").iterdir())
+
+
+# The operations that change nothing but the caller's own answer: open to anyone.
+ANONYMOUS_POSTS = ("/predict", ":predict", ":classify", "/infer")
+
+
+def test_anonymous_callers_cannot_change_anything(setup):
+    _, app, client = setup
+    spec = app.openapi()
+    refused = 0
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            if method == "get" or path.endswith(ANONYMOUS_POSTS):
+                assert "security" not in operation, (method, path)
+                continue
+            # Everything else changes models, jobs or files: admin only.
+            assert operation.get("security") == [{"bearer": []}], (method, path)
+            url = path.replace("{name}", "toy").replace("{version}", "1")
+            url = url.replace("{job_id}", "0" * 16)
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "k"}):
+                r = client.request(method.upper(), url, headers=headers)
+                assert r.status_code == 401, (method, url, r.status_code, r.text)
+                assert r.json()["code"] == "unauthorized"
+                assert r.headers["www-authenticate"] == "Bearer"
+                refused += 1
+    assert refused >= 6 * 3
+    assert ModelRegistry(setup[0] / "models").versions("toy") == [1, 2]
