@@ -103,6 +103,7 @@ def _slow_upload(url: str, body: bytes, headers: dict[str, str], result: dict) -
         result["error"] = repr(exc)
 
 
+@pytest.mark.slow
 def test_sigterm_drains_answers_what_it_accepted_and_the_job_resumes(tmp_path, registry):
     service = Service(tmp_path, CONVSERVE_SHUTDOWN_DRAIN_SECONDS="2")
     service.start()
@@ -205,6 +206,7 @@ def small_models_disk(tmp_path):
         subprocess.run(["umount", "-l", str(models)], check=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("problem", ["full", "read_only"])
 def test_a_version_that_cannot_be_written_fails_the_job_and_serving_goes_on(
     tmp_path, small_models_disk, problem
