@@ -38,11 +38,45 @@ DATATYPES = {
     "FP32": np.float32,
     "FP64": np.float64,
 }
+# The request body, as JSON Schema for the OpenAPI document (and the fuzz tests). The binary
+# form is the JSON header followed by the tensors' bytes (HEADER_LENGTH says where).
+_PARAMETERS = {"type": "object", "additionalProperties": True}
+_INFER_REQUEST = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": _PARAMETERS,
+        "inputs": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "enum": [BYTES_INPUT, PIXELS_INPUT]},
+                    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                    "datatype": {"type": "string", "enum": ["BYTES", *DATATYPES]},
+                    "parameters": _PARAMETERS,
+                    "data": {"type": "array"},
+                },
+                "required": ["name", "shape", "datatype"],
+            },
+        },
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"name": {"type": "string"}, "parameters": _PARAMETERS},
+                "required": ["name"],
+            },
+        },
+    },
+    "required": ["inputs"],
+}
 _BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": {"type": "object"}},
+            "application/json": {"schema": _INFER_REQUEST},
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
         },
     }
@@ -179,8 +213,7 @@ class _Input:
         ):
             raise bad_input(f"{where}: shape must be a list of sizes", "invalid_shape")
         count = int(np.prod(shape)) if shape else 1
-        params = spec.get("parameters") or {}
-        size = params.get("binary_data_size") if isinstance(params, dict) else None
+        size = _parameters(spec, where).get("binary_data_size")
         self.blobs: list[bytes] | None = None
         self.array: np.ndarray | None = None
         if datatype == "BYTES":
@@ -195,7 +228,7 @@ class _Input:
                         f"{where}: {len(values)} values for shape {shape}", "invalid_shape"
                     )
                 self.blobs = [b64decode(v, where) for v in values]
-        elif datatype in DATATYPES:
+        elif isinstance(datatype, str) and datatype in DATATYPES:
             dtype = DATATYPES[datatype]
             try:
                 if size is not None:
@@ -215,6 +248,16 @@ class _Input:
             )
 
 
+def _parameters(spec: dict[str, Any], where: str) -> dict[str, Any]:
+    """``spec["parameters"]``: an object, or absent."""
+    params = spec.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise bad_input(f"{where}: 'parameters' must be an object")
+    return params
+
+
 def _take(binary: bytes, size: Any, where: str) -> bytes:
     if not isinstance(size, int) or size < 0 or size > len(binary):
         raise bad_input(f"{where}: binary_data_size {size!r} does not fit the binary data")
@@ -223,8 +266,7 @@ def _take(binary: bytes, size: Any, where: str) -> bytes:
 
 def _outputs(body: dict[str, Any], outcome: Outcome) -> tuple[list[dict[str, Any]], bytes]:
     """The response's outputs and their binary data (in order)."""
-    params = body.get("parameters") or {}
-    binary_default = bool(params.get("binary_data_output", False))
+    binary_default = bool(_parameters(body, "the request").get("binary_data_output", False))
     requested = body.get("outputs") or [{"name": OUTPUT}]
     if not isinstance(requested, list):
         raise bad_input("'outputs' must be a list")
@@ -234,7 +276,7 @@ def _outputs(body: dict[str, Any], outcome: Outcome) -> tuple[list[dict[str, Any
         if not isinstance(spec, dict) or spec.get("name") != OUTPUT:
             name = spec.get("name") if isinstance(spec, dict) else spec
             raise bad_input(f"unknown output {name!r}; the model has {OUTPUT!r}")
-        out_params = spec.get("parameters") or {}
+        out_params = _parameters(spec, f"output {OUTPUT!r}")
         binary = bool(out_params.get("binary_data", binary_default))
         k = out_params.get("classification")
         if k is not None:

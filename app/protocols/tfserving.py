@@ -25,12 +25,67 @@ router = APIRouter(prefix="/v1/models", tags=["tfserving"])
 
 BYTES_INPUT, PIXELS_INPUT, OUTPUT = "image_bytes", "images", "probabilities"
 SIGNATURE = "serving_default"
-_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": {"type": "object"}}},
-    }
+# The request bodies, as JSON Schema for the OpenAPI document (and the fuzz tests).
+_B64 = {
+    "type": "object",
+    "description": "an encoded image (JPEG, PNG, BMP, GIF or WebP) in base64",
+    "properties": {"b64": {"type": "string", "format": "byte"}},
+    "required": ["b64"],
+    "additionalProperties": False,
 }
+_PIXELS = {"type": "array", "description": "an image as [S, S, 3] pixels, 0-255"}
+_VALUE = {
+    "anyOf": [
+        _B64,
+        _PIXELS,
+        {
+            "type": "object",
+            "description": "one named input",
+            "properties": {BYTES_INPUT: _B64, PIXELS_INPUT: _PIXELS},
+            "minProperties": 1,
+            "maxProperties": 1,
+            "additionalProperties": False,
+        },
+    ]
+}
+_SIGNATURE = {"type": "string", "enum": [SIGNATURE, ""]}
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+_PREDICT_BODY = _body(
+    {
+        "type": "object",
+        "description": "'instances' (row format) or 'inputs' (columnar), not both",
+        "properties": {
+            "signature_name": _SIGNATURE,
+            "instances": {"type": "array", "items": _VALUE, "minItems": 1},
+            "inputs": {"anyOf": [{"type": "array", "items": _VALUE}, _VALUE]},
+        },
+    }
+)
+_CLASSIFY_BODY = _body(
+    {
+        "type": "object",
+        "properties": {
+            "signature_name": _SIGNATURE,
+            "examples": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "properties": {BYTES_INPUT: _B64, PIXELS_INPUT: _PIXELS},
+                    "minProperties": 1,
+                    "maxProperties": 1,
+                    "additionalProperties": False,
+                },
+            },
+        },
+        "required": ["examples"],
+    }
+)
 
 
 # -- status and metadata --------------------------------------------------------------------
@@ -241,7 +296,7 @@ def _job(manager: ModelManager, metrics: Any, settings: Any, name: str) -> Infer
     return Inference(manager, metrics, settings, "tfserving", name)
 
 
-@router.post("/{name}:predict", openapi_extra=_BODY)
+@router.post("/{name}:predict", openapi_extra=_PREDICT_BODY)
 async def predict(
     request: Request, name: str, manager: Manager, metrics: Metrics, settings: SettingsDep
 ) -> dict[str, Any]:
@@ -249,8 +304,8 @@ async def predict(
     return await _predict(request, name, None, manager, _job(manager, metrics, settings, name))
 
 
-@router.post("/{name}/versions/{version}:predict", openapi_extra=_BODY)
-@router.post("/{name}/labels/{version}:predict", openapi_extra=_BODY)
+@router.post("/{name}/versions/{version}:predict", openapi_extra=_PREDICT_BODY)
+@router.post("/{name}/labels/{version}:predict", openapi_extra=_PREDICT_BODY)
 async def predict_version(
     request: Request,
     name: str,
@@ -264,7 +319,7 @@ async def predict_version(
     return await _predict(request, name, version, manager, job)
 
 
-@router.post("/{name}:classify", openapi_extra=_BODY)
+@router.post("/{name}:classify", openapi_extra=_CLASSIFY_BODY)
 async def classify(
     request: Request, name: str, manager: Manager, metrics: Metrics, settings: SettingsDep
 ) -> dict[str, Any]:
@@ -272,8 +327,8 @@ async def classify(
     return await _classify(request, name, None, manager, _job(manager, metrics, settings, name))
 
 
-@router.post("/{name}/versions/{version}:classify", openapi_extra=_BODY)
-@router.post("/{name}/labels/{version}:classify", openapi_extra=_BODY)
+@router.post("/{name}/versions/{version}:classify", openapi_extra=_CLASSIFY_BODY)
+@router.post("/{name}/labels/{version}:classify", openapi_extra=_CLASSIFY_BODY)
 async def classify_version(
     request: Request,
     name: str,

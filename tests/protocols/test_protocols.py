@@ -255,6 +255,27 @@ def _bytes_input(data, shape=(1,), datatype="BYTES"):
             "invalid_pixels",
         ),
         ("/v2/models/toy/infer", {"inputs": []}, 400, "invalid_input"),
+        # Found by the fuzz tests (these answered 500): a datatype or parameters that are
+        # not of the right JSON type.
+        (
+            "/v2/models/toy/infer",
+            {"inputs": [{"name": "image_bytes", "shape": [], "datatype": {}, "data": [None]}]},
+            400,
+            "invalid_datatype",
+        ),
+        ("/v2/models/toy/infer", {**_bytes_input([B64]), "parameters": [1]}, 400, "invalid_input"),
+        (
+            "/v2/models/toy/infer",
+            {**_bytes_input([B64]), "outputs": [{"name": "probabilities", "parameters": "x"}]},
+            400,
+            "invalid_input",
+        ),
+        (
+            "/v2/models/toy/infer",
+            {"inputs": [{**_bytes_input([B64])["inputs"][0], "parameters": 7}]},
+            400,
+            "invalid_input",
+        ),
         ("/v2/models/nope/infer", _bytes_input([B64]), 404, "model_not_found"),
         ("/v2/models/toy/versions/7/infer", _bytes_input([B64]), 404, "version_not_found"),
     ],
