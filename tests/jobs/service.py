@@ -34,6 +34,8 @@ class Service:
             "CONVSERVE_DEFAULT_MODEL": "toy",
             "CONVSERVE_PRETRAINED": "none",
             "CONVSERVE_REGISTRY_POLL_SECONDS": "1",
+            # No drain when a test stops it (tests/jobs/test_shutdown.py sets one).
+            "CONVSERVE_SHUTDOWN_DRAIN_SECONDS": "0",
             "TF_CPP_MIN_LOG_LEVEL": "2",
             **env,
         }
