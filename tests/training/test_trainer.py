@@ -131,3 +131,36 @@ def test_out_of_range_parameters_name_the_field(field, value):
     with pytest.raises(ValidationError) as info:
         TrainParams(**{field: value})
     assert info.value.errors()[0]["loc"] == (field,)
+
+
+def test_cancel_between_phases_stops_before_the_next_one_starts(tmp_path):
+    """A cancellation that arrives as the head phase ends stops before the fine-tuning
+    phase builds anything (its first step can take longer than a cancelled job is given)."""
+    data = make_dataset(tmp_path / "data", per_class=10, size=32)
+    registry = ModelRegistry(tmp_path / "models")
+    asked: list[bool] = []
+    phases: list[str] = []
+    lines: list[str] = []
+
+    def on_epoch(report):
+        if report.epoch == 2:  # the last epoch of the head phase
+            asked.append(True)
+
+    with pytest.raises(TrainingCancelled):
+        train(
+            data,
+            "shapes",
+            _fast_params(epochs=2, fine_tune_epochs=2),
+            registry,
+            tmp_path / "ws",
+            weights=None,
+            hooks=Hooks(
+                log=lines.append,
+                on_epoch=on_epoch,
+                on_phase=lambda phase, first, total: phases.append(phase),
+                should_stop=lambda: bool(asked),
+            ),
+        )
+    assert phases == ["head"]
+    assert not any("phase fine_tune" in line for line in lines), lines
+    assert registry.versions("shapes") == []
