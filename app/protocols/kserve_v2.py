@@ -236,9 +236,9 @@ class _Input:
                 else:
                     array = np.asarray(_flat(spec.get("data")), dtype=dtype)
                 self.array = array.reshape(shape)
-            except (ValueError, TypeError):
+            except (ValueError, TypeError, OverflowError):  # OverflowError: -1 as UINT8
                 raise bad_input(
-                    f"{where}: the data does not fill shape {shape} of {datatype}", "invalid_shape"
+                    f"{where}: the data does not fit shape {shape} of {datatype}", "invalid_shape"
                 ) from None
         else:
             raise bad_input(

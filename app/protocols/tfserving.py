@@ -229,7 +229,7 @@ async def _infer_values(job: Inference, version: int | None, values: list[Any]) 
         raise bad_input('give every instance as {"b64": "..."}, or every one as pixels')
     try:
         array = np.asarray(values, dtype=np.float32)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):  # OverflowError: 10**400
         raise bad_input("the instances are not a numeric tensor", "invalid_shape") from None
     return await job.tensor(version, array, "instances")
 

@@ -264,6 +264,14 @@ def _bytes_input(data, shape=(1,), datatype="BYTES"):
             "invalid_datatype",
         ),
         ("/v2/models/toy/infer", {**_bytes_input([B64]), "parameters": [1]}, 400, "invalid_input"),
+        # bench/fuzz.py found these (500): numbers that do not fit the datatype.
+        (
+            "/v2/models/toy/infer",
+            _bytes_input([-44027445579], (1,), "UINT16"),
+            400,
+            "invalid_shape",
+        ),
+        ("/v1/models/toy:predict", {"instances": [[[[10**400] * 3]]]}, 400, "invalid_shape"),
         (
             "/v2/models/toy/infer",
             {**_bytes_input([B64]), "outputs": [{"name": "probabilities", "parameters": "x"}]},
