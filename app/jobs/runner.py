@@ -128,6 +128,12 @@ def _stop_on_sigterm(signum: int, frame: Any) -> None:
     raise JobStopped
 
 
+def _finishing() -> None:
+    """The job's outcome is decided: a SIGTERM now must not cut its files' removal and its
+    final status in half."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def run_job(job_id: str, settings: Settings) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s job %(message)s")
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
@@ -185,6 +191,7 @@ def run_job(job_id: str, settings: Settings) -> int:
         )
         return 0
     except TrainingCancelled:
+        _finishing()
         # Files first: once the job reads "cancelled", nothing of it is left.
         remove_job_files(settings, job_id)
         store.finish(job_id, CANCELLED)
@@ -195,10 +202,12 @@ def run_job(job_id: str, settings: Settings) -> int:
         log.info("job %s stopped by the service; it resumes at the next start", job_id)
         return EXIT_STOPPED
     except ConvserveError as exc:  # the dataset's, or the registry's (disk full ...)
+        _finishing()
         remove_job_files(settings, job_id)
         store.finish(job_id, FAILED, error=exc.message, error_code=exc.code)
         return 0
     except Exception as exc:
+        _finishing()
         remove_job_files(settings, job_id)
         disk = disk_error(exc, "the service's data folder")
         if disk is not None:  # a full or read-only disk: the reason, not a stack trace
