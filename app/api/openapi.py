@@ -59,7 +59,7 @@ def _is_page(path: str) -> bool:
     return path == "/" or path.startswith("/console/")
 
 
-def _error_statuses(path: str, method: str, operation: dict[str, Any], admin: bool) -> set[str]:
+def _error_statuses(path: str, operation: dict[str, Any], admin: bool) -> set[str]:
     statuses = set()
     if path not in DRAIN_EXEMPT:
         statuses.add("503")
@@ -91,10 +91,10 @@ def _document(spec: dict[str, Any]) -> None:
     }
     for path, operations in spec.get("paths", {}).items():
         body = PROTOCOL_ERROR_BODY if path.startswith(PROTOCOL_PREFIXES) else ERROR_BODY
-        for method, operation in operations.items():
+        for operation in operations.values():
             admin = "security" in operation  # the routes that depend on require_admin
             responses = operation.setdefault("responses", {})
-            for status in sorted(_error_statuses(path, method, operation, admin)):
+            for status in sorted(_error_statuses(path, operation, admin)):
                 entry = responses.get(status) or {}
                 entry["description"] = entry.get("description") or _DESCRIPTIONS[status]
                 if status == "422":  # FastAPI's own, which this service does not send
