@@ -133,6 +133,23 @@ def toy_registry(root: Path, second_seed: int = 1):
     return registry
 
 
+def toy_settings(root: Path, **overrides):
+    """Settings for an in-process service on ``root``'s registry ("toy" the default model),
+    with no polling and no job processes."""
+    from app.config import Settings
+
+    values = dict(
+        models_dir=root / "models",
+        data_dir=root / "var",
+        served_models=[],
+        default_model="toy",
+        pretrained="none",
+        run_jobs=False,
+        registry_poll_seconds=0,
+    )
+    return Settings(**{**values, **overrides})
+
+
 def run_cli(tmp_path, *args, env_extra=None, timeout=600):
     env = {
         **os.environ,

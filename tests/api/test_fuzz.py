@@ -73,19 +73,17 @@ def _openapi() -> dict:
 
 
 schema = schemathesis.openapi.from_dict(_openapi())
-
-
-@schema.parametrize()
-@hypothesis.settings(
+BOUNDED = hypothesis.settings(
     max_examples=EXAMPLES,
     deadline=None,
     suppress_health_check=list(hypothesis.HealthCheck),
     database=None,
 )
-@hypothesis.seed(SEED)
-def test_no_operation_answers_5xx_or_off_schema(case, fuzz_service):
+
+
+def _call_and_validate(case, service) -> None:
     case.call_and_validate(
-        base_url=fuzz_service.url,
+        base_url=service.url,
         headers={"Authorization": f"Bearer {API_KEY}"},
         checks=CHECKS,
         timeout=30,
@@ -93,12 +91,14 @@ def test_no_operation_answers_5xx_or_off_schema(case, fuzz_service):
 
 
 @schema.parametrize()
-@hypothesis.settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=list(hypothesis.HealthCheck),
-    database=None,
-)
+@BOUNDED
+@hypothesis.seed(SEED)
+def test_no_operation_answers_5xx_or_off_schema(case, fuzz_service):
+    _call_and_validate(case, fuzz_service)
+
+
+@schema.parametrize()
+@BOUNDED
 @hypothesis.seed(SEED)
 def test_operations_on_existing_models_and_jobs(case, fuzz_service):
     """The same, with the path naming things that exist, so the fuzzed query and body
@@ -112,9 +112,4 @@ def test_operations_on_existing_models_and_jobs(case, fuzz_service):
     for key in case.path_parameters or {}:
         if key in existing:
             case.path_parameters[key] = existing[key]
-    case.call_and_validate(
-        base_url=fuzz_service.url,
-        headers={"Authorization": f"Bearer {API_KEY}"},
-        checks=CHECKS,
-        timeout=30,
-    )
+    _call_and_validate(case, fuzz_service)

@@ -9,10 +9,9 @@ from urllib.parse import quote
 import pytest
 from fastapi.testclient import TestClient
 
-from app.config import Settings
 from app.main import create_app
 from app.registry import ModelRegistry
-from tests.helpers import toy_registry, write_toy_version
+from tests.helpers import toy_registry, toy_settings, write_toy_version
 
 API_KEY = "k"
 HOSTILE = ["../x", "..", "../../x", "..\\x", "x/../../x", "%2e%2e/x", "/etc/passwd", "x\x00y"]
@@ -35,17 +34,7 @@ def setup(tmp_path_factory):
     # A model "x" next to the registry, where "../x" would lead.
     outside = ModelRegistry(root)
     write_toy_version(outside, "x", ["a", "b"])
-    settings = Settings(
-        models_dir=root / "models",
-        data_dir=root / "var",
-        served_models=[],
-        default_model="toy",
-        pretrained="none",
-        run_jobs=False,
-        registry_poll_seconds=0,
-        api_key=API_KEY,
-    )
-    app = create_app(settings)
+    app = create_app(toy_settings(root, api_key=API_KEY))
     with TestClient(app) as client:
         yield root, app, client
 

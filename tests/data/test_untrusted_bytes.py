@@ -197,23 +197,12 @@ TRAIN_FIELDS = [
 def client(tmp_path_factory):
     from fastapi.testclient import TestClient
 
-    from app.config import Settings
     from app.main import create_app
-    from tests.helpers import toy_registry
+    from tests.helpers import toy_registry, toy_settings
 
     root = tmp_path_factory.mktemp("forms")
     toy_registry(root)
-    settings = Settings(
-        models_dir=root / "models",
-        data_dir=root / "var",
-        served_models=[],
-        default_model="toy",
-        pretrained="none",
-        run_jobs=False,
-        registry_poll_seconds=0,
-        max_queued_jobs=1000,
-    )
-    with TestClient(create_app(settings)) as test_client:
+    with TestClient(create_app(toy_settings(root, max_queued_jobs=1000))) as test_client:
         yield test_client
 
 
