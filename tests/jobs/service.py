@@ -103,3 +103,24 @@ def wait_for(client: httpx.Client, job_id: str, predicate, timeout: float = 300)
             return job
         time.sleep(0.2)
     raise AssertionError(f"job never reached the state; last seen: {job}")
+
+
+def dataset_zip(tmp_path: Path, per_class: int) -> bytes:
+    """A zipped toy dataset (generated 32x32 images), built once per size."""
+    from tests.helpers import make_dataset, zip_directory
+
+    folder = tmp_path / f"upload-{per_class}"
+    if not folder.exists():
+        make_dataset(folder, per_class=per_class, size=32)
+    return zip_directory(folder)
+
+
+def upload_job(client: httpx.Client, tmp_path: Path, per_class: int = 10, **fields) -> str:
+    """POST /finetune with a toy dataset and these form fields; the new job's id."""
+    r = client.post(
+        "/finetune",
+        files={"dataset": ("d.zip", dataset_zip(tmp_path, per_class))},
+        data={k: str(v) for k, v in fields.items()},
+    )
+    assert r.status_code == 202, r.text
+    return str(r.json()["job_id"])

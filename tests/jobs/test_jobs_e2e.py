@@ -6,8 +6,8 @@ import time
 import pytest
 
 from app.registry import ModelRegistry
-from tests.helpers import image_bytes, make_dataset, pattern_image, zip_directory
-from tests.jobs.service import Service, wait_for
+from tests.helpers import image_bytes, pattern_image, zip_directory
+from tests.jobs.service import Service, upload_job, wait_for
 
 PNG = image_bytes(pattern_image("checks", 40), "PNG")
 FINAL = ("succeeded", "failed", "cancelled")
@@ -20,19 +20,10 @@ def service(tmp_path, registry):
     svc.stop()
 
 
-def _upload(client, tmp_path, per_class=10, **fields):
-    data = zip_directory(make_dataset(tmp_path / "upload", per_class=per_class, size=32))
-    r = client.post(
-        "/finetune", files={"dataset": ("d.zip", data)}, data={k: str(v) for k, v in fields.items()}
-    )
-    assert r.status_code == 202, r.text
-    return r.json()["job_id"]
-
-
 def test_upload_train_promote_then_roll_back(service, tmp_path, registry):
     service.start()
     with service.client() as c:
-        job_id = _upload(c, tmp_path, epochs=2, fine_tune_epochs=1, image_size=32, batch_size=8)
+        job_id = upload_job(c, tmp_path, epochs=2, fine_tune_epochs=1, image_size=32, batch_size=8)
         job = wait_for(c, job_id, lambda j: j["status"] in FINAL)
         assert job["status"] == "succeeded", job
         assert job["result"]["version"] == 2 and job["result"]["promoted"] is True
@@ -54,7 +45,7 @@ def test_upload_train_promote_then_roll_back(service, tmp_path, registry):
 def test_cancel_a_running_job(service, tmp_path, registry):
     service.start()
     with service.client() as c:
-        job_id = _upload(
+        job_id = upload_job(
             c, tmp_path, per_class=30, epochs=200, fine_tune_epochs=0, image_size=64, batch_size=4
         )
         wait_for(c, job_id, lambda j: (j.get("progress") or {}).get("epoch", 0) >= 1)
@@ -71,7 +62,7 @@ def test_cancel_a_running_job(service, tmp_path, registry):
 def test_job_survives_sigkill_of_the_service(service, tmp_path, registry):
     service.start()
     with service.client() as c:
-        job_id = _upload(
+        job_id = upload_job(
             c, tmp_path, per_class=30, epochs=6, fine_tune_epochs=0, image_size=64, batch_size=4
         )
         wait_for(c, job_id, lambda j: (j.get("progress") or {}).get("epoch", 0) >= 2)

@@ -14,21 +14,11 @@ import httpx
 import pytest
 
 from app.registry import ModelRegistry
-from tests.helpers import image_bytes, make_dataset, pattern_image, zip_directory
-from tests.jobs.service import Service, wait_for
+from tests.helpers import image_bytes, pattern_image
+from tests.jobs.service import Service, dataset_zip, upload_job, wait_for
 
 PNG = image_bytes(pattern_image("checks", 40), "PNG")
 FINAL = ("succeeded", "failed", "cancelled")
-
-
-def _dataset(tmp_path: Path, per_class: int) -> bytes:
-    return zip_directory(
-        make_dataset(tmp_path / f"upload-{per_class}", per_class=per_class, size=32)
-    )
-
-
-def _fields(**fields: object) -> dict[str, str]:
-    return {k: str(v) for k, v in fields.items()}
 
 
 def _job_row(tmp_path: Path, job_id: str) -> tuple[str, int]:
@@ -109,21 +99,17 @@ def test_sigterm_drains_answers_what_it_accepted_and_the_job_resumes(tmp_path, r
     service.start()
     try:
         with service.client() as c:
-            r = c.post(
-                "/finetune",
-                files={"dataset": ("d.zip", _dataset(tmp_path, 30))},
-                data=_fields(epochs=6, fine_tune_epochs=0, image_size=64, batch_size=4),
+            job_id = upload_job(
+                c, tmp_path, 30, epochs=6, fine_tune_epochs=0, image_size=64, batch_size=4
             )
-            assert r.status_code == 202, r.text
-            job_id = r.json()["job_id"]
             job = wait_for(c, job_id, lambda j: len(j.get("history") or []) >= 2)
             before = job["history"]
 
             upload = c.build_request(
                 "POST",
                 "/finetune",
-                files={"dataset": ("d.zip", _dataset(tmp_path, 6))},
-                data=_fields(epochs=1, fine_tune_epochs=0, image_size=32),
+                files={"dataset": ("d.zip", dataset_zip(tmp_path, 6))},
+                data={"epochs": "1", "fine_tune_epochs": "0", "image_size": "32"},
             )
             headers = {"content-type": upload.headers["content-type"]}
             late: dict = {}
@@ -217,13 +203,10 @@ def test_a_version_that_cannot_be_written_fails_the_job_and_serving_goes_on(
             subprocess.run(["mount", "-o", "remount,ro", str(small_models_disk)], check=True)
         expected = {"full": "storage_full", "read_only": "storage_not_writable"}[problem]
         with service.client() as c:
-            r = c.post(
-                "/finetune",
-                files={"dataset": ("d.zip", _dataset(tmp_path, 8))},
-                data=_fields(epochs=1, fine_tune_epochs=0, image_size=32, batch_size=8),
+            job_id = upload_job(
+                c, tmp_path, 8, epochs=1, fine_tune_epochs=0, image_size=32, batch_size=8
             )
-            assert r.status_code == 202, r.text
-            job = wait_for(c, r.json()["job_id"], lambda j: j["status"] in FINAL)
+            job = wait_for(c, job_id, lambda j: j["status"] in FINAL)
             assert job["status"] == "failed" and job["error"]["code"] == expected, job
             assert "model registry" in job["error"]["detail"]
             assert c.post("/predict", files={"file": ("a.png", PNG)}).status_code == 200
