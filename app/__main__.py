@@ -151,35 +151,77 @@ def build_parser() -> argparse.ArgumentParser:
 def add_train_options(parser: argparse.ArgumentParser) -> None:
     """The training parameters (`TrainParams`), for ``train`` and ``convserve finetune``."""
     parser.add_argument("--base", choices=["mobilenet_v2", "resnet50"])
-    parser.add_argument("--epochs", type=int, help="head epochs on the frozen base (default 5)")
-    parser.add_argument("--fine-tune-epochs", type=int, help="fine-tuning epochs (default 5)")
-    parser.add_argument("--fine-tune-at", type=int, help="first base layer to fine-tune")
+    parser.add_argument(
+        "--epochs", type=int, help="most head epochs on the frozen base (default 20)"
+    )
+    parser.add_argument("--fine-tune-epochs", type=int, help="most fine-tuning epochs (default 20)")
+    parser.add_argument(
+        "--fine-tune-at", help="first base layer to fine-tune, or auto (default: auto)"
+    )
     parser.add_argument("--image-size", type=int, help="square input side (default 224)")
     parser.add_argument("--batch-size", type=int, help="default 32")
     parser.add_argument("--learning-rate", type=float, help="head learning rate (default 1e-3)")
     parser.add_argument("--fine-tune-learning-rate", type=float, help="default: learning rate / 10")
     parser.add_argument("--validation-split", type=float, help="default 0.2")
-    parser.add_argument("--no-augment", action="store_true", help="no random flips/rotations")
+    parser.add_argument(
+        "--early-stopping-patience",
+        type=int,
+        help="epochs without a lower validation loss before a phase stops (default 4; 0: never)",
+    )
+    parser.add_argument(
+        "--max-minutes", type=float, help="time budget of the training (default 10; 0: none)"
+    )
+    parser.add_argument(
+        "--class-weight",
+        choices=["auto", "balanced", "none"],
+        help="weigh classes by inverse frequency (default auto: when imbalanced over 2x)",
+    )
+    parser.add_argument("--no-augment", action="store_true", help="no random changes at all")
+    parser.add_argument(
+        "--flip",
+        choices=["none", "horizontal", "vertical", "horizontal_and_vertical"],
+        help="random mirroring (default horizontal)",
+    )
+    parser.add_argument("--rotation", type=float, help="random rotation in turns (default 0.05)")
+    parser.add_argument("--zoom", type=float, help="random zoom, a fraction (default 0.1)")
+    parser.add_argument("--translation", type=float, help="random shift, a fraction (default 0.1)")
+    parser.add_argument("--contrast", type=float, help="random contrast, a fraction (default 0.1)")
+    parser.add_argument(
+        "--brightness", type=float, help="random brightness, a fraction (default 0.1)"
+    )
     parser.add_argument("--from-scratch", action="store_true", help="random init, train all layers")
     parser.add_argument("--seed", type=int, help="default 42")
 
 
+# Options given as they are (the rest need a conversion below).
+_PLAIN_TRAIN_OPTIONS = (
+    "base",
+    "epochs",
+    "fine_tune_epochs",
+    "fine_tune_at",
+    "image_size",
+    "batch_size",
+    "learning_rate",
+    "fine_tune_learning_rate",
+    "validation_split",
+    "early_stopping_patience",
+    "max_minutes",
+    "class_weight",
+    "flip",
+    "rotation",
+    "zoom",
+    "translation",
+    "contrast",
+    "brightness",
+    "seed",
+)
+
+
 def train_fields(args: argparse.Namespace) -> dict[str, Any]:
     """The training parameters given on the command line (unset ones left out)."""
-    fields = {
-        "base": args.base,
-        "epochs": args.epochs,
-        "fine_tune_epochs": args.fine_tune_epochs,
-        "fine_tune_at": args.fine_tune_at,
-        "image_size": args.image_size,
-        "batch_size": args.batch_size,
-        "learning_rate": args.learning_rate,
-        "fine_tune_learning_rate": args.fine_tune_learning_rate,
-        "validation_split": args.validation_split,
-        "augment": False if args.no_augment else None,
-        "from_scratch": True if args.from_scratch else None,
-        "seed": args.seed,
-    }
+    fields = {name: getattr(args, name) for name in _PLAIN_TRAIN_OPTIONS}
+    fields["augment"] = False if args.no_augment else None
+    fields["from_scratch"] = True if args.from_scratch else None
     return {k: v for k, v in fields.items() if v is not None}
 
 

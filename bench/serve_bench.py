@@ -245,6 +245,7 @@ def start_service(
     size: int,
     run_jobs: bool = False,
     precision: str = "f32",
+    pretrained: str = "none",
 ) -> tuple[str, Any]:
     port = free_port()
     env = {
@@ -252,7 +253,7 @@ def start_service(
         "CONVSERVE_MODELS_DIR": str(work / "models"),
         "CONVSERVE_DATA_DIR": str(work / "var"),
         "CONVSERVE_SERVED_MODELS": ",".join(models),
-        "CONVSERVE_PRETRAINED": "none",
+        "CONVSERVE_PRETRAINED": pretrained,
         "CONVSERVE_BOOTSTRAP_IMAGE_SIZE": str(size),
         "CONVSERVE_BACKEND": backend,
         "CONVSERVE_RUN_JOBS": "true" if run_jobs else "false",

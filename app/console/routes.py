@@ -75,8 +75,18 @@ def _not_found(request: Request, exc: ConvserveError) -> HTMLResponse:
     return _page(request, "error.html", "Not found", status_code=exc.status, error=exc)
 
 
+def _options(spec: dict[str, Any]) -> list[Any]:
+    """The fixed values a field (or a member of its union) takes: enum and const."""
+    members = spec.get("anyOf", [spec])
+    return [v for m in members for v in m.get("enum", [m["const"]] if "const" in m else [])]
+
+
 def train_fields() -> list[dict[str, Any]]:
-    """The form fields of `TrainParams`, with their defaults and limits."""
+    """The form fields of `TrainParams`, with their defaults and limits.
+
+    ``kind``: ``boolean`` (a checkbox), ``choice`` (a list of words), ``text`` (a number or
+    a word, such as ``fine_tune_at``: a layer or ``auto``), else ``integer`` or ``number``.
+    """
     schema = TrainParams.model_json_schema()
     fields = []
     for name, spec in schema["properties"].items():
@@ -85,16 +95,20 @@ def train_fields() -> list[dict[str, Any]]:
         kind = spec.get("type") or next(
             (s["type"] for s in spec.get("anyOf", []) if s.get("type") != "null"), "string"
         )
+        options = _options(spec)
+        if options:
+            kind = "choice" if kind == "string" and "anyOf" not in spec else "text"
         bounds = next((s for s in spec.get("anyOf", []) if s.get("type") == kind), spec)
         fields.append(
             {
                 "name": name,
                 "label": name.replace("_", " "),
                 "kind": kind,
+                "options": options,
                 "default": spec.get("default"),
                 "min": bounds.get("minimum", bounds.get("exclusiveMinimum")),
                 "above": "exclusiveMinimum" in bounds,  # the minimum itself is refused
-                "max": bounds.get("maximum"),
+                "max": bounds.get("maximum", bounds.get("exclusiveMaximum")),
                 "step": "any" if kind == "number" else 1,
                 "help": spec.get("description", ""),
             }

@@ -71,6 +71,7 @@ class _Progress:
 
     def on_phase(self, phase: str, first: int, total: int) -> None:
         self.phase = phase
+        self.total = total  # a phase that stopped early shortens the most there can be
         if self.first_epoch is None:
             self.first_epoch = first
         self._write(first, None)
@@ -186,6 +187,9 @@ def run_job(job_id: str, settings: Settings) -> int:
                 "model": name,
                 "version": version,
                 "metrics": meta["metrics"],
+                # What training chose (fine-tuning depth, class weights) and why each
+                # phase stopped.
+                "training": meta.get("training"),
             },
             history=meta["history"],
         )

@@ -23,15 +23,65 @@ IMAGENET_CLASSES = 1000
 class BaseSpec:
     name: str
     depth: int  # number of layers of the base without its top (fine_tune_at < depth)
-    default_fine_tune_at: int
+    # Where fine-tuning starts when only the last stage is trained, and when the upper
+    # half is: the first layer of a block, so that no block is half frozen.
+    top_stage: int
+    upper_half: int
 
 
 # Depths as Keras 3.15 builds them (tests check these against the built networks).
 BASES: dict[str, BaseSpec] = {
-    "mobilenet_v2": BaseSpec("mobilenet_v2", depth=154, default_fine_tune_at=120),
-    # ResNet-50 fine-tunes its last stage by default: layer 143 is conv5_block1_1_conv.
-    "resnet50": BaseSpec("resnet50", depth=175, default_fine_tune_at=143),
+    # block_13_expand: the stride-2 block and everything after it (7x7 at 224 px);
+    # block_6_expand: from the second stride-2 block on.
+    "mobilenet_v2": BaseSpec("mobilenet_v2", depth=154, top_stage=116, upper_half=54),
+    # conv5_block1_1_conv: the last stage; conv4_block1_1_conv: the last two.
+    "resnet50": BaseSpec("resnet50", depth=175, top_stage=143, upper_half=81),
 }
+
+# Training images per class from which the transfer strategy unfreezes more of the base
+# (below the first, only the head is trained).
+FINE_TUNE_TOP_FROM = 40
+FINE_TUNE_HALF_FROM = 400
+FINE_TUNE_ALL_FROM = 1500
+
+
+@dataclass(frozen=True)
+class FineTuneChoice:
+    layer: int | None  # None: no fine-tuning, the head alone
+    reason: str
+
+
+def choose_fine_tune_at(base: str, images_per_class: float) -> FineTuneChoice:
+    """How much of a pretrained base to fine-tune, from the training images per class.
+
+    The usual advice for transfer learning: with little data train only the new head
+    (the pretrained features are better than what a few images can teach); with more,
+    unfreeze the last stage, whose features are the most specific to the original task;
+    with a lot, unfreeze more, then all of it.
+    """
+    spec = BASES[base]
+    n = images_per_class
+    if n < FINE_TUNE_TOP_FROM:
+        return FineTuneChoice(
+            None,
+            f"{n:.0f} training images per class (under {FINE_TUNE_TOP_FROM}): the head alone,"
+            " on the pretrained features",
+        )
+    if n < FINE_TUNE_HALF_FROM:
+        return FineTuneChoice(
+            spec.top_stage,
+            f"{n:.0f} training images per class ({FINE_TUNE_TOP_FROM}-{FINE_TUNE_HALF_FROM - 1}):"
+            f" the last stage of {base}, from layer {spec.top_stage} of {spec.depth}",
+        )
+    if n < FINE_TUNE_ALL_FROM:
+        return FineTuneChoice(
+            spec.upper_half,
+            f"{n:.0f} training images per class ({FINE_TUNE_HALF_FROM}-{FINE_TUNE_ALL_FROM - 1}):"
+            f" the upper half of {base}, from layer {spec.upper_half} of {spec.depth}",
+        )
+    return FineTuneChoice(
+        0, f"{n:.0f} training images per class ({FINE_TUNE_ALL_FROM} or more): all of {base}"
+    )
 
 
 @keras.saving.register_keras_serializable(package="convserve")
@@ -64,16 +114,22 @@ def preprocessing_layer(base: str, from_scratch: bool = False) -> layers.Layer:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    flip: str | None = "horizontal"
-    rotation: float = 0.2
-    zoom: float = 0.0
+    """Random changes applied to training images (each 0 or ``None`` to leave it out)."""
+
+    flip: str | None = "horizontal"  # "horizontal", "vertical", "horizontal_and_vertical"
+    rotation: float = 0.05  # a fraction of a full turn, either way
+    zoom: float = 0.1  # in or out, a fraction of the side
+    translation: float = 0.1  # a fraction of the side, either way
+    contrast: float = 0.1  # a fraction, either way
+    brightness: float = 0.1  # a fraction of the pixel range, either way
 
 
-def build_augmentation(config: AugmentConfig | None = None) -> keras.Sequential:
-    """Random flips and rotations (and zoom, if asked) as a `Sequential`.
+def build_augmentation(config: AugmentConfig | None = None) -> keras.Sequential | None:
+    """Random flips, rotations, zoom, shifts, contrast and brightness as a `Sequential`.
 
     Keras' random layers act only when called with ``training=True``, so inside a model
-    they change nothing at inference.
+    they change nothing at inference. Inputs are raw pixels in [0, 255], and the colour
+    layers are told so.
     """
     config = config or AugmentConfig()
     steps: list[layers.Layer] = []
@@ -83,7 +139,13 @@ def build_augmentation(config: AugmentConfig | None = None) -> keras.Sequential:
         steps.append(layers.RandomRotation(config.rotation))
     if config.zoom:
         steps.append(layers.RandomZoom(config.zoom))
-    return keras.Sequential(steps, name="augmentation")
+    if config.translation:
+        steps.append(layers.RandomTranslation(config.translation, config.translation))
+    if config.contrast:
+        steps.append(layers.RandomContrast(config.contrast, value_range=(0, 255)))
+    if config.brightness:
+        steps.append(layers.RandomBrightness(config.brightness, value_range=(0, 255)))
+    return keras.Sequential(steps, name="augmentation") if steps else None
 
 
 def _resolve_weights(weights: str | None) -> str | None:
@@ -160,8 +222,9 @@ def build_classifier(
     net = build_base(base, image_size, weights, from_scratch)
     inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
     x = inputs
-    if augmentation is not None:
-        x = build_augmentation(augmentation)(x)
+    augment = build_augmentation(augmentation) if augmentation is not None else None
+    if augment is not None:
+        x = augment(x)
     x = preprocessing_layer(base, from_scratch)(x)
     if from_scratch:
         x = net(x)

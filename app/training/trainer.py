@@ -8,19 +8,26 @@ from the last completed epoch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import keras
 
-from app.data.datasets import SOURCES_FILE, DatasetSummary, load_datasets, prepare_dataset
-from app.nets.transfer import AugmentConfig, build_classifier, unfreeze_from
+from app.data.datasets import (
+    IMBALANCE_RATIO,
+    SOURCES_FILE,
+    DatasetSummary,
+    load_datasets,
+    prepare_dataset,
+)
+from app.nets.transfer import build_classifier, choose_fine_tune_at, unfreeze_from
 from app.registry import MODEL_FILE, ModelRegistry
 from app.training.evaluate import (
     classification_metrics,
@@ -134,12 +141,183 @@ def read_history(path: Path) -> list[dict[str, Any]]:
         return []
 
 
+class _BestEpoch(keras.callbacks.Callback):
+    """Early stopping on the validation loss that survives a restart.
+
+    Keeps the best epoch's weights in ``folder`` (written when the loss improves) and its
+    state beside them, so a phase resumed after a crash still knows its best epoch. Stops
+    the phase after ``patience`` epochs without improvement (0: never). An epoch improves
+    on ``baseline`` or not at all (fine-tuning must beat the head it starts from).
+    """
+
+    MIN_DELTA = 1e-4
+
+    def __init__(self, folder: Path, patience: int, baseline: float = float("inf")) -> None:
+        super().__init__()
+        self.folder = folder
+        self.patience = patience
+        self.weights_file = folder / "best.weights.h5"
+        self.state_file = folder / "best.json"
+        self.best = baseline
+        self.best_epoch = 0  # 1-based; 0: none yet
+        self.wait = 0
+        self.epochs_run = 0
+        self.stopped_early = False
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with _suppress_missing():
+            state = json.loads(self.state_file.read_text())
+            self.best, self.best_epoch = state["best"], state["best_epoch"]
+            self.wait, self.epochs_run = state["wait"], state["epochs_run"]
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        loss = float((logs or {}).get("val_loss", float("nan")))
+        self.epochs_run = epoch + 1
+        if loss < self.best - self.MIN_DELTA:
+            self.best, self.best_epoch, self.wait = loss, epoch + 1, 0
+            partial = self.folder / "best.partial.weights.h5"
+            self.model.save_weights(partial)
+            os.replace(partial, self.weights_file)  # never half a file
+        else:
+            self.wait += 1
+            if self.patience and self.wait >= self.patience:
+                self.stopped_early = True
+                self.model.stop_training = True
+        state = {
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "wait": self.wait,
+            "epochs_run": self.epochs_run,
+        }
+        self.state_file.write_text(json.dumps(state))
+
+    def restore(self, model: keras.Model) -> bool:
+        """Load the best epoch's weights into ``model``; false if there were none."""
+        if not self.weights_file.exists():
+            return False
+        model.load_weights(self.weights_file)
+        return True
+
+
+class _Deadline(keras.callbacks.Callback):
+    """Stops a phase when the next epoch would end after ``deadline`` (monotonic time),
+    or at once if the deadline has passed."""
+
+    def __init__(self, deadline: float | None) -> None:
+        super().__init__()
+        self.deadline = deadline
+        self.reached = False
+        self._epoch_started = 0.0
+        self._longest = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epoch_started = time.monotonic()
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.reached = self.model.stop_training = True
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        now = time.monotonic()
+        self._longest = max(self._longest, now - self._epoch_started)
+        if self.deadline is not None and now + self._longest > self.deadline:
+            self.reached = self.model.stop_training = True
+
+
+class _WarmUp(keras.callbacks.Callback):
+    """Raises the learning rate linearly to its value over the first ``steps`` steps, so
+    that the first updates of newly unfrozen layers do not wreck pretrained weights."""
+
+    def __init__(self, steps: int, learning_rate: float) -> None:
+        super().__init__()
+        self.steps = max(1, steps)
+        self.learning_rate = learning_rate
+        self._step = 0
+
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._step < self.steps:
+            self._step += 1
+            self.model.optimizer.learning_rate.assign(self.learning_rate * self._step / self.steps)
+
+
+class _suppress_missing(contextlib.suppress):
+    def __init__(self) -> None:
+        super().__init__(FileNotFoundError, ValueError, KeyError)
+
+
+def class_weights(counts: dict[str, int], mode: str) -> tuple[dict[int, float] | None, str]:
+    """Per-class loss weights (class index -> weight) and why.
+
+    ``balanced`` weighs each class by ``images / (classes * class images)``, so each class
+    counts as much in the loss as the others; ``auto`` does so when the largest class has
+    more than twice the images of the smallest.
+    """
+    sizes = list(counts.values())
+    ratio = max(sizes) / max(min(sizes), 1)
+    if mode == "none" or (mode == "auto" and ratio <= IMBALANCE_RATIO):
+        why = "off" if mode == "none" else f"off: largest class {ratio:.1f}x the smallest"
+        return None, why
+    total = sum(sizes)
+    weights = {i: total / (len(sizes) * max(n, 1)) for i, n in enumerate(sizes)}
+    return weights, f"balanced: largest class {ratio:.1f}x the smallest"
+
+
 def _compile(model: keras.Model, learning_rate: float) -> None:
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=["accuracy"],
     )
+
+
+# Kept for the evaluation and the writing of the version after the last phase: this
+# share of the time budget, and at most this many seconds.
+FINISH_RESERVE_SHARE = 0.05
+FINISH_RESERVE_SECONDS = 30.0
+# Share of the time left that the head phase may use when fine-tuning follows.
+HEAD_SHARE = 0.4
+
+
+@dataclass
+class _Phase:
+    name: str  # "head", "fine_tune" or "train" (from scratch)
+    max_epochs: int
+    learning_rate: float
+
+
+def _phases(params: TrainParams, fine_tune_at: int | None) -> list[_Phase]:
+    if params.from_scratch:
+        return [_Phase("train", params.epochs, params.learning_rate)]
+    phases = [_Phase("head", params.epochs, params.learning_rate)]
+    if params.fine_tune_epochs and fine_tune_at is not None:
+        lr = params.resolved_fine_tune_learning_rate
+        phases.append(_Phase("fine_tune", params.fine_tune_epochs, lr))
+    return phases
+
+
+def _fine_tune_choice(
+    params: TrainParams, summary: DatasetSummary
+) -> tuple[int | None, dict[str, Any]]:
+    """The layer fine-tuning starts from (None: no fine-tuning) and the record of why."""
+    if params.from_scratch:
+        return None, {"value": None, "reason": "from scratch: every layer trains"}
+    if params.fine_tune_at != "auto":
+        return int(params.fine_tune_at), {
+            "value": params.fine_tune_at,
+            "reason": "given",
+        }
+    per_class = summary.total * (1 - params.validation_split) / len(summary.class_names)
+    choice = choose_fine_tune_at(params.base, per_class)
+    return choice.layer, {"value": choice.layer, "auto": True, "reason": choice.reason}
+
+
+def _stop_reason(best: _BestEpoch, deadline: _Deadline, ran: int, max_epochs: int) -> str:
+    if deadline.reached:
+        return "time_budget"
+    if best.stopped_early and ran < max_epochs:
+        return "early_stopping"
+    return "max_epochs"
 
 
 def train(
@@ -154,6 +332,14 @@ def train(
     hooks: Hooks | None = None,
 ) -> TrainResult:
     """Train a classifier on ``data_dir`` and write it as a new version of ``name``.
+
+    Each phase (the head on the frozen base, then fine-tuning; or one phase from scratch)
+    runs at most its number of epochs, stops early when the validation loss stops
+    improving or the time budget runs out, and ends with the weights of its best epoch.
+    The learning rate drops when the validation loss stalls; fine-tuning warms up over its
+    first epoch. If fine-tuning never beats the head's best validation loss, the head's
+    weights are kept. The version's metadata says what was chosen and why each phase
+    stopped (``training``).
 
     Args:
         data_dir: a folder with one sub-folder of images per class (or one root folder
@@ -176,11 +362,18 @@ def train(
     """
     hooks = hooks or Hooks()
     started = time.perf_counter()
+    deadline = None
+    if params.max_minutes:
+        budget = params.max_minutes * 60
+        deadline = (
+            time.monotonic() + budget - min(budget * FINISH_RESERVE_SHARE, FINISH_RESERVE_SECONDS)
+        )
     keras.utils.set_random_seed(params.seed)
     workspace.mkdir(parents=True, exist_ok=True)
     images_dir = workspace / "images"
     summary_file = workspace / "dataset.json"
     history_file = workspace / "history.json"
+    phases_file = workspace / "phases.json"
     if summary_file.exists() and images_dir.is_dir():
         summary = DatasetSummary.from_dict(json.loads(summary_file.read_text()))
         hooks.log("resuming: reusing the prepared images")
@@ -201,41 +394,73 @@ def train(
         params.validation_split,
         params.seed,
     )
+    augmentation = params.augmentation()
     model = build_classifier(
         params.base,
         len(class_names),
         params.image_size,
         weights=weights,
-        augmentation=AugmentConfig() if params.augment else None,
+        augmentation=augmentation,
         from_scratch=params.from_scratch,
     )
-    total = params.total_epochs
-    head_done = workspace / "head.done"
-    phases: list[tuple[str, int, int, float]] = []
-    if params.from_scratch:
-        phases.append(("train", 0, params.epochs, params.learning_rate))
-    else:
-        phases.append(("head", 0, params.epochs, params.learning_rate))
-        if params.fine_tune_epochs:
-            phases.append(
-                ("fine_tune", params.epochs, total, params.resolved_fine_tune_learning_rate)
-            )
-
-    for phase, first, last, learning_rate in phases:
+    fine_tune_at, fine_tune_record = _fine_tune_choice(params, summary)
+    weights_by_class, class_weight_reason = class_weights(summary.counts, params.class_weight)
+    hooks.log(f"fine-tuning: {fine_tune_record['reason']}; class weights {class_weight_reason}")
+    phases = _phases(params, fine_tune_at)
+    # Phases already finished by an earlier attempt (resumed after a crash).
+    done: list[dict[str, Any]] = json.loads(phases_file.read_text()) if phases_file.exists() else []
+    first = 0
+    total = sum(p.max_epochs for p in phases)
+    head_best = float("inf")
+    steps = len(train_ds)
+    for index, phase in enumerate(phases):
+        if index < len(done):
+            first += done[index]["epochs_run"]
+            total = first + sum(p.max_epochs for p in phases[index + 1 :])
+            head_best = done[index]["best_val_loss"] or head_best
+            continue
         # Also between phases: the next phase's first batch (graph tracing) can take longer
         # than the supervisor waits for a cancelled job.
         _check_stop(hooks)
-        backup = workspace / "backup" / phase
-        if phase == "fine_tune":
-            unfreeze_from(model, params.resolved_fine_tune_at)
-        elif head_done.exists():
-            continue  # resumed after the head phase had finished
-        _compile(model, learning_rate)
-        if phase == "fine_tune" and not backup.exists() and head_done.exists():
-            model.load_weights(workspace / "head.weights.h5")
+        folder = workspace / "phases" / phase.name
+        head_weights = workspace / "phases" / "head" / "best.weights.h5"
+        if phase.name == "fine_tune":
+            if head_weights.exists() and not (folder / "backup").exists():
+                # The head's best weights: from this run, or from the attempt that ran it.
+                model.load_weights(head_weights)
+            unfreeze_from(model, fine_tune_at or 0)
+        _compile(model, phase.learning_rate)
+        phase_deadline = deadline
+        if deadline is not None and index < len(phases) - 1:
+            phase_deadline = time.monotonic() + (deadline - time.monotonic()) * HEAD_SHARE
+        last = first + phase.max_epochs
         if hooks.on_phase is not None:
-            hooks.on_phase(phase, first, total)
-        hooks.log(f"phase {phase}: epochs {first + 1}-{last}, learning rate {learning_rate:g}")
+            hooks.on_phase(phase.name, first, total)
+        hooks.log(
+            f"phase {phase.name}: at most epochs {first + 1}-{last},"
+            f" learning rate {phase.learning_rate:g}"
+        )
+        baseline = head_best if phase.name == "fine_tune" else float("inf")
+        best = _BestEpoch(folder, params.early_stopping_patience, baseline)
+        stop_at = _Deadline(phase_deadline)
+        callbacks: list[keras.callbacks.Callback] = [
+            best,
+            stop_at,
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss",
+                factor=0.3,
+                patience=max(1, params.early_stopping_patience // 2),
+                min_lr=phase.learning_rate / 100,
+                verbose=0,
+            ),
+            # Two checkpoints: a process killed while writing one leaves the other.
+            keras.callbacks.BackupAndRestore(
+                str(folder / "backup"), delete_checkpoint=False, double_checkpoint=True
+            ),
+            _EpochCallback(phase.name, total, hooks, history_file),
+        ]
+        if phase.name == "fine_tune":
+            callbacks.insert(0, _WarmUp(steps, phase.learning_rate))
         model.fit(
             train_ds,
             validation_data=val_ds,
@@ -243,24 +468,54 @@ def train(
             epochs=last,
             shuffle=False,  # the dataset reshuffles itself every epoch
             verbose=0,
-            callbacks=[
-                # Two checkpoints: a process killed while writing one leaves the other.
-                keras.callbacks.BackupAndRestore(
-                    str(backup), delete_checkpoint=False, double_checkpoint=True
-                ),
-                _EpochCallback(phase, total, hooks, history_file),
-            ],
+            class_weight=weights_by_class,
+            callbacks=callbacks,
         )
-        if phase == "head":
-            partial = workspace / "head.partial.weights.h5"
-            model.save_weights(partial)
-            os.replace(partial, workspace / "head.weights.h5")  # never half a file
-            head_done.touch()
+        _check_stop(hooks)
+        ran = max(best.epochs_run - first, 0)
+        record: dict[str, Any] = {
+            "phase": phase.name,
+            "max_epochs": phase.max_epochs,
+            "epochs_run": ran,
+            "best_epoch": best.best_epoch or None,
+            "best_val_loss": round(best.best, 6) if best.best_epoch else None,
+            "stopped": _stop_reason(best, stop_at, ran, phase.max_epochs),
+        }
+        if best.restore(model):
+            pass
+        elif phase.name == "fine_tune" and head_weights.exists():
+            # Fine-tuning never beat the head: back to the head's best weights.
+            model.load_weights(head_weights)
+            record["kept"] = "head"
+        head_best = min(head_best, best.best)
+        hooks.log(
+            f"phase {phase.name} stopped ({record['stopped']}) after {ran} epochs;"
+            f" best epoch {record['best_epoch']}"
+            + (", fine-tuning did not help: keeping the head's weights" if "kept" in record else "")
+        )
+        done.append(record)
+        phases_file.write_text(json.dumps(done))
+        first += ran
+        total = first + sum(p.max_epochs for p in phases[index + 1 :])
+        if deadline is not None and time.monotonic() >= deadline:
+            break  # no time left for the next phase
 
     y_true, y_pred, scores = predict_dataset(model, val_ds)
     metrics = classification_metrics(y_true, y_pred, class_names)
     history = sorted(read_history(history_file), key=lambda h: h["epoch"])
     hooks.log(f"validation accuracy {metrics['accuracy']:.4f} on {metrics['images']} images")
+    training = {
+        "phases": done,
+        "fine_tune_at": fine_tune_record,
+        "class_weight": {
+            "mode": params.class_weight,
+            "weights": {class_names[i]: round(w, 4) for i, w in (weights_by_class or {}).items()},
+            "reason": class_weight_reason,
+        },
+        "augmentation": asdict(augmentation) if augmentation is not None else None,
+        "max_minutes": params.max_minutes or None,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
     metadata = {
         "source": source,
         "architecture": params.base,
@@ -269,6 +524,7 @@ def train(
         "image_size": params.image_size,
         "pretrained": None if params.from_scratch else weights,
         "params": params.model_dump(),
+        "training": training,
         "history": history,
         "metrics": metrics,
         "dataset": summary.to_dict(),

@@ -188,8 +188,9 @@ field_values = st.one_of(
 )
 TRAIN_FIELDS = [
     "model", "base", "epochs", "fine_tune_epochs", "fine_tune_at", "image_size", "batch_size",
-    "learning_rate", "fine_tune_learning_rate", "validation_split", "augment",
-    "from_scratch", "seed", "promote",
+    "learning_rate", "fine_tune_learning_rate", "validation_split", "early_stopping_patience",
+    "max_minutes", "class_weight", "augment", "flip", "rotation", "zoom", "translation",
+    "contrast", "brightness", "from_scratch", "seed", "promote",
 ]  # fmt: skip
 
 

@@ -130,12 +130,38 @@ def test_tar_gz_upload_is_accepted(jobs_client, tmp_path):
         ({"model": "../x"}, "model"),
         ({"model": "a b"}, "model"),
         ({"validation_split": 0.99}, "validation_split"),
+        ({"fine_tune_at": "deep"}, "fine_tune_at"),
+        ({"fine_tune_at": -1}, "fine_tune_at"),
+        ({"flip": "diagonal"}, "flip"),
+        ({"rotation": 2}, "rotation"),
+        ({"zoom": -0.1}, "zoom"),
+        ({"class_weight": "heavy"}, "class_weight"),
+        ({"max_minutes": -5}, "max_minutes"),
+        ({"early_stopping_patience": "soon"}, "early_stopping_patience"),
     ],
 )
 def test_bad_parameters_are_422_naming_the_field(jobs_client, tmp_path, fields, field):
     r = _upload(jobs_client, _good_zip(tmp_path), **fields)
     assert (r.status_code, r.json()["code"]) == (422, "invalid_parameters")
     assert field in r.json()["detail"]
+
+
+def test_recipe_fields_are_kept_with_the_job(jobs_client, tmp_path):
+    fields = {
+        "fine_tune_at": "auto",
+        "flip": "horizontal_and_vertical",
+        "rotation": 0.1,
+        "contrast": 0,
+        "class_weight": "balanced",
+        "max_minutes": 3,
+        "early_stopping_patience": 2,
+    }
+    r = _upload(jobs_client, _good_zip(tmp_path), **fields)
+    assert r.status_code == 202, r.text
+    params = jobs_client.get(r.headers["location"]).json()["params"]
+    assert {k: params[k] for k in fields} == fields
+    layer = _upload(jobs_client, _good_zip(tmp_path / "again"), fine_tune_at="100")
+    assert jobs_client.get(layer.headers["location"]).json()["params"]["fine_tune_at"] == 100
 
 
 def test_missing_dataset_is_422(jobs_client):

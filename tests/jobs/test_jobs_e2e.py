@@ -23,7 +23,16 @@ def service(tmp_path, registry):
 def test_upload_train_promote_then_roll_back(service, tmp_path, registry):
     service.start()
     with service.client() as c:
-        job_id = upload_job(c, tmp_path, epochs=2, fine_tune_epochs=1, image_size=32, batch_size=8)
+        job_id = upload_job(
+            c,
+            tmp_path,
+            epochs=2,
+            fine_tune_epochs=1,
+            fine_tune_at=140,  # 10 photos a class: auto would train the head alone
+            early_stopping_patience=0,
+            image_size=32,
+            batch_size=8,
+        )
         job = wait_for(c, job_id, lambda j: j["status"] in FINAL)
         assert job["status"] == "succeeded", job
         assert job["result"]["version"] == 2 and job["result"]["promoted"] is True
@@ -46,7 +55,14 @@ def test_cancel_a_running_job(service, tmp_path, registry):
     service.start()
     with service.client() as c:
         job_id = upload_job(
-            c, tmp_path, per_class=30, epochs=200, fine_tune_epochs=0, image_size=64, batch_size=4
+            c,
+            tmp_path,
+            per_class=30,
+            epochs=200,
+            fine_tune_epochs=0,
+            early_stopping_patience=0,
+            image_size=64,
+            batch_size=4,
         )
         wait_for(c, job_id, lambda j: (j.get("progress") or {}).get("epoch", 0) >= 1)
         asked = time.time()
@@ -63,7 +79,14 @@ def test_job_survives_sigkill_of_the_service(service, tmp_path, registry):
     service.start()
     with service.client() as c:
         job_id = upload_job(
-            c, tmp_path, per_class=30, epochs=6, fine_tune_epochs=0, image_size=64, batch_size=4
+            c,
+            tmp_path,
+            per_class=30,
+            epochs=6,
+            fine_tune_epochs=0,
+            early_stopping_patience=0,
+            image_size=64,
+            batch_size=4,
         )
         wait_for(c, job_id, lambda j: (j.get("progress") or {}).get("epoch", 0) >= 2)
     service.kill_group()

@@ -100,7 +100,14 @@ def test_sigterm_drains_answers_what_it_accepted_and_the_job_resumes(tmp_path, r
     try:
         with service.client() as c:
             job_id = upload_job(
-                c, tmp_path, 30, epochs=6, fine_tune_epochs=0, image_size=64, batch_size=4
+                c,
+                tmp_path,
+                30,
+                epochs=6,
+                fine_tune_epochs=0,
+                early_stopping_patience=0,
+                image_size=64,
+                batch_size=4,
             )
             job = wait_for(c, job_id, lambda j: len(j.get("history") or []) >= 2)
             before = job["history"]

@@ -159,7 +159,7 @@ checkButton.addEventListener("click", async () => {
 
 function params() {
   const fields = {};
-  for (const input of form.querySelectorAll(".params input")) {
+  for (const input of form.querySelectorAll(".params input, .params select")) {
     if (input.type === "checkbox") fields[input.name] = input.checked ? "true" : "false";
     else if (input.value !== "") fields[input.name] = input.value;
   }

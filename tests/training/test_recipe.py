@@ -1,0 +1,187 @@
+"""The training recipe: transfer strategy, class weights, early stopping that keeps the
+best weights, the time budget and the augmentation settings."""
+
+import json
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from app.data.datasets import DatasetSummary
+from app.nets.transfer import BASES, build_augmentation, choose_fine_tune_at
+from app.registry import ModelRegistry
+from app.training.params import TrainParams
+from app.training.trainer import Hooks, _BestEpoch, _fine_tune_choice, class_weights, train
+from tests.helpers import MOBILENET_WEIGHTS, make_dataset
+
+
+@pytest.mark.parametrize(
+    "base, per_class, layer",
+    [
+        ("mobilenet_v2", 24, None),  # 30 photos a class, 20% held for validation
+        ("mobilenet_v2", 39, None),
+        ("mobilenet_v2", 40, 116),
+        ("mobilenet_v2", 115, 116),  # SIGNS: 864 photos in 6 classes, 80% trained on
+        ("mobilenet_v2", 400, 54),
+        ("mobilenet_v2", 5000, 0),
+        ("resnet50", 115, 143),
+        ("resnet50", 800, 81),
+    ],
+)
+def test_auto_strategy_unfreezes_more_with_more_images_per_class(base, per_class, layer):
+    choice = choose_fine_tune_at(base, per_class)
+    assert choice.layer == layer
+    assert f"{per_class} training images per class" in choice.reason
+
+
+def test_chosen_layers_start_blocks_of_the_built_bases():
+    net = keras.applications.MobileNetV2(input_shape=(32, 32, 3), include_top=False, weights=None)
+    spec = BASES["mobilenet_v2"]
+    assert net.layers[spec.top_stage].name == "block_13_expand"
+    assert net.layers[spec.upper_half].name == "block_6_expand"
+
+
+def test_auto_is_recorded_with_its_reason_and_a_given_layer_is_obeyed():
+    summary = DatasetSummary(["a", "b"], {"a": 150, "b": 150})
+    layer, record = _fine_tune_choice(TrainParams(), summary)
+    assert layer == 116 and record["auto"] and "120 training images per class" in record["reason"]
+    layer, record = _fine_tune_choice(TrainParams(fine_tune_at=30), summary)
+    assert (layer, record["reason"]) == (30, "given")
+    assert _fine_tune_choice(TrainParams(from_scratch=True), summary)[0] is None
+
+
+def test_class_weights_balance_the_loss_only_when_asked_or_needed():
+    weights, why = class_weights({"a": 300, "b": 100}, "auto")
+    assert weights == {0: pytest.approx(400 / 600), 1: pytest.approx(2.0)}
+    assert why.startswith("balanced")
+    # Each class then weighs the same in the loss: count x weight is equal.
+    assert 300 * weights[0] == pytest.approx(100 * weights[1])
+    assert class_weights({"a": 200, "b": 100}, "auto")[0] is None  # 2x is not imbalanced
+    assert class_weights({"a": 200, "b": 100}, "balanced")[0] is not None
+    assert class_weights({"a": 900, "b": 10}, "none") == (None, "off")
+
+
+def _tiny_model() -> keras.Model:
+    inputs = keras.Input((2,))
+    return keras.Model(inputs, keras.layers.Dense(1, name="d")(inputs))
+
+
+def test_early_stopping_keeps_the_best_epoch_and_survives_a_restart(tmp_path):
+    model = _tiny_model()
+    model.stop_training = False  # as fit() sets it
+    best = _BestEpoch(tmp_path, patience=2)
+    best.set_model(model)
+    best.on_train_begin()
+    for epoch, loss in enumerate([1.0, 0.5, 0.7]):
+        model.get_layer("d").kernel.assign(np.full((2, 1), float(epoch), "float32"))
+        best.on_epoch_end(epoch, {"val_loss": loss})
+    assert not model.stop_training and best.best_epoch == 2
+    # The process dies here; a new attempt picks up the state, not a fresh start.
+    again = _BestEpoch(tmp_path, patience=2)
+    again.set_model(model)
+    again.on_train_begin()
+    assert (again.best, again.best_epoch, again.wait) == (0.5, 2, 1)
+    model.get_layer("d").kernel.assign(np.full((2, 1), 3.0, "float32"))
+    again.on_epoch_end(3, {"val_loss": 0.6})
+    assert model.stop_training and again.stopped_early
+    assert again.restore(model)
+    assert np.all(keras.ops.convert_to_numpy(model.get_layer("d").kernel) == 1.0)
+
+
+def _fit(tmp_path, name, weights=None, **overrides):
+    data = make_dataset(tmp_path / "data", classes=("hstripes", "vstripes"), per_class=20)
+    params = TrainParams(
+        **{"image_size": 32, "batch_size": 8, "fine_tune_at": 140, "seed": 3, **overrides}
+    )
+    registry = ModelRegistry(tmp_path / "models")
+    lines: list[str] = []
+    started = time.monotonic()
+    result = train(
+        data,
+        name,
+        params,
+        registry,
+        tmp_path / "ws",
+        weights=weights,
+        hooks=Hooks(log=lines.append),
+    )
+    meta = registry.metadata(name, result.version)
+    return result, meta, lines, time.monotonic() - started
+
+
+@pytest.mark.skipif(
+    not MOBILENET_WEIGHTS.exists(),
+    reason=f"ImageNet MobileNetV2 weights not on disk at {MOBILENET_WEIGHTS}",
+)
+def test_a_fine_tuning_that_only_hurts_leaves_the_head_weights(tmp_path):
+    # The head learns the patterns on the pretrained features; a learning rate of 1 then
+    # wrecks the unfrozen layers: every fine-tuning epoch is worse.
+    result, meta, lines, _ = _fit(
+        tmp_path,
+        "wrecked",
+        weights=str(MOBILENET_WEIGHTS),
+        epochs=3,
+        fine_tune_epochs=3,
+        fine_tune_learning_rate=1.0,
+        early_stopping_patience=2,
+    )
+    head, fine = meta["training"]["phases"]
+    assert head["phase"] == "head" and fine["phase"] == "fine_tune"
+    assert fine["kept"] == "head" and fine["stopped"] == "early_stopping"
+    assert fine["epochs_run"] == 2 and head["stopped"] == "max_epochs"
+    # The version is the head's best epoch: its validation accuracy, not the wrecked one's.
+    best_head = meta["history"][head["best_epoch"] - 1]
+    assert result.metrics["accuracy"] == pytest.approx(best_head["val_accuracy"])
+    assert any("keeping the head's weights" in line for line in lines)
+    # The version's validation loss is the head's best, not the wrecked one.
+    val_loss = [h["val_loss"] for h in meta["history"] if h["phase"] == "head"]
+    assert min(val_loss) == pytest.approx(head["best_val_loss"], abs=1e-5)
+    assert len(meta["history"]) == 5
+
+
+def test_the_time_budget_stops_training_with_the_best_weights_and_says_so(tmp_path):
+    result, meta, lines, seconds = _fit(
+        tmp_path, "quick", epochs=500, fine_tune_epochs=500, max_minutes=0.15
+    )
+    training = meta["training"]
+    head, fine = training["phases"]
+    assert head["stopped"] == fine["stopped"] == "time_budget"
+    assert 0 < head["epochs_run"] < 500 and fine["epochs_run"] < 500
+    assert seconds < 0.15 * 60 + 10  # the budget, plus writing the version
+    assert result.version == 1 and training["max_minutes"] == 0.15
+    # What was chosen, and why, is in the version's metadata (plain JSON).
+    assert training["fine_tune_at"] == {"value": 140, "reason": "given"}
+    assert training["class_weight"]["reason"].startswith("off")
+    assert training["augmentation"] == {
+        "flip": "horizontal",
+        "rotation": 0.05,
+        "zoom": 0.1,
+        "translation": 0.1,
+        "contrast": 0.1,
+        "brightness": 0.1,
+    }
+    assert json.loads(json.dumps(meta)) == meta
+    assert any(line.startswith("fine-tuning: given") for line in lines)
+    assert any("phase head stopped (time_budget)" in line for line in lines)
+
+
+def test_each_augmentation_setting_is_a_layer_and_inference_is_untouched():
+    config = TrainParams(flip="vertical", rotation=0.1, zoom=0, contrast=0.2).augmentation()
+    aug = build_augmentation(config)
+    kinds = [type(layer).__name__ for layer in aug.layers]
+    assert kinds == [
+        "RandomFlip",
+        "RandomRotation",
+        "RandomTranslation",
+        "RandomContrast",
+        "RandomBrightness",
+    ]
+    assert aug.layers[0].mode == "vertical" and aug.layers[3].value_range == (0, 255)
+    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    assert np.array_equal(keras.ops.convert_to_numpy(aug(images, training=False)), images)
+    changed = keras.ops.convert_to_numpy(aug(images, training=True))
+    assert not np.allclose(changed, images)
+    assert TrainParams(augment=False).augmentation() is None
+    none = TrainParams(flip="none", rotation=0, zoom=0, translation=0, contrast=0, brightness=0)
+    assert build_augmentation(none.augmentation()) is None
