@@ -45,6 +45,8 @@ def test_train_evaluate_and_list_on_generated_images(tmp_path):
         "2",
         "--fine-tune-epochs",
         "1",
+        "--fine-tune-at",  # 10 images a class: auto would train the head alone
+        "140",
         "--image-size",
         "32",
         env_extra={"CONVSERVE_PRETRAINED": "none"},

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -196,8 +197,17 @@ class _BestEpoch(keras.callbacks.Callback):
         """Load the best epoch's weights into ``model``; false if there were none."""
         if not self.weights_file.exists():
             return False
-        model.load_weights(self.weights_file)
+        load_weights(model, self.weights_file)
         return True
+
+
+def load_weights(model: keras.Model, path: Path) -> None:
+    """The layers' weights from ``path``. The file also holds the optimizer state of the
+    phase that wrote it, which a new phase (new optimizer) does not want: Keras skips it,
+    with a warning that would only confuse a reader of the job's log."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        model.load_weights(path)
 
 
 class _Deadline(keras.callbacks.Callback):
@@ -427,7 +437,7 @@ def train(
         if phase.name == "fine_tune":
             if head_weights.exists() and not (folder / "backup").exists():
                 # The head's best weights: from this run, or from the attempt that ran it.
-                model.load_weights(head_weights)
+                load_weights(model, head_weights)
             unfreeze_from(model, fine_tune_at or 0)
         _compile(model, phase.learning_rate)
         phase_deadline = deadline
@@ -485,7 +495,7 @@ def train(
             pass
         elif phase.name == "fine_tune" and head_weights.exists():
             # Fine-tuning never beat the head: back to the head's best weights.
-            model.load_weights(head_weights)
+            load_weights(model, head_weights)
             record["kept"] = "head"
         head_best = min(head_best, best.best)
         hooks.log(
