@@ -64,12 +64,12 @@ COURSE_RECIPE = [
 ]
 
 
-def split_signs(work: Path) -> tuple[Path, Path, Path]:
+def split_signs(work: Path, signs: Path = SIGNS) -> tuple[Path, Path, Path]:
     """The held-out folder, the training pool and its 30-per-class subset (seeded,
     stratified: the same photos on every run)."""
     held, pool, small = work / "held_out", work / "pool", work / "pool_30"
     rng = random.Random(SPLIT_SEED)
-    for class_dir in sorted(p for p in SIGNS.iterdir() if p.is_dir()):
+    for class_dir in sorted(p for p in signs.iterdir() if p.is_dir()):
         files = sorted(class_dir.glob("*.jpg"))
         rng.shuffle(files)
         cut = round(len(files) * HELD_OUT)

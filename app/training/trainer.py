@@ -287,6 +287,44 @@ FINISH_RESERVE_SHARE = 0.05
 FINISH_RESERVE_SECONDS = 30.0
 # Share of the time left that the head phase may use when fine-tuning follows.
 HEAD_SHARE = 0.4
+# The weights a phase ends with (its best epoch's, or the head's if fine-tuning never
+# beat it), kept in the phase's folder for the next phase and for a resumed job.
+PHASE_RESULT = "result.weights.h5"
+
+
+def _head_model(model: keras.Model) -> keras.Model:
+    """The classifier's dropout and dense layers on pooled features: the same layers (and
+    weights) as in ``model``, so training this trains the classifier's head."""
+    features = model.get_layer("avg_pool").output.shape[-1]
+    inputs = keras.Input(shape=(features,), name="features")
+    x = inputs
+    if "dropout" in [layer.name for layer in model.layers]:
+        x = model.get_layer("dropout")(x)
+    return keras.Model(inputs, model.get_layer("predictions")(x), name="head")
+
+
+def _features(
+    model: keras.Model, train_ds: Any, val_ds: Any, batch_size: int, hooks: Hooks
+) -> dict[str, Any]:
+    """The frozen base's pooled features of every training and validation image, as
+    ``fit`` arguments."""
+    import numpy as np
+
+    extractor = keras.Model(model.input, model.get_layer("avg_pool").output)
+
+    def run(ds: Any) -> tuple[Any, Any]:
+        xs, ys = [], []
+        for images, labels in ds:
+            _check_stop(hooks)
+            xs.append(keras.ops.convert_to_numpy(extractor(images, training=False)))
+            ys.append(labels.numpy())
+        return np.concatenate(xs), np.concatenate(ys)
+
+    started = time.perf_counter()
+    x, y = run(train_ds)
+    val = run(val_ds)
+    hooks.log(f"features of {len(x) + len(val[0])} images in {time.perf_counter() - started:.1f}s")
+    return {"x": x, "y": y, "validation_data": val, "batch_size": batch_size}
 
 
 @dataclass
@@ -423,23 +461,28 @@ def train(
     total = sum(p.max_epochs for p in phases)
     head_best = float("inf")
     steps = len(train_ds)
+    resume_from: Path | None = None  # the weights the last finished phase ended with
     for index, phase in enumerate(phases):
+        folder = workspace / "phases" / phase.name
         if index < len(done):
             first += done[index]["epochs_run"]
             total = first + sum(p.max_epochs for p in phases[index + 1 :])
             head_best = done[index]["best_val_loss"] or head_best
+            resume_from = folder / PHASE_RESULT
             continue
         # Also between phases: the next phase's first batch (graph tracing) can take longer
         # than the supervisor waits for a cancelled job.
         _check_stop(hooks)
-        folder = workspace / "phases" / phase.name
-        head_weights = workspace / "phases" / "head" / "best.weights.h5"
+        if resume_from is not None and not (folder / "backup").exists():
+            load_weights(model, resume_from)
         if phase.name == "fine_tune":
-            if head_weights.exists() and not (folder / "backup").exists():
-                # The head's best weights: from this run, or from the attempt that ran it.
-                load_weights(model, head_weights)
             unfreeze_from(model, fine_tune_at or 0)
-        _compile(model, phase.learning_rate)
+        # The head, when fine-tuning follows, trains on the frozen base's features computed
+        # once (seconds per epoch instead of a pass through the base), unaugmented: it only
+        # has to give fine-tuning a good start. Alone, it trains on augmented images.
+        on_features = phase.name == "head" and len(phases) > 1
+        fit_model = _head_model(model) if on_features else model
+        _compile(fit_model, phase.learning_rate)
         phase_deadline = deadline
         if deadline is not None and index < len(phases) - 1:
             phase_deadline = time.monotonic() + (deadline - time.monotonic()) * HEAD_SHARE
@@ -449,6 +492,7 @@ def train(
         hooks.log(
             f"phase {phase.name}: at most epochs {first + 1}-{last},"
             f" learning rate {phase.learning_rate:g}"
+            + (" (on the base's features, computed once)" if on_features else "")
         )
         baseline = head_best if phase.name == "fine_tune" else float("inf")
         best = _BestEpoch(folder, params.early_stopping_patience, baseline)
@@ -471,12 +515,14 @@ def train(
         ]
         if phase.name == "fine_tune":
             callbacks.insert(0, _WarmUp(steps, phase.learning_rate))
-        model.fit(
-            train_ds,
-            validation_data=val_ds,
+        fit_data: dict[str, Any] = {"x": train_ds, "validation_data": val_ds}
+        if on_features:
+            fit_data = _features(model, train_ds, val_ds, params.batch_size, hooks)
+        fit_model.fit(
+            **fit_data,
             initial_epoch=first,
             epochs=last,
-            shuffle=False,  # the dataset reshuffles itself every epoch
+            shuffle=on_features,  # the image dataset reshuffles itself every epoch
             verbose=0,
             class_weight=weights_by_class,
             callbacks=callbacks,
@@ -491,11 +537,11 @@ def train(
             "best_val_loss": round(best.best, 6) if best.best_epoch else None,
             "stopped": _stop_reason(best, stop_at, ran, phase.max_epochs),
         }
-        if best.restore(model):
+        if best.restore(fit_model):
             pass
-        elif phase.name == "fine_tune" and head_weights.exists():
+        elif resume_from is not None and phase.name == "fine_tune":
             # Fine-tuning never beat the head: back to the head's best weights.
-            load_weights(model, head_weights)
+            load_weights(model, resume_from)
             record["kept"] = "head"
         head_best = min(head_best, best.best)
         hooks.log(
@@ -503,12 +549,19 @@ def train(
             f" best epoch {record['best_epoch']}"
             + (", fine-tuning did not help: keeping the head's weights" if "kept" in record else "")
         )
+        resume_from = folder / PHASE_RESULT
+        partial = folder / f"partial.{PHASE_RESULT}"
+        model.save_weights(partial)
+        os.replace(partial, resume_from)  # never half a file
         done.append(record)
         phases_file.write_text(json.dumps(done))
         first += ran
         total = first + sum(p.max_epochs for p in phases[index + 1 :])
         if deadline is not None and time.monotonic() >= deadline:
             break  # no time left for the next phase
+    else:
+        if resume_from is not None and len(done) == len(phases):
+            load_weights(model, resume_from)  # every phase had finished before a restart
 
     y_true, y_pred, scores = predict_dataset(model, val_ds)
     metrics = classification_metrics(y_true, y_pred, class_names)

@@ -411,6 +411,11 @@ def test_train_from_a_folder_watch_it_learn_compare_and_roll_back(page, service,
     sync_api.expect(compare).to_have_attribute("data-newer", "2")
     assert compare.get_attribute("data-older") == "1"
     assert compare.locator("tbody tr").count() == 1 + 3 * 3  # accuracy, then 3 per class
+    # How training went: each phase's epochs and why it stopped, and what was chosen.
+    choices = page.locator("#training-choices li")
+    sync_api.expect(choices.first).to_contain_text("head: 2 of at most 2 epochs")
+    assert "stopped because it reached its most epochs" in choices.first.inner_text()
+    assert "Fine-tuning depth: given" in page.locator("#training-choices").inner_text()
     page.screenshot(path=str(ARTIFACTS / "job-finished.png"), full_page=True)
 
     # Roll back from the job page.

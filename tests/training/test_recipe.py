@@ -142,13 +142,21 @@ def test_a_fine_tuning_that_only_hurts_leaves_the_head_weights(tmp_path):
 
 def test_the_time_budget_stops_training_with_the_best_weights_and_says_so(tmp_path):
     result, meta, lines, seconds = _fit(
-        tmp_path, "quick", epochs=500, fine_tune_epochs=500, max_minutes=0.15
+        tmp_path,
+        "quick",
+        epochs=500,
+        fine_tune_epochs=500,
+        max_minutes=0.15,
+        early_stopping_patience=0,
     )
     training = meta["training"]
     head, fine = training["phases"]
-    assert head["stopped"] == fine["stopped"] == "time_budget"
-    assert 0 < head["epochs_run"] < 500 and fine["epochs_run"] < 500
-    assert seconds < 0.15 * 60 + 10  # the budget, plus writing the version
+    # The head trains on features computed once: it may get through its 500 epochs.
+    assert head["stopped"] in ("time_budget", "max_epochs") and head["epochs_run"] > 0
+    assert fine["stopped"] == "time_budget" and 0 < fine["epochs_run"] < 500
+    # A step once started is not cut short: fine-tuning's first step (which builds its
+    # graph, seconds on a busy machine) and writing the version come on top of the budget.
+    assert seconds < 0.15 * 60 + 30
     assert result.version == 1 and training["max_minutes"] == 0.15
     # What was chosen, and why, is in the version's metadata (plain JSON).
     assert training["fine_tune_at"] == {"value": 140, "reason": "given"}
@@ -163,7 +171,7 @@ def test_the_time_budget_stops_training_with_the_best_weights_and_says_so(tmp_pa
     }
     assert json.loads(json.dumps(meta)) == meta
     assert any(line.startswith("fine-tuning: given") for line in lines)
-    assert any("phase head stopped (time_budget)" in line for line in lines)
+    assert any("phase fine_tune stopped (time_budget)" in line for line in lines)
 
 
 def test_each_augmentation_setting_is_a_layer_and_inference_is_untouched():

@@ -38,6 +38,25 @@ cancel.addEventListener("click", () => {
   });
 });
 
+const STOPPED = {
+  early_stopping: "the validation loss stopped improving",
+  time_budget: "the time budget ran out",
+  max_epochs: "it reached its most epochs",
+};
+
+/** What training chose and why each phase stopped, as list items. */
+function trainingChoices(training) {
+  if (!training) return [];
+  const items = training.phases.map((p) => {
+    const kept = p.kept === "head" ? "; it never beat the head, so the head's weights were kept" : "";
+    const best = p.best_epoch ? `, best epoch ${p.best_epoch}` : "";
+    return `${p.phase.replace("_", "-")}: ${p.epochs_run} of at most ${p.max_epochs} epochs${best}; stopped because ${STOPPED[p.stopped] ?? p.stopped}${kept}.`;
+  });
+  items.push(`Fine-tuning depth: ${training.fine_tune_at.reason}.`);
+  items.push(`Class weights: ${training.class_weight.reason}.`);
+  return items.map((text) => el("li", { text }));
+}
+
 async function outcome(done) {
   const box = document.getElementById("outcome");
   const text = document.getElementById("outcome-text");
@@ -63,6 +82,7 @@ async function outcome(done) {
       ? `It was not promoted: ${result.promotion_error}`
       : "It is not served yet.";
   text.textContent = `${result.model} version ${result.version}: validation accuracy ${pct(result.metrics.accuracy)}. ${promoted}`;
+  document.getElementById("training-choices").replaceChildren(...trainingChoices(result.training));
   const link = el("a", {
     class: "button secondary",
     href: `/console/models/${encodeURIComponent(result.model)}?version=${result.version}`,
