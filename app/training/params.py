@@ -23,7 +23,7 @@ class TrainParams(BaseModel):
 
     base: Literal["mobilenet_v2", "resnet50"] = "mobilenet_v2"
     epochs: int = Field(
-        20,
+        50,
         ge=1,
         le=500,
         description="most epochs of the head on a frozen base (all layers from scratch)",

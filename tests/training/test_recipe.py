@@ -19,9 +19,10 @@ from tests.helpers import MOBILENET_WEIGHTS, make_dataset
 @pytest.mark.parametrize(
     "base, per_class, layer",
     [
-        ("mobilenet_v2", 24, None),  # 30 photos a class, 20% held for validation
-        ("mobilenet_v2", 39, None),
-        ("mobilenet_v2", 40, 116),
+        ("mobilenet_v2", 8, None),  # 10 photos a class, 20% held for validation
+        ("mobilenet_v2", 14, None),
+        ("mobilenet_v2", 15, 116),
+        ("mobilenet_v2", 24, 116),  # 30 photos a class
         ("mobilenet_v2", 115, 116),  # SIGNS: 864 photos in 6 classes, 80% trained on
         ("mobilenet_v2", 400, 54),
         ("mobilenet_v2", 5000, 0),
