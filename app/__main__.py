@@ -152,7 +152,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     """The training parameters (`TrainParams`), for ``train`` and ``convserve finetune``."""
     parser.add_argument("--base", choices=["mobilenet_v2", "resnet50"])
     parser.add_argument(
-        "--epochs", type=int, help="most head epochs on the frozen base (default 20)"
+        "--epochs", type=int, help="most head epochs on the frozen base (default 50)"
     )
     parser.add_argument("--fine-tune-epochs", type=int, help="most fine-tuning epochs (default 20)")
     parser.add_argument(

@@ -147,19 +147,18 @@ class _BestEpoch(keras.callbacks.Callback):
 
     Keeps the best epoch's weights in ``folder`` (written when the loss improves) and its
     state beside them, so a phase resumed after a crash still knows its best epoch. Stops
-    the phase after ``patience`` epochs without improvement (0: never). An epoch improves
-    on ``baseline`` or not at all (fine-tuning must beat the head it starts from).
+    the phase after ``patience`` epochs without improvement (0: never).
     """
 
     MIN_DELTA = 1e-4
 
-    def __init__(self, folder: Path, patience: int, baseline: float = float("inf")) -> None:
+    def __init__(self, folder: Path, patience: int) -> None:
         super().__init__()
         self.folder = folder
         self.patience = patience
         self.weights_file = folder / "best.weights.h5"
         self.state_file = folder / "best.json"
-        self.best = baseline
+        self.best = float("inf")
         self.best_epoch = 0  # 1-based; 0: none yet
         self.wait = 0
         self.epochs_run = 0
@@ -494,8 +493,7 @@ def train(
             f" learning rate {phase.learning_rate:g}"
             + (" (on the base's features, computed once)" if on_features else "")
         )
-        baseline = head_best if phase.name == "fine_tune" else float("inf")
-        best = _BestEpoch(folder, params.early_stopping_patience, baseline)
+        best = _BestEpoch(folder, params.early_stopping_patience)
         stop_at = _Deadline(phase_deadline)
         callbacks: list[keras.callbacks.Callback] = [
             best,
@@ -537,12 +535,13 @@ def train(
             "best_val_loss": round(best.best, 6) if best.best_epoch else None,
             "stopped": _stop_reason(best, stop_at, ran, phase.max_epochs),
         }
-        if best.restore(fit_model):
-            pass
-        elif resume_from is not None and phase.name == "fine_tune":
-            # Fine-tuning never beat the head: back to the head's best weights.
+        if phase.name == "fine_tune" and resume_from is not None and not best.best < head_best:
+            # Fine-tuning never beat the head (its first epochs, with a fresh optimizer,
+            # always lose some ground; patience lets it win it back): keep the head.
             load_weights(model, resume_from)
             record["kept"] = "head"
+        else:
+            best.restore(fit_model)
         head_best = min(head_best, best.best)
         hooks.log(
             f"phase {phase.name} stopped ({record['stopped']}) after {ran} epochs;"
