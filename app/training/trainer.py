@@ -291,41 +291,6 @@ HEAD_SHARE = 0.4
 PHASE_RESULT = "result.weights.h5"
 
 
-def _head_model(model: keras.Model) -> keras.Model:
-    """The classifier's dropout and dense layers on pooled features: the same layers (and
-    weights) as in ``model``, so training this trains the classifier's head."""
-    features = model.get_layer("avg_pool").output.shape[-1]
-    inputs = keras.Input(shape=(features,), name="features")
-    x = inputs
-    if "dropout" in [layer.name for layer in model.layers]:
-        x = model.get_layer("dropout")(x)
-    return keras.Model(inputs, model.get_layer("predictions")(x), name="head")
-
-
-def _features(
-    model: keras.Model, train_ds: Any, val_ds: Any, batch_size: int, hooks: Hooks
-) -> dict[str, Any]:
-    """The frozen base's pooled features of every training and validation image, as
-    ``fit`` arguments."""
-    import numpy as np
-
-    extractor = keras.Model(model.input, model.get_layer("avg_pool").output)
-
-    def run(ds: Any) -> tuple[Any, Any]:
-        xs, ys = [], []
-        for images, labels in ds:
-            _check_stop(hooks)
-            xs.append(keras.ops.convert_to_numpy(extractor(images, training=False)))
-            ys.append(labels.numpy())
-        return np.concatenate(xs), np.concatenate(ys)
-
-    started = time.perf_counter()
-    x, y = run(train_ds)
-    val = run(val_ds)
-    hooks.log(f"features of {len(x) + len(val[0])} images in {time.perf_counter() - started:.1f}s")
-    return {"x": x, "y": y, "validation_data": val, "batch_size": batch_size}
-
-
 @dataclass
 class _Phase:
     name: str  # "head", "fine_tune" or "train" (from scratch)
@@ -476,12 +441,7 @@ def train(
             load_weights(model, resume_from)
         if phase.name == "fine_tune":
             unfreeze_from(model, fine_tune_at or 0)
-        # The head, when fine-tuning follows, trains on the frozen base's features computed
-        # once (seconds per epoch instead of a pass through the base), unaugmented: it only
-        # has to give fine-tuning a good start. Alone, it trains on augmented images.
-        on_features = phase.name == "head" and len(phases) > 1
-        fit_model = _head_model(model) if on_features else model
-        _compile(fit_model, phase.learning_rate)
+        _compile(model, phase.learning_rate)
         phase_deadline = deadline
         if deadline is not None and index < len(phases) - 1:
             phase_deadline = time.monotonic() + (deadline - time.monotonic()) * HEAD_SHARE
@@ -491,7 +451,6 @@ def train(
         hooks.log(
             f"phase {phase.name}: at most epochs {first + 1}-{last},"
             f" learning rate {phase.learning_rate:g}"
-            + (" (on the base's features, computed once)" if on_features else "")
         )
         best = _BestEpoch(folder, params.early_stopping_patience)
         stop_at = _Deadline(phase_deadline)
@@ -513,14 +472,12 @@ def train(
         ]
         if phase.name == "fine_tune":
             callbacks.insert(0, _WarmUp(steps, phase.learning_rate))
-        fit_data: dict[str, Any] = {"x": train_ds, "validation_data": val_ds}
-        if on_features:
-            fit_data = _features(model, train_ds, val_ds, params.batch_size, hooks)
-        fit_model.fit(
-            **fit_data,
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
             initial_epoch=first,
             epochs=last,
-            shuffle=on_features,  # the image dataset reshuffles itself every epoch
+            shuffle=False,  # the dataset reshuffles itself every epoch
             verbose=0,
             class_weight=weights_by_class,
             callbacks=callbacks,
@@ -541,7 +498,7 @@ def train(
             load_weights(model, resume_from)
             record["kept"] = "head"
         else:
-            best.restore(fit_model)
+            best.restore(model)
         head_best = min(head_best, best.best)
         hooks.log(
             f"phase {phase.name} stopped ({record['stopped']}) after {ran} epochs;"
