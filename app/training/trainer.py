@@ -426,6 +426,7 @@ def train(
     head_best = float("inf")
     steps = len(train_ds)
     resume_from: Path | None = None  # the weights the last finished phase ended with
+    trained = False  # whether this attempt ran a phase (else the model is still untrained)
     for index, phase in enumerate(phases):
         folder = workspace / "phases" / phase.name
         if index < len(done):
@@ -437,6 +438,7 @@ def train(
         # Also between phases: the next phase's first batch (graph tracing) can take longer
         # than the supervisor waits for a cancelled job.
         _check_stop(hooks)
+        trained = True
         if resume_from is not None and not (folder / "backup").exists():
             load_weights(model, resume_from)
         if phase.name == "fine_tune":
@@ -515,9 +517,8 @@ def train(
         total = first + sum(p.max_epochs for p in phases[index + 1 :])
         if deadline is not None and time.monotonic() >= deadline:
             break  # no time left for the next phase
-    else:
-        if resume_from is not None and len(done) == len(phases):
-            load_weights(model, resume_from)  # every phase had finished before a restart
+    if not trained and resume_from is not None:
+        load_weights(model, resume_from)  # every phase had finished before a restart
 
     y_true, y_pred, scores = predict_dataset(model, val_ds)
     metrics = classification_metrics(y_true, y_pred, class_names)

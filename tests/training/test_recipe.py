@@ -150,9 +150,11 @@ def test_the_time_budget_stops_training_with_the_best_weights_and_says_so(tmp_pa
         early_stopping_patience=0,
     )
     training = meta["training"]
-    head, fine = training["phases"]
-    assert head["stopped"] == "time_budget" and 0 < head["epochs_run"] < 500
-    assert fine["stopped"] == "time_budget" and 0 < fine["epochs_run"] < 500
+    phases = training["phases"]
+    # The head may use 40% of the time left; fine-tuning gets the rest, if any is left
+    # (on a busy machine the head's first epoch alone can take it all).
+    assert phases[0]["phase"] == "head" and 0 < phases[0]["epochs_run"] < 500
+    assert all(p["stopped"] == "time_budget" and p["epochs_run"] < 500 for p in phases)
     # A step once started is not cut short: fine-tuning's first step (which builds its
     # graph, seconds on a busy machine) and writing the version come on top of the budget.
     assert seconds < 0.15 * 60 + 30
@@ -171,6 +173,14 @@ def test_the_time_budget_stops_training_with_the_best_weights_and_says_so(tmp_pa
     assert json.loads(json.dumps(meta)) == meta
     assert any(line.startswith("fine-tuning: given") for line in lines)
     assert any("phase head stopped (time_budget)" in line for line in lines)
+
+    # A job that dies after its last phase (while evaluating) resumes with the trained
+    # weights, not an untrained head, and trains nothing again.
+    registry = ModelRegistry(tmp_path / "models")
+    params = TrainParams(**meta["params"])
+    again = train(tmp_path / "data", "quick", params, registry, tmp_path / "ws", weights=None)
+    assert again.version == 2 and again.history == meta["history"]
+    assert again.metrics == result.metrics
 
 
 def test_each_augmentation_setting_is_a_layer_and_inference_is_untouched():
