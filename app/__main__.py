@@ -166,7 +166,8 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--early-stopping-patience",
         type=int,
-        help="epochs without a lower validation loss before a phase stops (default 4; 0: never)",
+        help="epochs without a lower validation loss before a phase stops"
+        " (default 4, from scratch 8; 0: never)",
     )
     parser.add_argument(
         "--max-minutes", type=float, help="time budget of the training (default 10; 0: none)"

@@ -40,12 +40,12 @@ class TrainParams(BaseModel):
         None, gt=0, le=1.0, description="default: learning_rate / 10"
     )
     validation_split: float = Field(0.2, ge=0.05, le=0.5)
-    early_stopping_patience: int = Field(
-        4,
+    early_stopping_patience: int | None = Field(
+        None,
         ge=0,
         le=100,
-        description="epochs without a lower validation loss before a phase"
-        " stops (0: never stop early)",
+        description="epochs without a lower validation loss before a phase stops (0: never"
+        " stop early); default 4, or 8 from scratch, whose validation loss is noisier",
     )
     max_minutes: float = Field(
         10, ge=0, le=7 * 24 * 60, description="time budget of the training (0: none)"
@@ -81,6 +81,12 @@ class TrainParams(BaseModel):
     @property
     def resolved_fine_tune_learning_rate(self) -> float:
         return self.fine_tune_learning_rate or self.learning_rate / 10
+
+    @property
+    def resolved_early_stopping_patience(self) -> int:
+        if self.early_stopping_patience is not None:
+            return self.early_stopping_patience
+        return 8 if self.from_scratch else 4
 
     @property
     def total_epochs(self) -> int:

@@ -454,7 +454,7 @@ def train(
             f"phase {phase.name}: at most epochs {first + 1}-{last},"
             f" learning rate {phase.learning_rate:g}"
         )
-        best = _BestEpoch(folder, params.early_stopping_patience)
+        best = _BestEpoch(folder, params.resolved_early_stopping_patience)
         stop_at = _Deadline(phase_deadline)
         callbacks: list[keras.callbacks.Callback] = [
             best,
@@ -462,7 +462,7 @@ def train(
             keras.callbacks.ReduceLROnPlateau(
                 monitor="val_loss",
                 factor=0.3,
-                patience=max(1, params.early_stopping_patience // 2),
+                patience=max(1, params.resolved_early_stopping_patience // 2),
                 min_lr=phase.learning_rate / 100,
                 verbose=0,
             ),
@@ -533,6 +533,7 @@ def train(
             "reason": class_weight_reason,
         },
         "augmentation": asdict(augmentation) if augmentation is not None else None,
+        "early_stopping_patience": params.resolved_early_stopping_patience,
         "max_minutes": params.max_minutes or None,
         "seconds": round(time.perf_counter() - started, 1),
     }

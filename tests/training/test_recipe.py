@@ -52,6 +52,15 @@ def test_auto_is_recorded_with_its_reason_and_a_given_layer_is_obeyed():
     assert _fine_tune_choice(TrainParams(from_scratch=True), summary)[0] is None
 
 
+def test_patience_is_longer_from_scratch_unless_given():
+    assert TrainParams().resolved_early_stopping_patience == 4
+    assert TrainParams(from_scratch=True).resolved_early_stopping_patience == 8
+    assert (
+        TrainParams(from_scratch=True, early_stopping_patience=0).resolved_early_stopping_patience
+        == 0
+    )
+
+
 def test_class_weights_balance_the_loss_only_when_asked_or_needed():
     weights, why = class_weights({"a": 300, "b": 100}, "auto")
     assert weights == {0: pytest.approx(400 / 600), 1: pytest.approx(2.0)}
