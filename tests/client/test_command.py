@@ -67,6 +67,10 @@ def test_finetune_a_folder_with_wait_creates_a_model(service, tmp_path):
         2,
         "--fine-tune-epochs",
         1,
+        "--fine-tune-at",  # 12 photos a class: auto would train the head alone
+        140,
+        "--early-stopping-patience",
+        0,
         "--image-size",
         32,
         "--batch-size",
@@ -141,7 +145,18 @@ def test_cancel_a_running_job(service, tmp_path):
     from tests.helpers import make_dataset
 
     folder = make_dataset(tmp_path / "ds", per_class=30, size=64)
-    r = convserve(service, "finetune", folder, "--epochs", 200, "--fine-tune-epochs", 0, "--json")
+    r = convserve(
+        service,
+        "finetune",
+        folder,
+        "--epochs",
+        200,
+        "--fine-tune-epochs",
+        0,
+        "--early-stopping-patience",
+        0,
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     job_id = json.loads(r.stdout)["job_id"]
     cancel = convserve(service, "jobs", job_id, "--cancel")
@@ -194,7 +209,16 @@ def test_ctrl_c_while_waiting_leaves_the_job_running_and_says_how_to_follow(serv
     folder = make_dataset(tmp_path / "ds", per_class=30, size=64)
     env = {**os.environ, "CONVSERVE_URL": service.url, "CONVSERVE_API_KEY": KEY}
     proc = subprocess.Popen(
-        [str(CONVSERVE), "finetune", folder, "--epochs", "200", "--wait"],
+        [
+            str(CONVSERVE),
+            "finetune",
+            folder,
+            "--epochs",
+            "200",
+            "--early-stopping-patience",
+            "0",
+            "--wait",
+        ],
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
