@@ -120,6 +120,7 @@ def _fit(tmp_path, name, weights=None, **overrides):
     return result, meta, lines, time.monotonic() - started
 
 
+@pytest.mark.slow  # trains a network (about 15 s): kept out of the 5-minute fast suite
 @pytest.mark.skipif(
     not MOBILENET_WEIGHTS.exists(),
     reason=f"ImageNet MobileNetV2 weights not on disk at {MOBILENET_WEIGHTS}",
@@ -149,6 +150,7 @@ def test_a_fine_tuning_that_only_hurts_leaves_the_head_weights(tmp_path):
     assert len(meta["history"]) == 3 + fine["epochs_run"]
 
 
+@pytest.mark.slow  # trains a network (about 20 s)
 def test_the_time_budget_stops_training_with_the_best_weights_and_says_so(tmp_path):
     result, meta, lines, seconds = _fit(
         tmp_path,
