@@ -9,6 +9,10 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from app.nets.common import classifier_top, copy_weights
+
+__all__ = ["ResNet50", "convolutional_block", "copy_weights", "identity_block"]
+
 # Keras' ResNet-50 (ported from the Caffe model) uses this BatchNorm epsilon; anything else
 # shifts the outputs of a network loaded with its weights.
 BN_EPSILON = 1.001e-5
@@ -161,29 +165,5 @@ def ResNet50(
         for block in range(2, blocks + 1):
             x = identity_block(x, 3, filters, stage, block, bn_momentum)
 
-    if include_top:
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        x = layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
-    elif pooling == "avg":
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    elif pooling == "max":
-        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+    x = classifier_top(x, include_top, pooling, classes, classifier_activation)
     return keras.Model(inputs, x, name=name)
-
-
-def copy_weights(source: keras.Model, target: keras.Model) -> None:
-    """Copy every weighted layer of ``source`` into the layer of the same name in ``target``.
-
-    Raises:
-        ValueError: a weighted layer of ``source`` has no counterpart in ``target`` or the
-            shapes differ.
-    """
-    for layer in source.layers:
-        weights = layer.get_weights()
-        if not weights:
-            continue
-        try:
-            counterpart = target.get_layer(layer.name)
-        except ValueError as exc:
-            raise ValueError(f"layer {layer.name!r} is missing from {target.name!r}") from exc
-        counterpart.set_weights(weights)
