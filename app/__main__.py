@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from app.config import get_settings
+from app.nets.catalog import ARCHITECTURES
 
 
 def _print_json(data: Any) -> None:
@@ -150,7 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_train_options(parser: argparse.ArgumentParser) -> None:
     """The training parameters (`TrainParams`), for ``train`` and ``convserve finetune``."""
-    parser.add_argument("--base", choices=["mobilenet_v2", "resnet50"])
+    parser.add_argument(
+        "--base",
+        choices=list(ARCHITECTURES),
+        help="the network (default mobilenet_v2; `convserve architectures` lists them)",
+    )
     parser.add_argument(
         "--epochs", type=int, help="most head epochs on the frozen base (default 50)"
     )
@@ -158,7 +163,11 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fine-tune-at", help="first base layer to fine-tune, or auto (default: auto)"
     )
-    parser.add_argument("--image-size", type=int, help="square input side (default 224)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        help="square input side (default: the network's, 224 for most)",
+    )
     parser.add_argument("--batch-size", type=int, help="default 32")
     parser.add_argument("--learning-rate", type=float, help="head learning rate (default 1e-3)")
     parser.add_argument("--fine-tune-learning-rate", type=float, help="default: learning rate / 10")
@@ -190,7 +199,11 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--brightness", type=float, help="random brightness, a fraction (default 0.1)"
     )
-    parser.add_argument("--from-scratch", action="store_true", help="random init, train all layers")
+    parser.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="random init, train all layers (lenet5, alexnet, googlenet always are)",
+    )
     parser.add_argument("--seed", type=int, help="default 42")
 
 

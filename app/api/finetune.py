@@ -15,7 +15,7 @@ from app.api.deps import Admin, Jobs, Manager, Registry, SettingsDep, Supervisor
 from app.errors import ConvserveError
 from app.jobs.intake import queue_job
 from app.jobs.store import CANCELLED, DONE, PROGRESS, JobEvent
-from app.nets.transfer import BASES
+from app.nets.catalog import ARCHITECTURES
 from app.registry import MODEL_NAME_RULE, NAME_PATTERN
 from app.schemas import ErrorBody, Job, JobCreated, JobList
 from app.training.params import TrainParams
@@ -117,7 +117,7 @@ async def create_job(
             from_scratch=from_scratch,
             seed=seed,
         ),
-        architecture if architecture in BASES else "mobilenet_v2",
+        architecture if architecture in ARCHITECTURES else "mobilenet_v2",
     )
     row = await asyncio.to_thread(queue_job, settings, jobs, dataset.file, name, params, promote)
     supervisor.wake()

@@ -13,7 +13,9 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from app.nets.resnet import ResNet50, copy_weights
+from app.nets.catalog import ARCHITECTURES, build_network, keras_application
+from app.nets.common import copy_weights
+from app.nets.resnet import ResNet50
 
 BASE_LAYER = "base"
 IMAGENET_CLASSES = 1000
@@ -29,13 +31,21 @@ class BaseSpec:
     upper_half: int
 
 
-# Depths as Keras 3.15 builds them (tests check these against the built networks).
+# The networks with ImageNet weights, usable as a pretrained base. Depths as Keras 3.15
+# builds them (tests check these against the built networks and the layer names).
 BASES: dict[str, BaseSpec] = {
     # block_13_expand: the stride-2 block and everything after it (7x7 at 224 px);
     # block_6_expand: from the second stride-2 block on.
     "mobilenet_v2": BaseSpec("mobilenet_v2", depth=154, top_stage=116, upper_half=54),
     # conv5_block1_1_conv: the last stage; conv4_block1_1_conv: the last two.
     "resnet50": BaseSpec("resnet50", depth=175, top_stage=143, upper_half=81),
+    # block5_conv1: the last block; block4_conv1: the last two.
+    "vgg16": BaseSpec("vgg16", depth=19, top_stage=15, upper_half=11),
+    # conv_pad_12: the last stride-2 block and after (7x7 at 224 px); conv_pad_6: from the
+    # 14x14 blocks on.
+    "mobilenet": BaseSpec("mobilenet", depth=86, top_stage=73, upper_half=36),
+    # block6a_expand_conv: the last stride-2 stage (7x7); block4a_expand_conv: from 14x14.
+    "efficientnet_b0": BaseSpec("efficientnet_b0", depth=237, top_stage=162, upper_half=75),
 }
 
 # Training images per class from which the transfer strategy unfreezes more of the base
@@ -103,17 +113,19 @@ class CaffePreprocess(layers.Layer):
 def preprocessing_layer(base: str, from_scratch: bool = False) -> layers.Layer:
     """The base's own ``preprocess_input``, as a layer.
 
-    MobileNetV2 scales to [-1, 1] (``x / 127.5 - 1``); the pretrained ResNet-50 expects
-    Caffe-style BGR minus means; a ResNet-50 trained from scratch takes ``x / 255`` as in
-    the course.
+    MobileNet and MobileNetV2 scale to [-1, 1] (``x / 127.5 - 1``); the pretrained
+    ResNet-50 and VGG-16 expect Caffe-style BGR minus means; EfficientNet normalises inside
+    the network. Networks trained from scratch take ``x / 255`` as in the course.
     """
-    if base == "mobilenet_v2":
+    if base in ("mobilenet_v2", "mobilenet"):
         return layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")
-    if base == "resnet50":
-        if from_scratch:
-            return layers.Rescaling(1.0 / 255.0, name="preprocess")
+    if base == "efficientnet_b0":
+        return layers.Identity(name="preprocess")
+    if base not in ARCHITECTURES:
+        raise ValueError(f"unknown base {base!r}; choose one of {sorted(ARCHITECTURES)}")
+    if base in ("resnet50", "vgg16") and not from_scratch:
         return CaffePreprocess(name="preprocess")
-    raise ValueError(f"unknown base {base!r}; choose one of {sorted(BASES)}")
+    return layers.Rescaling(1.0 / 255.0, name="preprocess")
 
 
 @dataclass(frozen=True)
@@ -162,35 +174,38 @@ def build_base(
     """The convolutional base without its top, named ``"base"``.
 
     Args:
-        base: ``"mobilenet_v2"`` or ``"resnet50"``.
+        base: a key of ``ARCHITECTURES``; with ``weights``, one of ``BASES``.
         image_size: side of the square input.
         weights: ``"imagenet"`` (Keras' download and cache), a path to a weights file, or
             ``None``/``"none"`` for random initialisation.
         from_scratch: ignore ``weights`` (random initialisation).
 
     Returns:
-        A model `(batch, S, S, 3) -> (batch, S/32, S/32, channels)`.
+        A model `(batch, S, S, 3) -> (batch, h, w, channels)`.
     """
     weights = None if from_scratch else _resolve_weights(weights)
     shape = (image_size, image_size, 3)
+    if weights is not None and base not in BASES:
+        raise ValueError(f"{base} has no ImageNet weights in Keras; train it from scratch")
     if base == "mobilenet_v2":
         return keras.applications.MobileNetV2(
             input_shape=shape, include_top=False, weights=weights, name=BASE_LAYER
         )
-    if base == "resnet50":
-        net = ResNet50(
-            input_shape=shape,
-            include_top=False,
-            name=BASE_LAYER,
-            bn_momentum=0.9 if weights is None else 0.99,
-        )
-        if weights is not None:
-            reference = keras.applications.ResNet50(
-                include_top=False, weights=weights, input_shape=shape
-            )
-            copy_weights(reference, net)
-        return net
-    raise ValueError(f"unknown base {base!r}; choose one of {sorted(BASES)}")
+    # A network trained from scratch on a small set needs BatchNorm statistics with a
+    # shorter memory (see ResNet50's bn_momentum).
+    net = build_network(
+        base,
+        shape,
+        include_top=False,
+        network_name=BASE_LAYER,
+        bn_momentum=0.9 if weights is None else 0.99,
+    )
+    if weights is not None:
+        reference = keras_application(base)(include_top=False, weights=weights, input_shape=shape)
+        # EfficientNet's input normalisation: ours holds the ImageNet statistics already;
+        # Keras' file stores them in a form only its own network reads right.
+        copy_weights(reference, net, skip=(layers.Normalization,))
+    return net
 
 
 def build_classifier(
@@ -209,8 +224,12 @@ def build_classifier(
     keras-io transfer-learning recipe). A base trained from scratch is trainable and in
     training mode.
 
+    A network trained from scratch whose paper ends in dense layers (LeNet-5, AlexNet,
+    VGG-16) keeps them, with ``num_classes`` outputs; the others end in global pooling and
+    one classifier, as this head does.
+
     Args:
-        base: ``"mobilenet_v2"`` or ``"resnet50"``.
+        base: a key of ``ARCHITECTURES`` (of ``BASES`` unless ``from_scratch``).
         num_classes: number of output classes (two or more; always softmax).
         image_size: side of the square input.
         weights: see `build_base`.
@@ -223,13 +242,17 @@ def build_classifier(
     """
     if num_classes < 2:
         raise ValueError("a classifier needs at least two classes")
-    net = build_base(base, image_size, weights, from_scratch)
-    inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
+    shape = (image_size, image_size, 3)
+    inputs = keras.Input(shape=shape, name="image")
     x = inputs
     augment = build_augmentation(augmentation) if augmentation is not None else None
     if augment is not None:
         x = augment(x)
     x = preprocessing_layer(base, from_scratch)(x)
+    if from_scratch and ARCHITECTURES[base].top == "dense":
+        own = build_network(base, shape, classes=num_classes, network_name=BASE_LAYER)
+        return keras.Model(inputs, own(x), name=f"{base}_classifier")
+    net = build_base(base, image_size, weights, from_scratch)
     if from_scratch:
         x = net(x)
     else:

@@ -4,9 +4,29 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from app.nets.catalog import ARCHITECTURES
 from app.nets.transfer import BASES, AugmentConfig
+
+# Every key of app.nets.catalog.ARCHITECTURES (a test keeps the two equal).
+Base = Literal[
+    "mobilenet_v2",
+    "resnet50",
+    "efficientnet_b0",
+    "mobilenet",
+    "vgg16",
+    "googlenet",
+    "alexnet",
+    "lenet5",
+]
 
 Flip = Literal["none", "horizontal", "vertical", "horizontal_and_vertical"]
 
@@ -21,7 +41,11 @@ class TrainParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    base: Literal["mobilenet_v2", "resnet50"] = "mobilenet_v2"
+    base: Base = Field(
+        "mobilenet_v2",
+        description="the network (GET /architectures); lenet5, alexnet and googlenet have no"
+        " ImageNet weights and train from scratch",
+    )
     epochs: int = Field(
         50,
         ge=1,
@@ -33,7 +57,13 @@ class TrainParams(BaseModel):
         "auto",
         description="first base layer to fine-tune, or auto: chosen from the images per class",
     )
-    image_size: int = Field(224, ge=32, le=512)
+    image_size: int = Field(
+        224,
+        ge=16,
+        le=512,
+        description="side of the input; default: the network's own (32 for"
+        " lenet5, 227 for alexnet, else 224)",
+    )
     batch_size: int = Field(32, ge=1, le=512)
     learning_rate: float = Field(1e-3, gt=0, le=1.0)
     fine_tune_learning_rate: float | None = Field(
@@ -64,6 +94,34 @@ class TrainParams(BaseModel):
     brightness: float = Field(0.1, ge=0, le=1, description="random brightness shift, a fraction")
     from_scratch: bool = False
     seed: int = Field(42, ge=0, le=2**31 - 1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _network_defaults(cls, data: object) -> object:
+        # The network's own input size when none is given; from scratch for a network
+        # without ImageNet weights, when nothing says otherwise.
+        if isinstance(data, dict):
+            arch = ARCHITECTURES.get(str(data.get("base", "mobilenet_v2")))
+            if arch is not None:
+                data = dict(data)
+                data.setdefault("image_size", arch.default_size)
+                if not arch.pretrained:
+                    data.setdefault("from_scratch", True)
+        return data
+
+    @model_validator(mode="after")
+    def _fits_the_network(self) -> TrainParams:
+        arch = ARCHITECTURES[self.base]
+        if self.image_size < arch.min_size:
+            raise ValueError(
+                f"image_size: {arch.title} needs images of at least {arch.min_size} pixels"
+            )
+        if not self.from_scratch and not arch.pretrained:
+            raise ValueError(
+                f"from_scratch: {arch.title} has no ImageNet weights in Keras; train it from"
+                " scratch"
+            )
+        return self
 
     @field_validator("fine_tune_at")
     @classmethod

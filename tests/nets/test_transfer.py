@@ -22,6 +22,8 @@ def test_mobilenet_depth_matches_the_declared_depth():
     [
         ("mobilenet_v2", keras.applications.mobilenet_v2.preprocess_input),
         ("resnet50", keras.applications.resnet50.preprocess_input),
+        ("vgg16", keras.applications.vgg16.preprocess_input),
+        ("mobilenet", keras.applications.mobilenet.preprocess_input),
     ],
 )
 def test_preprocessing_layer_equals_the_bases_preprocess_input(base, reference):
@@ -87,3 +89,68 @@ def test_inference_model_drops_augmentation_and_keeps_outputs():
     assert "augmentation" not in [layer.name for layer in plain.layers]
     x = np.random.default_rng(2).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(plain(x), model(x, training=False), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "base, top_stage, upper_half",
+    [
+        ("mobilenet_v2", "block_13_expand", "block_6_expand"),
+        ("resnet50", "conv5_block1_1_conv", "conv4_block1_1_conv"),
+        ("vgg16", "block5_conv1", "block4_conv1"),
+        ("mobilenet", "conv_pad_12", "conv_pad_6"),
+        ("efficientnet_b0", "block6a_expand_conv", "block4a_expand_conv"),
+    ],
+)
+def test_each_pretrained_base_declares_its_depth_and_block_starts(base, top_stage, upper_half):
+    from app.nets.transfer import build_base
+
+    net = build_base(base, 64, weights=None)
+    spec = BASES[base]
+    assert len(net.layers) == spec.depth
+    assert net.layers[spec.top_stage].name == top_stage
+    assert net.layers[spec.upper_half].name == upper_half
+
+
+@pytest.mark.parametrize(
+    "base, application",
+    [
+        ("vgg16", keras.applications.VGG16),
+        ("mobilenet", keras.applications.MobileNet),
+        ("efficientnet_b0", keras.applications.EfficientNetB0),
+    ],
+)
+def test_keras_weights_file_gives_our_base_the_same_features(tmp_path, base, application):
+    """The path ImageNet weights take: Keras' network loads the file, ours copies it."""
+    from app.nets.transfer import build_base
+
+    shape = (64, 64, 3)
+    source = application(include_top=False, weights=None, input_shape=shape)
+    for i, weight in enumerate(source.weights):  # recognisable values, not the initialiser's
+        weight.assign(np.random.default_rng(i).normal(0, 0.05, weight.shape).astype(weight.dtype))
+    path = tmp_path / f"{base}.weights.h5"
+    source.save_weights(path)
+    ours = build_base(base, 64, weights=str(path))
+    reference = application(include_top=False, weights=str(path), input_shape=shape)
+    x = np.random.default_rng(9).uniform(-1, 1, (2, *shape)).astype("float32")
+    if base == "efficientnet_b0":
+        # Both normalise their own input; ours with the ImageNet statistics, Keras' with
+        # what its file holds. Compare after the normalisation.
+        x = x * 127.5 + 127.5
+        norm = next(la for la in reference.layers if isinstance(la, keras.layers.Normalization))
+        ours.get_layer("normalization").set_weights(norm.get_weights())
+        ours.get_layer("normalization").finalize_state()
+    np.testing.assert_allclose(ours(x), reference(x), atol=1e-4, rtol=1e-4)
+
+
+def test_from_scratch_networks_with_a_dense_top_keep_it():
+    model = build_classifier("lenet5", 4, 32, weights=None, from_scratch=True)
+    net = model.get_layer(BASE_LAYER)
+    assert [la.name for la in net.layers[-3:]] == ["c5_dense", "f6_dense", "predictions"]
+    assert model.output_shape == (None, 4)
+
+
+def test_a_network_without_imagenet_weights_refuses_them():
+    from app.nets.transfer import build_base
+
+    with pytest.raises(ValueError, match="no ImageNet weights"):
+        build_base("alexnet", 96, weights="imagenet")
