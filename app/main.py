@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from app.api import datasets, finetune, health, models, openapi, predict
+from app.api import architectures, datasets, finetune, health, models, openapi, predict
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.config import Settings, get_settings
@@ -73,7 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.drain = DrainState()
     app.add_middleware(DrainMiddleware, state=app.state.drain)
     install_error_handlers(app)
-    for module in (predict, models, finetune, datasets, health, tfserving, kserve_v2, console):
+    routers = (predict, models, architectures, finetune, datasets, health, tfserving, kserve_v2)
+    for module in (*routers, console):
         app.include_router(module.router)
     app.mount(console.STATIC_URL, console.static_files(), name="console-static")
     openapi.install(app)

@@ -153,3 +153,26 @@ class DatasetReport(BaseModel):
     skipped: list[SkippedFileInfo] = []
     duplicates: list[list[str]] = []
     warnings: list[str] = []
+
+
+class ArchitectureInfo(BaseModel):
+    name: str
+    title: str
+    paper: str
+    year: int
+    input_size: int
+    parameters: int
+    paper_parameters: str
+    default_image_size: int
+    min_image_size: int
+    pretrained: bool  # Keras has ImageNet weights: transfer learning and fine-tuning
+    weights_cached: bool  # those weights are on this machine (no download on first use)
+    from_scratch_only: bool
+    # Pretrained bases: their layers, and where auto fine-tuning starts (the last stage
+    # from 15 images per class, the upper half from 400).
+    base_layers: int | None = None
+    fine_tune_at: dict[str, int] | None = None
+
+
+class ArchitectureList(BaseModel):
+    architectures: list[ArchitectureInfo]

@@ -28,6 +28,7 @@ from httpx_sse import SSEError, aconnect_sse, connect_sse
 from pydantic import BaseModel
 
 from app.schemas import (
+    ArchitectureList,
     DatasetReport,
     Job,
     JobCreated,
@@ -194,6 +195,9 @@ class Client(_Base):
     def models(self) -> ModelList:
         return self._get(ModelList, "GET", "/models")
 
+    def architectures(self) -> ArchitectureList:
+        return self._get(ArchitectureList, "GET", "/architectures")
+
     def model(self, name: str) -> ModelDetail:
         return self._get(ModelDetail, "GET", f"/models/{name}")
 
@@ -318,6 +322,9 @@ class AsyncClient(_Base):
 
     async def models(self) -> ModelList:
         return await self._get(ModelList, "GET", "/models")
+
+    async def architectures(self) -> ArchitectureList:
+        return await self._get(ArchitectureList, "GET", "/architectures")
 
     async def model(self, name: str) -> ModelDetail:
         return await self._get(ModelDetail, "GET", f"/models/{name}")

@@ -508,6 +508,24 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_architectures(args: argparse.Namespace) -> int:
+    with Client(args.url, args.api_key) as client:
+        architectures = client.architectures().architectures
+    if args.json:
+        print(json.dumps([a.model_dump() for a in architectures]))
+        return 0
+    table = _table("base", "network", "year", "input", "parameters", "ImageNet")
+    for a in architectures:
+        weights = "from scratch"  # Keras has no ImageNet weights for it
+        if a.pretrained:
+            weights = "cached" if a.weights_cached else "download"
+        table.add_row(
+            a.name, a.title, str(a.year), str(a.input_size), f"{a.parameters:,}", weights
+        )
+    out.print(table)
+    return 0
+
+
 def cmd_activate(args: argparse.Namespace) -> int:
     with Client(args.url, args.api_key) as client:
         detail = client.activate(args.name, args.version)
@@ -589,6 +607,11 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", parents=[remote], help="the served models, or one in detail")
     m.add_argument("name", nargs="?", metavar="NAME")
     m.set_defaults(func=cmd_models)
+
+    r = sub.add_parser(
+        "architectures", parents=[remote], help="the networks finetune accepts as --base"
+    )
+    r.set_defaults(func=cmd_architectures)
 
     a = sub.add_parser("activate", parents=[remote], help="serve a version (promote, roll back)")
     a.add_argument("name", metavar="NAME")

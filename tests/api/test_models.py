@@ -262,3 +262,17 @@ def test_validation_images_of_a_confusion_matrix_cell(registry, client, tmp_path
     for bad in ("..%2F..%2Fmetadata.json", "..%2F1%2Fmodel.keras", "0-0-9.jpg", "x.jpg"):
         r = client.get(f"/models/toy/versions/2/validation/{bad}")
         assert r.status_code == 404, bad
+
+
+def test_architectures_lists_every_base_training_accepts(client):
+    body = client.get("/architectures").json()["architectures"]
+    by_name = {a["name"]: a for a in body}
+    assert set(by_name) == {
+        "lenet5", "alexnet", "vgg16", "googlenet", "resnet50", "mobilenet", "mobilenet_v2",
+        "efficientnet_b0",
+    }  # fmt: skip
+    assert [a["year"] for a in body] == sorted(a["year"] for a in body)
+    assert by_name["vgg16"]["parameters"] == 138_357_544
+    assert by_name["lenet5"]["from_scratch_only"] and not by_name["lenet5"]["pretrained"]
+    assert by_name["lenet5"]["default_image_size"] == 32
+    assert by_name["mobilenet_v2"]["fine_tune_at"] == {"last_stage": 116, "upper_half": 54}

@@ -244,3 +244,11 @@ def test_ctrl_c_while_waiting_leaves_the_job_running_and_says_how_to_follow(serv
         assert "ended_at" not in err  # epoch lines show metrics, not timestamps
         assert c.get(f"/finetune/{job_id}").json()["status"] == "running"
         c.delete(f"/finetune/{job_id}", headers={"Authorization": f"Bearer {KEY}"})
+
+
+def test_architectures_lists_the_bases_with_their_weights(service):
+    table = convserve(service, "architectures")
+    assert table.returncode == 0, table.stderr
+    assert "138,357,544" in table.stdout and "from scratch" in table.stdout
+    listed = json.loads(convserve(service, "architectures", "--json").stdout)
+    assert {a["name"] for a in listed} >= {"lenet5", "googlenet", "efficientnet_b0"}

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from app.nets.alexnet import AlexNet
+from app.nets.catalog import ARCHITECTURES, build_network
 from app.nets.common import copy_weights
 from app.nets.efficientnet import EfficientNetB0, round_filters
 from app.nets.inception import GoogLeNet, inception_module
@@ -149,3 +150,15 @@ def test_local_response_normalisation_matches_tensorflow():
         x, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75
     )
     np.testing.assert_allclose(LocalResponseNormalization()(x), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_catalogue_figures_are_the_builders(name):
+    arch = ARCHITECTURES[name]
+    classes = 10 if name == "lenet5" else 1000
+    channels = 1 if name == "lenet5" else 3
+    full = build_network(name, (arch.input_size, arch.input_size, channels), classes=classes)
+    assert full.count_params() == arch.parameters
+    # The smallest input it accepts still gives a prediction.
+    small = build_network(name, (arch.min_size, arch.min_size, 3), classes=3)
+    assert small(np.zeros((1, arch.min_size, arch.min_size, 3), "float32")).shape == (1, 3)
