@@ -22,7 +22,7 @@ from app.api.deps import Jobs, Manager, Registry, SettingsDep
 from app.api.models import model_detail, model_info
 from app.data.datasets import FEW_IMAGES_WARNING
 from app.errors import ConvserveError
-from app.nets.transfer import BASES
+from app.nets.catalog import ARCHITECTURES
 from app.schemas import Job
 from app.training.params import TrainParams
 
@@ -105,7 +105,8 @@ def train_fields() -> list[dict[str, Any]]:
                 "label": name.replace("_", " "),
                 "kind": kind,
                 "options": options,
-                "default": spec.get("default"),
+                # The input size depends on the network: left to the service unless given.
+                "default": None if name == "image_size" else spec.get("default"),
                 "min": bounds.get("minimum", bounds.get("exclusiveMinimum")),
                 "above": "exclusiveMinimum" in bounds,  # the minimum itself is refused
                 "max": bounds.get("maximum", bounds.get("exclusiveMaximum")),
@@ -172,7 +173,7 @@ def train_page(request: Request, manager: Manager, registry: Registry, model: st
         models=models,
         chosen=model,
         fields=train_fields(),
-        bases=list(BASES),
+        bases=list(ARCHITECTURES.values()),
         few_images=FEW_IMAGES_WARNING,
     )
 

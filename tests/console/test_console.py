@@ -427,3 +427,25 @@ def test_train_from_a_folder_watch_it_learn_compare_and_roll_back(page, service,
     page.reload()
     sync_api.expect(page.locator("#loss-chart")).to_have_attribute("data-points", "3")
     assert page.locator("#status").inner_text() == "succeeded"
+
+
+def test_a_new_model_on_a_network_without_imagenet_weights(page, service, tmp_path):
+    """LeNet-5 from the list: it trains from scratch at its own 32 px without being told."""
+    folder = make_dataset(tmp_path / "patterns", classes=("hstripes", "checks"), per_class=10)
+    page.goto("/console/train")
+    use_key(page)
+    page.check("input[name=target][value=new]")
+    page.fill("#new-model", "patterns")
+    page.select_option("#base", "lenet5")
+    assert page.locator("#base option:checked").inner_text() == "LeNet-5 (from scratch)"
+    page.set_input_files("#folder", str(folder))
+    page.click("#check")
+    sync_api.expect(page.locator("#report h3")).to_contain_text("20 images in 2 classes")
+    page.fill("#p-epochs", "2")
+    page.click("#start")
+    page.wait_for_url("**/console/jobs/*")
+    page.wait_for_selector('body[data-job-done="succeeded"]', timeout=120_000)
+    with api(service) as c:
+        detail = c.get("/models/patterns").json()
+    assert detail["architecture"] == "lenet5" and detail["input_size"] == 32
+    assert "from scratch" in page.locator("#training-choices").inner_text()

@@ -160,7 +160,12 @@ checkButton.addEventListener("click", async () => {
 function params() {
   const fields = {};
   for (const input of form.querySelectorAll(".params input, .params select")) {
-    if (input.type === "checkbox") fields[input.name] = input.checked ? "true" : "false";
+    if (input.type === "checkbox") {
+      // Sent only when changed: a network without ImageNet weights trains from scratch
+      // unless told otherwise, and an unchanged box must not tell it otherwise.
+      const value = input.checked ? "true" : "false";
+      if (value !== input.dataset.default) fields[input.name] = value;
+    }
     else if (input.value !== "") fields[input.name] = input.value;
   }
   return fields;
