@@ -9,6 +9,7 @@ from fastapi.responses import FileResponse
 
 from app.api.deps import Admin, Jobs, Manager, Registry, SettingsDep
 from app.errors import ConvserveError
+from app.export import Format, export_version
 from app.registry import ModelRegistry
 from app.schemas import (
     ErrorBody,
@@ -191,3 +192,31 @@ def validation_image(
             "image_not_found", f"{name} version {version} has no validation image {file!r}", 404
         )
     return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+
+@router.get(
+    "/{name}/versions/{version}/export",
+    response_class=FileResponse,
+    dependencies=[Admin],
+    responses={
+        200: {"content": {"application/zip": {}}},
+        404: {"model": ErrorBody},
+        422: {"model": ErrorBody},
+        501: {"model": ErrorBody},
+    },
+)
+def export(
+    name: str,
+    registry: Registry,
+    version: int = VersionPath,
+    format: Format = Query(
+        "keras", description="keras, savedmodel (TensorFlow), tflite (LiteRT), onnx or openvino"
+    ),
+) -> FileResponse:
+    """The version as a zip for another runtime: the model, ``labels.txt`` and a README
+    (input size and range, output order, how to load it). Built on the first request
+    (seconds to a minute), then kept."""
+    path = export_version(registry, name, version, format)
+    return FileResponse(
+        path, media_type="application/zip", filename=f"{name}-v{version}-{format}.zip"
+    )
