@@ -210,6 +210,32 @@ class Client(_Base):
     def delete_model(self, name: str) -> None:
         self._send("DELETE", f"/models/{name}")
 
+    def export(self, name: str, version: int, format: str, target: str | os.PathLike[str]) -> Path:
+        """Download the version in ``format`` (keras, savedmodel, tflite, onnx, openvino)
+        as a zip to ``target`` (a file, or a folder to put ``NAME-vVERSION-FORMAT.zip`` in).
+        The file appears whole or not at all."""
+        path = Path(target)
+        if path.is_dir():
+            path = path / f"{name}-v{version}-{format}.zip"
+        partial = path.with_name(f".{path.name}.part")
+        url = f"/models/{name}/versions/{version}/export"
+        try:
+            with self.http.stream("GET", url, params={"format": format}) as response:
+                if response.is_error:
+                    response.read()
+                    _raise_for(response)
+                with open(partial, "wb") as out:
+                    for chunk in response.iter_bytes():
+                        out.write(chunk)
+        except httpx.TransportError as exc:
+            partial.unlink(missing_ok=True)
+            raise _unreachable(self.url, exc) from None
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        os.replace(partial, path)
+        return path
+
     # -- fine-tuning -----------------------------------------------------------------------
 
     def check_dataset(self, archive: IO[bytes], validation_split: float = 0.2) -> DatasetReport:

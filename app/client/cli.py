@@ -519,10 +519,22 @@ def cmd_architectures(args: argparse.Namespace) -> int:
         weights = "from scratch"  # Keras has no ImageNet weights for it
         if a.pretrained:
             weights = "cached" if a.weights_cached else "download"
-        table.add_row(
-            a.name, a.title, str(a.year), str(a.input_size), f"{a.parameters:,}", weights
-        )
+        table.add_row(a.name, a.title, str(a.year), str(a.input_size), f"{a.parameters:,}", weights)
     out.print(table)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    target = Path(args.output or ".")
+    if args.output and not target.parent.is_dir():
+        raise Failure(f"no folder {str(target.parent)!r} to write {target.name!r} in")
+    with Client(args.url, args.api_key) as client:
+        err.print(f"exporting {args.name} version {args.version} as {args.format} ...")
+        path = client.export(args.name, args.version, args.format, target)
+    if args.json:
+        print(json.dumps({"path": str(path), "bytes": path.stat().st_size}))
+    else:
+        err.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 
@@ -612,6 +624,24 @@ def build_parser() -> argparse.ArgumentParser:
         "architectures", parents=[remote], help="the networks finetune accepts as --base"
     )
     r.set_defaults(func=cmd_architectures)
+
+    e = sub.add_parser(
+        "export", parents=[remote], help="download a version for another runtime (a zip)"
+    )
+    e.add_argument("name", metavar="NAME")
+    e.add_argument("version", type=int, metavar="VERSION")
+    e.add_argument(
+        "--format",
+        choices=["keras", "savedmodel", "tflite", "onnx", "openvino"],
+        default="keras",
+        help="default keras",
+    )
+    e.add_argument(
+        "-o",
+        "--output",
+        help="the zip to write, or a folder for NAME-vVERSION-FORMAT.zip (default .)",
+    )
+    e.set_defaults(func=cmd_export)
 
     a = sub.add_parser("activate", parents=[remote], help="serve a version (promote, roll back)")
     a.add_argument("name", metavar="NAME")

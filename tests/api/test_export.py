@@ -101,20 +101,21 @@ def _unpack(client: TestClient, fmt: str, tmp_path: Path) -> Path:
 
 def test_keras_export_loads_with_keras_alone(service, tmp_path):
     folder = _unpack(service, "keras", tmp_path)
-    np.save(tmp_path / "pixels.npy", _pixels())
+    pixels, out = tmp_path / "pixels.npy", tmp_path / "out.npy"
+    np.save(pixels, _pixels())
     # A fresh interpreter that never imports convserve: the archive is all it needs.
     script = (
         "import sys, numpy as np, custom_layers, keras\n"
         "model = keras.saving.load_model('model.keras', compile=False)\n"
-        f"np.save({str(tmp_path / 'out.npy')!r}, model.predict(np.load({str(tmp_path / 'pixels.npy')!r}), verbose=0))\n"
+        f"np.save({str(out)!r}, model.predict(np.load({str(pixels)!r}), verbose=0))\n"
         "assert not any(m == 'app' or m.startswith('app.') for m in sys.modules)\n"
-    )  # fmt: skip
+    )
     run = subprocess.run(
         [sys.executable, "-c", script], cwd=folder, capture_output=True, text=True, timeout=300,
         env={"PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "2"},
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
-    np.testing.assert_allclose(np.load(tmp_path / "out.npy")[0], _served(service), atol=1e-4)
+    np.testing.assert_allclose(np.load(out)[0], _served(service), atol=1e-4)
     # The archive has no augmentation left in it.
     assert "augmentation" not in (folder / "model.keras").read_bytes().decode("latin-1")
 

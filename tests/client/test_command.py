@@ -252,3 +252,20 @@ def test_architectures_lists_the_bases_with_their_weights(service):
     assert "138,357,544" in table.stdout and "from scratch" in table.stdout
     listed = json.loads(convserve(service, "architectures", "--json").stdout)
     assert {a["name"] for a in listed} >= {"lenet5", "googlenet", "efficientnet_b0"}
+
+
+def test_export_writes_the_zip_and_refuses_a_bad_version(service, tmp_path):
+    r = convserve(service, "export", "toy", 1, "--format", "keras", "-o", tmp_path)
+    assert r.returncode == 0, r.stderr
+    archive = tmp_path / "toy-v1-keras.zip"
+    assert f"wrote {archive}" in r.stderr
+    import zipfile
+
+    with zipfile.ZipFile(archive) as z:
+        assert sorted(n.split("/", 1)[1] for n in z.namelist()) == [
+            "README.md", "custom_layers.py", "labels.txt", "model.keras",
+        ]  # fmt: skip
+        assert z.read("toy-v1-keras/labels.txt").decode().split() == ["circle", "square"]
+    missing = convserve(service, "export", "toy", 9, "-o", tmp_path / "x.zip")
+    assert missing.returncode == 1 and "(version_not_found, HTTP 404)" in missing.stderr
+    assert not (tmp_path / "x.zip").exists() and not list(tmp_path.glob(".*part"))
