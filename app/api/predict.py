@@ -10,6 +10,7 @@ from app.api.deps import Manager, Metrics, SettingsDep
 from app.errors import ConvserveError
 from app.schemas import ImagePrediction, Label, PredictResponse
 from app.serving.manager import LoadedVersion
+from app.serving.tta import TTA
 
 router = APIRouter(tags=["predict"])
 
@@ -57,6 +58,12 @@ async def predict(
     model: str | None = Query(None, description="model name; default: the default model"),
     version: int | None = Query(None, ge=1, description="version; default: the active one"),
     top_k: int = Query(5, ge=1, le=1000),
+    tta: TTA = Query(
+        "none",
+        description="test-time augmentation: flip averages the image and its mirror (2"
+        " views); crops the centre and corner crops of the image at 8/7 scale and their"
+        " mirrors (10 views)",
+    ),
 ) -> PredictResponse:
     name = model or settings.default_model
     label = name if name in manager.models else "unknown"
@@ -71,7 +78,8 @@ async def predict(
             )
         await manager.resolve(name, version)  # an unknown model or version: before reading
         blobs = await _read_all(file, settings.max_image_bytes)
-        loaded, rows = await manager.classify(name, version, blobs, [f.filename for f in file])
+        filenames = [f.filename for f in file]
+        loaded, rows = await manager.classify(name, version, blobs, filenames, tta)
         served, status = str(loaded.version), 200
         metrics.images.labels(label, served).inc(len(rows))
         return PredictResponse(

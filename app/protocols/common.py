@@ -120,7 +120,7 @@ class Inference:
                 413,
             )
 
-    async def encoded(self, version: int | None, blobs: list[bytes]) -> Outcome:
+    async def encoded(self, version: int | None, blobs: list[bytes], tta: str = "none") -> Outcome:
         """Classify encoded images (any format ``/predict`` takes)."""
         self._check_count(len(blobs))
         if not blobs:
@@ -132,20 +132,17 @@ class Inference:
                     "file_too_large", f"image {n} is {len(blob)} bytes, over {limit}", 413
                 )
         names: list[str | None] = [f"image {n}" for n in range(len(blobs))]
-        loaded, rows = await self.manager.classify(self.name, version, blobs, names)
+        loaded, rows = await self.manager.classify(self.name, version, blobs, names, tta)
         return self._outcome(loaded, rows)
 
-    async def tensor(self, version: int | None, array: np.ndarray, where: str) -> Outcome:
+    async def tensor(
+        self, version: int | None, array: np.ndarray, where: str, tta: str = "none"
+    ) -> Outcome:
         """Classify a pixel tensor ``[N, S, S, 3]``."""
         target = await self.manager.resolve(self.name, version)
         images = pixels(array, target.image_size, where)
         self._check_count(len(images))
-        return await self._run(version, images, target)
-
-    async def _run(
-        self, version: int | None, images: list[np.ndarray], target: LoadedVersion
-    ) -> Outcome:
-        loaded, rows = await self.manager.predict(self.name, version, images, target)
+        loaded, rows = await self.manager.predict(self.name, version, images, target, tta)
         return self._outcome(loaded, rows)
 
     def _outcome(self, loaded: LoadedVersion, rows: list[np.ndarray]) -> Outcome:

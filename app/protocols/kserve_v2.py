@@ -7,7 +7,9 @@ triton-inference-server ``docs/protocol/extension_binary_data.md`` and
 images (raw in the binary extension, base64 strings in JSON), or a pixel tensor
 ``[N, S, S, 3]`` (``UINT8``, ``FP32``, ... raw RGB 0-255). It answers ``probabilities``
 ``FP32 [N, C]``, or with ``parameters.classification: K`` on that output ``BYTES [N, K]``
-strings ``"score:index:label"``. Errors are ``{"error": "..."}`` (plus the ``code``).
+strings ``"score:index:label"``. The request's ``parameters.tta`` (``flip`` or ``crops``)
+turns on test-time augmentation as ``/predict?tta=`` does. Errors are
+``{"error": "..."}`` (plus the ``code``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from app.api.deps import Manager, Metrics, SettingsDep
 from app.errors import ConvserveError
 from app.protocols.common import Inference, Outcome, b64decode, bad_input, parse_version, ranked
 from app.serving.manager import ModelManager
+from app.serving.tta import VIEWS
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
 
@@ -331,11 +334,14 @@ async def _infer(
                 f" {PIXELS_INPUT!r} (a pixel tensor [N, S, S, 3])"
             )
         given = _Input(inputs[0], binary)
+        tta = _parameters(body, "the request").get("tta", "none")
+        if tta not in VIEWS:
+            raise bad_input(f"parameters.tta must be one of {', '.join(VIEWS)}, not {tta!r}")
         if given.blobs is not None:
-            outcome = await job.encoded(version, given.blobs)
+            outcome = await job.encoded(version, given.blobs, tta)
         else:
             assert given.array is not None
-            outcome = await job.tensor(version, given.array, f"input {given.name!r}")
+            outcome = await job.tensor(version, given.array, f"input {given.name!r}", tta)
         outputs, data = _outputs(body, outcome)
     answer: dict[str, Any] = {
         "model_name": name,

@@ -27,6 +27,7 @@ from app.serving.batcher import Batcher, BatcherClosed, QueueFull
 from app.serving.bootstrap import BOOTSTRAP_MODELS, bootstrap
 from app.serving.metrics import ServiceMetrics
 from app.serving.predictor import Predictor, make_predictor, warm_up
+from app.serving.tta import VIEWS, combine, decode_size, expand
 
 log = logging.getLogger("convserve.models")
 
@@ -264,22 +265,43 @@ class ModelManager:
         return [r for r in results if isinstance(r, np.ndarray)]
 
     async def classify(
-        self, name: str, version: int | None, blobs: list[bytes], filenames: list[str | None]
+        self,
+        name: str,
+        version: int | None,
+        blobs: list[bytes],
+        filenames: list[str | None],
+        tta: str = "none",
     ) -> tuple[LoadedVersion, list[np.ndarray]]:
         """Decode encoded images at the input size of the version that serves them and
-        classify them. A swap to a version with another input size while they were being
-        decoded makes them decode again for the new one: the request is not dropped."""
+        classify them (with test-time augmentation ``tta``). A swap to a version with
+        another input size while they were being decoded makes them decode again for the
+        new one: the request is not dropped."""
         target = await self.resolve(name, version)
+        self._check_views(name, len(blobs), tta)
         for _ in range(3):
-            with target.batcher.expecting(len(blobs)):
-                images = await self.decode(blobs, filenames, target.image_size)
+            with target.batcher.expecting(len(blobs) * VIEWS[tta]):
+                side = decode_size(target.image_size, tta)
+                images = await self.decode(blobs, filenames, side)
             try:
-                return await self.predict(name, version, images, target)
+                return await self.predict(name, version, images, target, tta)
             except InputSizeChanged as exc:
                 target = exc.current
         raise ConvserveError(
             "model_unavailable", f"model {name!r} is being swapped", 503, {"Retry-After": "1"}
         )
+
+    def _check_views(self, name: str, images: int, tta: str) -> None:
+        """Refuse a request whose views alone would overflow the queue (it could never
+        be taken), saying how many images fit."""
+        limit = self.settings.max_queue_size
+        if images * VIEWS[tta] > limit:
+            raise ConvserveError(
+                "too_many_files",
+                f"tta={tta} classifies {VIEWS[tta]} views of each image: {images} images are"
+                f" {images * VIEWS[tta]} for model {name!r}, over its queue of {limit};"
+                f" send at most {limit // VIEWS[tta]}",
+                413,
+            )
 
     async def predict(
         self,
@@ -287,16 +309,20 @@ class ModelManager:
         version: int | None,
         images: list[np.ndarray],
         target: LoadedVersion | None = None,
+        tta: str = "none",
     ) -> tuple[LoadedVersion, list[np.ndarray]]:
         """Classify ``images`` on ``target`` (resolved earlier by the caller), or on the
         version that replaced it if it was swapped out meanwhile; returns the version
-        that did it and one row per image."""
+        that did it and one row per image. With ``tta`` each image's views are classified
+        and their probabilities averaged (images may then come at the crop size)."""
         loaded = target or await self.resolve(name, version)
+        self._check_views(name, len(images), tta)
         for _ in range(3):
-            if images and images[0].shape[0] != loaded.image_size:
+            size = loaded.image_size
+            if images and images[0].shape[0] not in (size, decode_size(size, tta)):
                 raise InputSizeChanged(name, loaded)
             try:
-                futures = loaded.batcher.enqueue(images)
+                futures = loaded.batcher.enqueue(expand(images, tta, size))
             except BatcherClosed:
                 loaded = await self.resolve(name, version)  # swapped: take the new version
                 continue
@@ -309,7 +335,7 @@ class ModelManager:
                 ) from None
             self.metrics.queue_depth.labels(name).set(loaded.batcher.depth)
             rows = await asyncio.gather(*futures)
-            return loaded, list(rows)
+            return loaded, combine(list(rows), tta)
         raise ConvserveError(
             "model_unavailable", f"model {name!r} is being swapped", 503, {"Retry-After": "1"}
         )
