@@ -113,3 +113,15 @@ def test_file_count_cap(tmp_path):
     with pytest.raises(ArchiveError) as info:
         _extract(tmp_path, many, ArchiveLimits(max_files=10))
     assert info.value.code == "archive_too_large"
+
+
+def test_a_zip_name_flagged_utf8_that_is_not_is_a_corrupt_archive(tmp_path):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("a/\u00e9.jpg", b"x")  # stored as UTF-8, with the UTF-8 flag
+    raw = buf.getvalue().replace("\u00e9".encode(), b"\xa0\xa0")  # now invalid UTF-8
+    archive = tmp_path / "bad.zip"
+    archive.write_bytes(raw)
+    with pytest.raises(ArchiveError) as info:
+        extract_archive(archive, tmp_path / "out")
+    assert info.value.code == "invalid_archive"

@@ -126,7 +126,7 @@ def test_tar_gz_upload_is_accepted(jobs_client, tmp_path):
         ({"image_size": 5000}, "image_size"),
         ({"learning_rate": -1}, "learning_rate"),
         ({"fine_tune_at": 500}, "fine_tune_at"),
-        ({"base": "vgg16"}, "base"),
+        ({"base": "vgg19"}, "base"),
         ({"model": "../x"}, "model"),
         ({"model": "a b"}, "model"),
         ({"validation_split": 0.99}, "validation_split"),

@@ -23,7 +23,7 @@ def test_training_accepts_exactly_the_catalogue():
     "base, size",
     [
         ("lenet5", None),  # its own default: 32
-        ("mobilenet", 32),
+        pytest.param("mobilenet", 32, marks=pytest.mark.slow),
         pytest.param("alexnet", 67, marks=pytest.mark.slow),
         ("vgg16", 32),
         pytest.param("googlenet", 32, marks=pytest.mark.slow),

@@ -121,7 +121,7 @@ def test_metrics_from_a_known_confusion():
         ("image_size", 8),
         ("learning_rate", 0),
         ("fine_tune_at", 154),
-        ("base", "vgg16"),
+        ("base", "vgg19"),
         ("validation_split", 0.9),
     ],
 )
