@@ -6,7 +6,7 @@ HOST ?= 0.0.0.0
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast lint format bench bench-accuracy clean
+.PHONY: install run test test-fast lint format bench bench-accuracy bench-tta clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ bench: install
 
 bench-accuracy: install
 	$(BIN)/python bench/accuracy.py
+
+bench-tta: install
+	$(BIN)/python bench/tta.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import shutil
 import stat
+import struct
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -91,6 +93,24 @@ def _tar_members(tf: tarfile.TarFile) -> Iterator[_Member]:
         if not (info.isfile() or info.isdir()):
             raise ArchiveError("unsafe_archive", f"the archive holds a special file: {info.name!r}")
         yield _Member(info.name, info.size, info.isdir(), info.isfile(), info)
+
+
+# What zipfile and tarfile raise on damaged bytes, besides their own errors: a name flagged
+# as UTF-8 that is not (UnicodeDecodeError, a ValueError), header fields that point past
+# the data (IndexError, struct.error), a damaged deflate stream (zlib.error), a compression
+# method they do not know (NotImplementedError, a RuntimeError). All are found by
+# tests/data/test_untrusted_bytes.py.
+_CORRUPT = (
+    zipfile.BadZipFile,
+    tarfile.TarError,
+    EOFError,
+    OSError,
+    RuntimeError,
+    ValueError,
+    IndexError,
+    struct.error,
+    zlib.error,
+)
 
 
 @contextmanager
@@ -178,7 +198,7 @@ def extract_archive(path: Path, destination: Path, limits: ArchiveLimits | None 
         except ArchiveError:
             shutil.rmtree(destination, ignore_errors=True)
             raise
-        except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, RuntimeError) as exc:
+        except _CORRUPT as exc:
             shutil.rmtree(destination, ignore_errors=True)
             raise ArchiveError("invalid_archive", f"the archive is corrupt: {exc}") from exc
     return len(plan)

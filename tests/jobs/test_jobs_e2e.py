@@ -75,6 +75,7 @@ def test_cancel_a_running_job(service, tmp_path, registry):
     assert not left.exists(), f"workspace left behind: {sorted(left.rglob('*'))}"
 
 
+@pytest.mark.slow  # 36 s: two service starts and a training
 def test_job_survives_sigkill_of_the_service(service, tmp_path, registry):
     service.start()
     with service.client() as c:
