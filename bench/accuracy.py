@@ -9,6 +9,8 @@ Sets aside a fixed, seeded, stratified 20% of the SIGNS photos (the held-out set
 - ``resnet50_scratch``: ``python -m app train`` of our ResNet-50 from scratch with the
   course's recipe (Adam at 1e-3, batch 32, 10 epochs, 64x64, pixels / 255, no
   augmentation) on the 80%;
+- ``lenet5_scratch``: ``python -m app train --base lenet5 --image-size 64`` (LeNet-5
+  from scratch, everything else the defaults) on the 80%;
 - ``resnet50_scratch_long`` (only when named): the same settings with this project's
   augmentation and early stopping, up to 60 epochs in 25 minutes;
 
@@ -17,7 +19,8 @@ Prints, per run, the held-out accuracy, the wall time (upload to finished job, o
 ``train`` command) and the settings training chose (epochs run and why each phase
 stopped, the layer fine-tuning started from, class weights, augmentation).
 
-    python bench/accuracy.py [--runs mobilenet_v2,mobilenet_v2_30,resnet50_scratch,...]
+    python bench/accuracy.py [--runs mobilenet_v2,mobilenet_v2_30,resnet50_scratch,
+                               lenet5_scratch,...]
                              [--field name=value ...] [--json FILE]
 """
 
@@ -68,6 +71,8 @@ COURSE_RECIPE = [*COURSE_SETTINGS, "--epochs", "10", "--no-augment"]
 # The same with this project's augmentation and early stopping, given the time a network
 # trained from scratch needs (not run unless asked for: about 17 minutes).
 LONG_RECIPE = [*COURSE_SETTINGS, "--epochs", "60", "--max-minutes", "25"]
+# LeNet-5 from scratch (it has no ImageNet weights) at the photos' own 64x64.
+LENET_RECIPE = ["--base", "lenet5", "--image-size", "64"]
 
 
 def split_signs(work: Path, signs: Path = SIGNS) -> tuple[Path, Path, Path]:
@@ -152,7 +157,9 @@ def chosen(work: Path, model: str, version: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", default="mobilenet_v2,mobilenet_v2_30,resnet50_scratch")
+    parser.add_argument(
+        "--runs", default="mobilenet_v2,mobilenet_v2_30,resnet50_scratch,lenet5_scratch"
+    )
     parser.add_argument(
         "--field",
         action="append",
@@ -192,6 +199,7 @@ def main() -> None:
         for run, recipe in (
             ("resnet50_scratch", COURSE_RECIPE),
             ("resnet50_scratch_long", LONG_RECIPE),
+            ("lenet5_scratch", LENET_RECIPE),
         ):
             if run not in runs:
                 continue
