@@ -47,7 +47,7 @@ async def classify_all(
             started = time.perf_counter()
             r = await client.post(
                 f"{url}/predict",
-                params={"tta": tta, "top_k": 1},
+                params={"model": "signs", "tta": tta, "top_k": 1},
                 files={"file": (path.name, path.read_bytes())},
             )
             latencies.append(time.perf_counter() - started)

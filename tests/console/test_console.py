@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -449,3 +450,20 @@ def test_a_new_model_on_a_network_without_imagenet_weights(page, service, tmp_pa
         detail = c.get("/models/patterns").json()
     assert detail["architecture"] == "lenet5" and detail["input_size"] == 32
     assert "from scratch" in page.locator("#training-choices").inner_text()
+
+
+def test_download_a_version_for_another_runtime(page, service, tmp_path):
+    page.goto("/console/models/toy?version=2")
+    page.click("#export-button")  # without the key: the API's sentence
+    sync_api.expect(page.locator("#flash")).to_contain_text("Authorization: Bearer")
+    use_key(page)
+    page.select_option("#export-format", "onnx")
+    with page.expect_download(timeout=120_000) as info:
+        page.click("#export-button")
+    download = info.value
+    assert download.suggested_filename == "toy-v2-onnx.zip"
+    saved = tmp_path / download.suggested_filename
+    download.save_as(saved)
+    with zipfile.ZipFile(saved) as archive:
+        names = sorted(archive.namelist())
+    assert names == ["toy-v2-onnx/README.md", "toy-v2-onnx/labels.txt", "toy-v2-onnx/model.onnx"]

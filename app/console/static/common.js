@@ -56,6 +56,23 @@ export async function api(path, options = {}) {
   return response.json();
 }
 
+// GET a file from the API (with the key) and hand it to the browser as a download.
+export async function download(path, filename) {
+  let response;
+  try {
+    response = await fetch(path, { headers: headers({ Accept: "*/*" }) });
+  } catch (err) {
+    throw new ApiError(0, "network", `The service could not be reached (${err.message}).`);
+  }
+  if (!response.ok) throw new ApiError(response.status, null, await errorText(response));
+  const url = URL.createObjectURL(await response.blob());
+  const link = Object.assign(document.createElement("a"), { href: url, download: filename });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}
+
 // POST a FormData with upload progress (fetch cannot report it): resolves to the JSON body.
 export function upload(path, form, onProgress) {
   return new Promise((resolve, reject) => {

@@ -1,6 +1,6 @@
 // Model page: promote, roll back, delete; a version's metrics, confusion matrix (each cell
 // opens its validation images), curves, and a comparison with another version.
-import { api, el, flash, guarded, pct } from "./common.js";
+import { api, download, el, flash, guarded, pct } from "./common.js";
 import { compareTable, confusionMatrix, Curves, perClassTable } from "./metrics.js";
 
 const model = JSON.parse(document.getElementById("model-data").textContent);
@@ -37,6 +37,24 @@ for (const button of document.querySelectorAll("button.delete-version")) {
     });
   });
 }
+
+const exportForm = document.getElementById("export");
+exportForm?.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const format = document.getElementById("export-format").value;
+  const button = document.getElementById("export-button");
+  guarded(button, async () => {
+    button.textContent = "converting…";
+    try {
+      await download(
+        `${base}/versions/${shownVersion}/export?format=${format}`,
+        `${model.name}-v${shownVersion}-${format}.zip`,
+      );
+    } finally {
+      button.textContent = "Download";
+    }
+  });
+});
 
 const deleteModel = document.getElementById("delete-model");
 deleteModel?.addEventListener("click", () => {
