@@ -110,3 +110,44 @@ def test_lenet5_from_scratch_on_photos_it_never_saw(tmp_path):
     print(f"held-out accuracy {accuracy:.4f}")
     assert registry.metadata("signs", result.version)["base"] == "lenet5"
     assert accuracy >= LENET_HELD_OUT_FLOOR
+
+
+def _keras_weights(base: str) -> Path | None:
+    """Keras' ImageNet weights file for ``base``, in ../shared/weights or Keras' cache."""
+    import os
+
+    from app.nets.catalog import ARCHITECTURES
+
+    name = ARCHITECTURES[base].keras_weights
+    assert name is not None
+    home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+    for folder in (MOBILENET_WEIGHTS.parent, home / "models"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+# Transfer with the defaults on the other pretrained bases. Only MobileNetV2's ImageNet
+# weights are in ../shared/weights, so these skip there; a machine with Keras' files runs
+# them (a transfer on ImageNet features should do at least as well as LeNet-5 from scratch).
+@pytest.mark.parametrize("base", ["efficientnet_b0", "mobilenet", "vgg16"])
+def test_transfer_on_another_pretrained_base(tmp_path, base):
+    weights = _keras_weights(base)
+    if weights is None:
+        pytest.skip(f"the ImageNet weights of {base} are not on this machine (no download)")
+    held, pool, _ = _held_out_split(tmp_path)
+    lines: list[str] = []
+    registry = ModelRegistry(tmp_path / "models")
+    result = train(
+        pool,
+        "signs",
+        TrainParams(base=base),
+        registry,
+        tmp_path / "ws",
+        weights=str(weights),
+        hooks=Hooks(log=lines.append),
+    )
+    _report(result, lines)
+    accuracy = _held_out_accuracy(registry, "signs", result.version, held, tmp_path)
+    print(f"{base}: held-out accuracy {accuracy:.4f}")
+    assert accuracy >= LENET_HELD_OUT_FLOOR
