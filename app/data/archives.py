@@ -95,11 +95,11 @@ def _tar_members(tf: tarfile.TarFile) -> Iterator[_Member]:
         yield _Member(info.name, info.size, info.isdir(), info.isfile(), info)
 
 
-# What zipfile and tarfile raise on damaged bytes, besides their own errors: a name flagged
-# as UTF-8 that is not (UnicodeDecodeError, a ValueError), header fields that point past
-# the data (IndexError, struct.error), a damaged deflate stream (zlib.error), a compression
-# method they do not know (NotImplementedError, a RuntimeError). All are found by
-# tests/data/test_untrusted_bytes.py.
+# What zipfile and tarfile can raise on damaged bytes, besides their own errors: a name
+# flagged as UTF-8 that is not (UnicodeDecodeError, a ValueError; found by
+# tests/data/test_untrusted_bytes.py), short or inconsistent header fields (IndexError,
+# struct.error), a damaged deflate stream (zlib.error), a compression method they do not
+# know (NotImplementedError, a RuntimeError).
 _CORRUPT = (
     zipfile.BadZipFile,
     tarfile.TarError,
