@@ -30,6 +30,16 @@ def copy_weights(source: keras.Model, target: keras.Model, skip: tuple[type, ...
         counterpart.set_weights(weights)
 
 
+def global_pooling(x: keras.KerasTensor, pooling: str | None) -> keras.KerasTensor:
+    """A network without its top: the 4D feature map (``None``), or its global average
+    (``"avg"``) or maximum (``"max"``) per channel, 2D."""
+    if pooling == "avg":
+        return layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if pooling == "max":
+        return layers.GlobalMaxPooling2D(name="max_pool")(x)
+    return x
+
+
 def classifier_top(
     x: keras.KerasTensor,
     include_top: bool,
@@ -41,11 +51,7 @@ def classifier_top(
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
         return layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
-    if pooling == "avg":
-        return layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    if pooling == "max":
-        return layers.GlobalMaxPooling2D(name="max_pool")(x)
-    return x
+    return global_pooling(x, pooling)
 
 
 @keras.saving.register_keras_serializable(package="convserve")

@@ -25,6 +25,8 @@ import keras
 import numpy as np
 from keras import layers
 
+from app.nets.common import global_pooling
+
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 
@@ -242,10 +244,8 @@ def EfficientNet(
             classes, activation=classifier_activation, kernel_initializer=DENSE_INIT,
             name="predictions",
         )(x)  # fmt: skip
-    elif pooling == "avg":
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    elif pooling == "max":
-        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+    else:
+        x = global_pooling(x, pooling)
     model = keras.Model(inputs, x, name=name)
     # The ImageNet statistics, as variables (Keras' layout, so its weights files load);
     # Keras' own network gets them from its weights file, ours has them from the start.

@@ -17,7 +17,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from app.nets.common import LocalResponseNormalization
+from app.nets.common import LocalResponseNormalization, global_pooling
 
 
 def inception_module(
@@ -130,8 +130,6 @@ def GoogLeNet(
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
         x = layers.Dropout(dropout, name="dropout")(x)
         x = layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
-    elif pooling == "avg":
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    elif pooling == "max":
-        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+    else:
+        x = global_pooling(x, pooling)
     return keras.Model(inputs, x, name=name)

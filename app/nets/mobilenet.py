@@ -15,6 +15,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from app.nets.common import global_pooling
+
 # (pointwise filters, stride) of the 13 depthwise-separable blocks.
 BLOCKS: tuple[tuple[int, int], ...] = (
     (64, 1),
@@ -116,8 +118,6 @@ def MobileNet(
         x = layers.Conv2D(classes, 1, padding="same", name="conv_preds")(x)
         x = layers.Reshape((classes,), name="reshape_2")(x)
         x = layers.Activation(classifier_activation, name="predictions")(x)
-    elif pooling == "avg":
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    elif pooling == "max":
-        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+    else:
+        x = global_pooling(x, pooling)
     return keras.Model(inputs, x, name=name)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from app.nets.common import global_pooling
+
 # (filters, convolutions) per block.
 BLOCKS: tuple[tuple[int, int], ...] = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 
@@ -69,8 +71,6 @@ def VGG16(
         x = layers.Dense(4096, activation="relu", name="fc1")(x)
         x = layers.Dense(4096, activation="relu", name="fc2")(x)
         x = layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
-    elif pooling == "avg":
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    elif pooling == "max":
-        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+    else:
+        x = global_pooling(x, pooling)
     return keras.Model(inputs, x, name=name)

@@ -44,23 +44,23 @@ def _held_out_accuracy(registry, name, version, held, tmp_path):
     return evaluate_directory(registry, name, version, held, tmp_path / "eval")["accuracy"]
 
 
-@pytest.mark.skipif(not MOBILENET_WEIGHTS.exists(), reason="ImageNet MobileNetV2 weights missing")
-def test_mobilenet_v2_with_the_defaults_on_photos_it_never_saw(tmp_path):
+def _train_on_signs(tmp_path, params, weights=None, name="signs"):
+    """Train on bench/accuracy.py's 80% and score on its held-out 20%: the training result,
+    the registry and the held-out accuracy."""
     held, pool, _ = _held_out_split(tmp_path)
     lines: list[str] = []
     registry = ModelRegistry(tmp_path / "models")
-    result = train(
-        pool,
-        "signs",
-        TrainParams(),
-        registry,
-        tmp_path / "ws",
-        weights=str(MOBILENET_WEIGHTS),
-        hooks=Hooks(log=lines.append),
-    )
+    hooks = Hooks(log=lines.append)
+    result = train(pool, name, params, registry, tmp_path / "ws", weights=weights, hooks=hooks)
     _report(result, lines)
-    accuracy = _held_out_accuracy(registry, "signs", result.version, held, tmp_path)
-    print(f"held-out accuracy {accuracy:.4f}")
+    accuracy = _held_out_accuracy(registry, name, result.version, held, tmp_path)
+    print(f"{params.base}: held-out accuracy {accuracy:.4f}")
+    return result, registry, accuracy
+
+
+@pytest.mark.skipif(not MOBILENET_WEIGHTS.exists(), reason="ImageNet MobileNetV2 weights missing")
+def test_mobilenet_v2_with_the_defaults_on_photos_it_never_saw(tmp_path):
+    result, registry, accuracy = _train_on_signs(tmp_path, TrainParams(), str(MOBILENET_WEIGHTS))
     training = registry.metadata("signs", result.version)["training"]
     assert training["fine_tune_at"]["value"] == 116
     assert result.seconds < 10 * 60
@@ -70,7 +70,6 @@ def test_mobilenet_v2_with_the_defaults_on_photos_it_never_saw(tmp_path):
 def test_our_resnet50_from_scratch_with_the_course_recipe(tmp_path):
     # The course: inputs / 255, Adam at 1e-3, 10 epochs, batch 32, 64x64 photos, no
     # augmentation (plus our early stopping and learning-rate schedule).
-    held, pool, _ = _held_out_split(tmp_path)
     params = TrainParams(
         base="resnet50",
         from_scratch=True,
@@ -80,34 +79,15 @@ def test_our_resnet50_from_scratch_with_the_course_recipe(tmp_path):
         learning_rate=1e-3,
         augment=False,
     )
-    lines: list[str] = []
-    registry = ModelRegistry(tmp_path / "models")
-    result = train(
-        pool,
-        "signs-resnet",
-        params,
-        registry,
-        tmp_path / "ws",
-        weights=None,
-        hooks=Hooks(log=lines.append),
-    )
-    _report(result, lines)
-    accuracy = _held_out_accuracy(registry, "signs-resnet", result.version, held, tmp_path)
-    print(f"held-out accuracy {accuracy:.4f}")
+    _, _, accuracy = _train_on_signs(tmp_path, params, name="signs-resnet")
     assert accuracy >= RESNET_HELD_OUT_FLOOR
 
 
 def test_lenet5_from_scratch_on_photos_it_never_saw(tmp_path):
     # No ImageNet weights exist for LeNet-5: it trains from scratch without being told.
-    held, pool, _ = _held_out_split(tmp_path)
     params = TrainParams(base="lenet5", image_size=64)
     assert params.from_scratch
-    lines: list[str] = []
-    registry = ModelRegistry(tmp_path / "models")
-    result = train(pool, "signs", params, registry, tmp_path / "ws", hooks=Hooks(log=lines.append))
-    _report(result, lines)
-    accuracy = _held_out_accuracy(registry, "signs", result.version, held, tmp_path)
-    print(f"held-out accuracy {accuracy:.4f}")
+    result, registry, accuracy = _train_on_signs(tmp_path, params)
     assert registry.metadata("signs", result.version)["base"] == "lenet5"
     assert accuracy >= LENET_HELD_OUT_FLOOR
 
@@ -135,19 +115,5 @@ def test_transfer_on_another_pretrained_base(tmp_path, base):
     weights = _keras_weights(base)
     if weights is None:
         pytest.skip(f"the ImageNet weights of {base} are not on this machine (no download)")
-    held, pool, _ = _held_out_split(tmp_path)
-    lines: list[str] = []
-    registry = ModelRegistry(tmp_path / "models")
-    result = train(
-        pool,
-        "signs",
-        TrainParams(base=base),
-        registry,
-        tmp_path / "ws",
-        weights=str(weights),
-        hooks=Hooks(log=lines.append),
-    )
-    _report(result, lines)
-    accuracy = _held_out_accuracy(registry, "signs", result.version, held, tmp_path)
-    print(f"{base}: held-out accuracy {accuracy:.4f}")
+    _, _, accuracy = _train_on_signs(tmp_path, TrainParams(base=base), str(weights))
     assert accuracy >= LENET_HELD_OUT_FLOOR
