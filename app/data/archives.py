@@ -124,15 +124,7 @@ def _open(path: Path, fmt: str) -> Iterator[tuple[list[_Member], object]]:
                 yield list(_tar_members(tf)), tf
     except ArchiveError:
         raise
-    # ValueError: among others a name flagged as UTF-8 that is not (UnicodeDecodeError).
-    except (
-        zipfile.BadZipFile,
-        tarfile.TarError,
-        EOFError,
-        OSError,
-        RuntimeError,
-        ValueError,
-    ) as exc:
+    except _CORRUPT as exc:
         raise ArchiveError("invalid_archive", f"the archive is corrupt: {exc}") from exc
 
 
