@@ -74,10 +74,53 @@ def cmd_train(args: argparse.Namespace) -> int:
                 weights=settings.pretrained,
                 source="cli",
                 activate=args.activate,
+                study=settings.precision_study,
             )
         except ConvserveError as exc:  # the dataset's or the registry's
             return _fail(exc.message, exc.code)
     _print_json(result.summary())
+    return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from app.precision import heldout_from_directory, read_heldout, study_or_fallback
+    from app.registry import ModelRegistry
+    from app.serving.openvino_backend import int8_ir_path
+
+    settings = get_settings()
+    registry = ModelRegistry(settings.models_dir)
+    name, _, version_text = args.model.partition(":")
+    version = int(version_text) if version_text.isdigit() else registry.active_version(name)
+    if version is None or not registry.exists(name, version):
+        return _fail(f"model {args.model!r} is not in the registry", "model_not_found")
+    meta = registry.metadata(name, version)
+    folder = registry.version_dir(name, version)
+    if args.images:
+        try:
+            heldout = heldout_from_directory(
+                Path(args.images), list(meta["class_names"]), int(meta["image_size"])
+            )
+        except (OSError, ValueError) as exc:
+            return _fail(str(exc), "invalid_dataset")
+        heldout.save(folder)
+        int8 = int8_ir_path(registry.model_path(name, version))
+        for stale in (int8, int8.with_suffix(".bin")):  # calibrated on the old images
+            stale.unlink(missing_ok=True)
+    else:
+        heldout = read_heldout(folder)
+        if heldout is None:
+            return _fail(
+                f"{name} version {version} has no held-out images; give some with --images"
+                " (a folder per class, named as the model's classes)",
+                "no_heldout_images",
+            )
+    result = study_or_fallback(
+        registry.model_path(name, version), int(meta["image_size"]), heldout, log=print
+    )
+    registry.update_metadata(
+        name, version, {"precision_study": result, "heldout": heldout.summary()}
+    )
+    _print_json({"model": name, "version": version, **result})
     return 0
 
 
@@ -259,6 +302,19 @@ def add_service_commands(sub: Any) -> None:
     ev.add_argument("--model", required=True, help="NAME or NAME:VERSION")
     ev.add_argument("--data", required=True, help="folder with one sub-folder per class")
     ev.set_defaults(func=cmd_evaluate)
+
+    st = sub.add_parser(
+        "study",
+        help="measure a version's accuracy and speed at each inference precision and choose"
+        " the one `auto` serves (the service uses it when it next loads the version)",
+    )
+    st.add_argument("--model", required=True, help="NAME or NAME:VERSION")
+    st.add_argument(
+        "--images",
+        help="labelled images to measure on (a folder per class, named as the model's"
+        " classes), for a version that kept none, such as the ImageNet ones",
+    )
+    st.set_defaults(func=cmd_study)
 
     job = sub.add_parser("run-job", help="run one queued fine-tuning job (the service does this)")
     job.add_argument("job_id")

@@ -26,10 +26,12 @@ class Settings(BaseSettings):
     pretrained: str = "imagenet"
     api_key: str | None = None
     backend: Literal["auto", "keras", "openvino"] = "auto"
-    # OpenVINO's inference precision. bf16 runs about twice as fast on CPUs with AMX or
-    # AVX512-BF16, but changed the top class of 1-2% of the SIGNS photos against Keras
-    # (bench/precision_study.py); f32 agrees on all of them, so it is the default.
-    inference_precision: Literal["bf16", "f32"] = "f32"
+    # OpenVINO's inference precision. "auto": each version's own choice, the fastest that
+    # keeps its held-out accuracy (its precision study, app.precision), f32 for a version
+    # without one; "f32", "bf16" or "int8" force one for every version.
+    inference_precision: Literal["auto", "f32", "bf16", "int8"] = "auto"
+    # Run the precision study when a version is written (training jobs, `train`).
+    precision_study: bool = True
     # Input size of the bootstrap (ImageNet) versions. Tests use a tiny size.
     bootstrap_image_size: int = Field(224, ge=32, le=1024)
 

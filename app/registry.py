@@ -112,6 +112,15 @@ class ModelRegistry:
         data["version"] = version
         return data
 
+    def update_metadata(self, name: str, version: int, changes: dict[str, Any]) -> None:
+        """Add ``changes`` to a version's metadata (one atomic rewrite of the file)."""
+        data = self.metadata(name, version)
+        data.pop("version", None)
+        data.update(changes)
+        path = self.version_dir(name, version) / METADATA_FILE
+        with writing_to("the model registry"):
+            _write_text_atomic(path, json.dumps(data, indent=2, default=str))
+
     def validation_samples(self, name: str, version: int) -> dict[str, Any] | None:
         """The validation images a trained version kept (``validation.json``), if any."""
         path = self.version_dir(name, version) / SAMPLES_FILE

@@ -42,6 +42,9 @@ class VersionInfo(BaseModel):
     dataset: dict[str, Any] | None = None
     params: dict[str, Any] | None = None
     history: list[dict[str, Any]] = []
+    # Accuracy and speed at each inference precision, and the one chosen (app.precision).
+    precision_study: dict[str, Any] | None = None
+    heldout: dict[str, int] | None = None  # images kept to measure it
 
 
 class ModelInfo(BaseModel):
@@ -56,7 +59,8 @@ class ModelInfo(BaseModel):
     class_names: list[str] = []
     trained: bool | None = None
     backend: str | None = None
-    precision: str | None = None  # inference arithmetic of the active version: f32 or bf16
+    precision: str | None = None  # inference arithmetic of the active version
+    precision_reason: str | None = None  # why: the setting, or the version's study
     metrics: dict[str, Any] | None = None
 
 

@@ -3,6 +3,9 @@ import os
 # Quiet TensorFlow's start-up chatter in test output; never download weights in tests.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CONVSERVE_PRETRAINED", "none")
+# Jobs skip the precision study (IR conversion and int8 quantization, 10-60 s a version);
+# tests/serving/test_precision.py runs it.
+os.environ.setdefault("CONVSERVE_PRECISION_STUDY", "0")
 
 from collections.abc import Callable, Iterator
 from pathlib import Path

@@ -51,6 +51,7 @@ def model_info(state: ModelState, registry: ModelRegistry) -> ModelInfo:
         info.trained = bool(meta.get("trained", True))
         info.backend = state.active.predictor.backend
         info.precision = state.active.predictor.precision
+        info.precision_reason = state.active.precision_reason
         info.metrics = meta.get("metrics")
     return info
 

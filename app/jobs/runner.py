@@ -176,6 +176,7 @@ def run_job(job_id: str, settings: Settings) -> int:
                 weights=settings.pretrained,
                 source=job_id,
                 hooks=hooks,
+                study=settings.precision_study,
             )
             version = result.version
             skipped = job["skipped"] + result.dataset["skipped"]

@@ -22,6 +22,7 @@ import numpy as np
 from app.config import Settings
 from app.data.images import ImageError, load_image
 from app.errors import ConvserveError
+from app.precision import serving_precision
 from app.registry import ModelRegistry
 from app.serving.batcher import Batcher, BatcherClosed, QueueFull
 from app.serving.bootstrap import BOOTSTRAP_MODELS, bootstrap
@@ -39,6 +40,7 @@ class LoadedVersion:
     metadata: dict[str, Any]
     predictor: Predictor
     batcher: Batcher
+    precision_reason: str = ""  # why it serves at its precision
 
     @property
     def class_names(self) -> list[str]:
@@ -166,10 +168,10 @@ class ModelManager:
         size = int(metadata["image_size"])
         path = self.registry.model_path(name, version)
 
+        precision, why = serving_precision(self.settings.inference_precision, metadata)
+
         def load() -> tuple[Predictor, int]:
-            predictor = make_predictor(
-                path, size, self.settings.backend, self.settings.inference_precision
-            )
+            predictor = make_predictor(path, size, self.settings.backend, precision)
             predictor.load()
             max_batch = self.settings.max_batch_size or predictor.batch_size
             warm_up(predictor, max_batch)
@@ -178,7 +180,20 @@ class ModelManager:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         predictor, max_batch = await loop.run_in_executor(self._loader, load)
-        log.info("loaded %s v%d in %.1fs", name, version, time.perf_counter() - started)
+        note = getattr(predictor, "precision_note", None)
+        if predictor.backend == "keras":
+            why = "the Keras backend runs f32"
+        elif note:
+            why = f"{why}; serving {predictor.precision}: {note}"
+        log.info(
+            "loaded %s v%d in %.1fs (%s %s: %s)",
+            name,
+            version,
+            time.perf_counter() - started,
+            predictor.backend,
+            predictor.precision,
+            why,
+        )
 
         def on_batch(n: int, seconds: float) -> None:
             self.metrics.batch_size.labels(name).observe(n)
@@ -194,7 +209,7 @@ class ModelManager:
             max_inflight=predictor.parallelism,
         )
         batcher.start()
-        return LoadedVersion(name, version, metadata, predictor, batcher)
+        return LoadedVersion(name, version, metadata, predictor, batcher, why)
 
     def _install(self, state: ModelState, loaded: LoadedVersion) -> LoadedVersion | None:
         old = state.active

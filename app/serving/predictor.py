@@ -15,7 +15,7 @@ import numpy as np
 
 class Predictor(Protocol):
     backend: str
-    precision: str  # the arithmetic inference runs in: "f32" or "bf16"
+    precision: str  # the arithmetic inference runs in: "f32", "bf16" or "int8"
     image_size: int
     # Batches the runtime can usefully run at once (the batcher keeps this many in flight).
     parallelism: int
@@ -99,10 +99,17 @@ def resolve_backend(backend: str) -> str:
 def make_predictor(
     model_path: Path, image_size: int, backend: str, precision: str = "f32"
 ) -> Predictor:
-    """The predictor for ``backend`` (``keras``, ``openvino``, or ``auto``)."""
+    """The predictor for ``backend`` (``keras``, ``openvino``, or ``auto``) at
+    ``precision`` (``f32``, ``bf16`` or ``int8``; Keras always runs f32). int8 quantizes a
+    version that has no int8 model yet with its calibration images (`app.precision`)."""
     backend = resolve_backend(backend)
     if backend == "openvino":
+        from app.precision import read_heldout
         from app.serving.openvino_backend import OpenVINOPredictor
 
-        return OpenVINOPredictor(model_path, image_size, precision)
+        def calibration() -> np.ndarray | None:
+            heldout = read_heldout(Path(model_path).parent)
+            return None if heldout is None else heldout.calibration
+
+        return OpenVINOPredictor(model_path, image_size, precision, calibration)
     return KerasPredictor(model_path, image_size)

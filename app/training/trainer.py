@@ -29,6 +29,7 @@ from app.data.datasets import (
     prepare_dataset,
 )
 from app.nets.transfer import build_classifier, choose_fine_tune_at, unfreeze_from
+from app.precision import heldout_from_prepared, study_or_fallback
 from app.registry import MODEL_FILE, ModelRegistry
 from app.training.evaluate import (
     classification_metrics,
@@ -342,6 +343,7 @@ def train(
     source: str = "cli",
     activate: bool = False,
     hooks: Hooks | None = None,
+    study: bool = False,
 ) -> TrainResult:
     """Train a classifier on ``data_dir`` and write it as a new version of ``name``.
 
@@ -364,6 +366,8 @@ def train(
         source: recorded as the version's source (``"cli"`` or a job id).
         activate: make the new version the active one.
         hooks: logging, progress and cancellation.
+        study: run the precision study on the new version (`app.precision`); its held-out
+            set is kept either way.
 
     Returns:
         The new version, its validation metrics and the per-epoch history.
@@ -557,12 +561,30 @@ def train(
     def save(folder: Path) -> None:
         model.save(folder / MODEL_FILE)
         write_validation_samples(folder, val_files, y_true, y_pred, scores, sources)
+        # The held-out set and the precision study go with the version, so serving can use
+        # the fastest precision that keeps its accuracy (app.precision).
+        heldout = heldout_from_prepared(val_files, _training_files(images_dir, val_files))
+        heldout.save(folder)
+        if study:
+            hooks.log("measuring the version's accuracy at each inference precision")
+            metadata["precision_study"] = study_or_fallback(
+                folder / MODEL_FILE, params.image_size, heldout, log=hooks.log
+            )
+        metadata["heldout"] = heldout.summary()
 
     version = registry.write_version(name, save, metadata, activate=activate)
     hooks.log(f"wrote {name} version {version}")
     return TrainResult(
         name, version, metrics, history, summary.to_dict(), time.perf_counter() - started
     )
+
+
+def _training_files(images_dir: Path, val_files: list[str]) -> list[str]:
+    """The prepared images the model trained on (every one not in the validation split)."""
+    held = {(Path(f).parent.name, Path(f).name) for f in val_files}
+    return [
+        str(f) for f in sorted(images_dir.glob("*/*.png")) if (f.parent.name, f.name) not in held
+    ]
 
 
 def remove_workspace(workspace: Path) -> None:
