@@ -6,7 +6,7 @@ HOST ?= 0.0.0.0
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast lint format bench bench-accuracy bench-tta clean
+.PHONY: install run test test-fast lint format bench bench-accuracy bench-tta bench-precision clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ bench-accuracy: install
 
 bench-tta: install
 	$(BIN)/python bench/tta.py
+
+bench-precision: install
+	$(BIN)/python bench/precision_auto.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,187 @@
+"""The precision each version picks for itself, and what it buys when served.
+
+Trains MobileNetV2 (ImageNet weights, the defaults) and ResNet-50 (from scratch: this
+machine has no ImageNet ResNet-50 weights) on the SIGNS photos at 224x224 through
+`python -m app train`, which runs the precision study on each new version (app.precision):
+accuracy on the version's held-out images of Keras f32, OpenVINO f32, bf16 and int8, its
+speed at the serving batch size, and the choice. Each version is also scored on the
+bench's own held-out split (`bench/accuracy.py`'s 216 photos, never trained on) at each
+precision. Then the ResNet-50 version is served twice, at the precision `auto` picks and at
+f32, and the naive peer once, each loaded with the serving benchmark's photo mix at
+concurrency 32: images/s, errors and the server's CPU per image outside the forward pass.
+
+    python bench/precision_auto.py [--max-minutes 6] [--requests 600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accuracy import SIGNS, WEIGHTS, cli_env, split_signs
+from serve_bench import (
+    ROOT,
+    cpu_name,
+    load,
+    process_cpu_seconds,
+    raw_in_subprocess,
+    start_naive,
+    start_service,
+    stop,
+    test_images,
+    wait_ready,
+)
+
+sys.path.insert(0, str(ROOT))
+
+
+def train(work: Path, pool: Path, model: str, extra: list[str]) -> dict:
+    env = {**cli_env(work), "CONVSERVE_PRETRAINED": str(WEIGHTS), "CONVSERVE_PRECISION_STUDY": "1"}
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "app", "train", "--data", str(pool), "--model", model,
+         "--activate", *extra],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    meta = json.loads((work / "models" / model / "1" / "metadata.json").read_text())
+    meta["train_minutes"] = (time.perf_counter() - started) / 60
+    return meta
+
+
+def heldout_accuracy(work: Path, model: str, held: Path) -> dict[str, float]:
+    """Accuracy of each precision on the bench's own held-out photos."""
+    from app.data.images import load_image
+    from app.registry import ModelRegistry
+    from app.serving.predictor import make_predictor
+
+    registry = ModelRegistry(work / "models")
+    meta = registry.metadata(model, 1)
+    size, classes = int(meta["image_size"]), list(meta["class_names"])
+    files = sorted(p for p in held.rglob("*") if p.is_file())
+    x = np.stack([load_image(p.read_bytes(), size) for p in files])
+    y = np.array([classes.index(p.parent.name) for p in files])
+    out = {}
+    for backend, precision in (("keras", "f32"), ("openvino", "f32"), ("openvino", "bf16"),
+                               ("openvino", "int8")):  # fmt: skip
+        predictor = make_predictor(registry.model_path(model, 1), size, backend, precision)
+        predictor.load()
+        if predictor.precision != precision:
+            continue
+        answers = np.concatenate(
+            [np.argmax(predictor.predict(x[i : i + 16]), -1) for i in range(0, len(x), 16)]
+        )
+        out[f"{backend} {precision}"] = float(np.mean(answers == y))
+    return out
+
+
+def serve(url: str, proc, model: str, images: list[bytes], requests: int) -> dict:
+    wait_ready(url, proc)
+    asyncio.run(load(url, model, images, 32, 64, 30))  # warm the path
+    cpu = process_cpu_seconds(proc.pid)
+    result = asyncio.run(load(url, model, images, 32, requests, 120))
+    result["server_cpu_ms_img"] = (process_cpu_seconds(proc.pid) - cpu) * 1000 / result["requests"]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-minutes", type=float, default=6, help="training budget a model")
+    parser.add_argument("--requests", type=int, default=600)
+    args = parser.parse_args()
+    if not (SIGNS.is_dir() and WEIGHTS.exists()):
+        sys.exit(f"needs the SIGNS photos at {SIGNS} and the MobileNetV2 weights at {WEIGHTS}")
+    work = Path(tempfile.mkdtemp(prefix="convserve-precision-", dir=ROOT.parent))
+    budget = ["--max-minutes", str(args.max_minutes)]
+    report: dict = {"models": {}, "served": {}}
+    try:
+        held, pool, _ = split_signs(work)
+        runs = {
+            "mobilenet-signs": ["--image-size", "224", *budget],
+            "resnet-signs": ["--base", "resnet50", "--from-scratch", "--image-size", "224",
+                             *budget],
+        }  # fmt: skip
+        for model, extra in runs.items():
+            meta = train(work, pool, model, extra)
+            report["models"][model] = {
+                "study": meta.get("precision_study"),
+                "train_minutes": meta["train_minutes"],
+                "bench_heldout": heldout_accuracy(work, model, held),
+            }
+            print(json.dumps(report["models"][model]), flush=True)
+        images = test_images(64)
+        chosen = report["models"]["resnet-signs"]["study"]["chosen"]
+        for precision in ("auto", "f32"):
+            url, proc = start_service(work, ["resnet-signs"], "openvino", 224, precision=precision)
+            try:
+                report["served"][precision] = serve(
+                    url, proc, "resnet-signs", images, args.requests
+                )
+            finally:
+                stop(proc)
+            raw = raw_in_subprocess(work / "models", "resnet-signs", "openvino", 5,
+                                    chosen if precision == "auto" else "f32")  # fmt: skip
+            report["served"][precision]["raw_b16_cpu_ms_img"] = raw[16]["cpu_ms_img"]
+            report["served"][precision]["raw_b16_img_s"] = raw[16]["img_s"]
+        url, proc = start_naive(work, "resnet-signs")
+        try:
+            report["served"]["naive"] = serve(url, proc, "resnet-signs", images, args.requests // 4)
+        finally:
+            stop(proc)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\nmachine: {os.cpu_count()} cores, {cpu_name()}\n")
+    print("| model | precision | study: held-out accuracy | answers differing from Keras f32 |"
+          " img/s (batch 4) | bench held-out (216) | chosen |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---|")
+    for model, found in report["models"].items():
+        study = found["study"]
+        ref = study["reference"]
+        bench = found["bench_heldout"]
+        keras_bench = bench.get("keras f32", float("nan"))
+        print(
+            f"| {model} | Keras f32 | {ref['accuracy']:.4f} | - |"
+            f" {ref['images_per_second']:.0f} | {keras_bench:.4f} | |"
+        )
+        for precision, row in study["table"].items():
+            if "error" in row:
+                print(f"| {model} | {precision} | not measured: {row['error']} | | | | |")
+                continue
+            mark = "**chosen**" if precision == study["chosen"] else ""
+            print(
+                f"| {model} | {precision} | {row['accuracy']:.4f} |"
+                f" {row['disagreements']} of {row['agreement_images']} |"
+                f" {row['images_per_second']:.0f} |"
+                f" {bench.get('openvino ' + precision, float('nan')):.4f} | {mark} |"
+            )
+    print()
+    print("| served ResNet-50, c=32 | requests | errors | img/s | server CPU ms/img |"
+          " forward pass CPU ms/img (raw b16) | outside the forward pass |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for label, r in report["served"].items():
+        forward = r.get("raw_b16_cpu_ms_img")
+        outside = f"{r['server_cpu_ms_img'] - forward:.2f}" if forward is not None else ""
+        fwd = f"{forward:.2f}" if forward is not None else ""
+        print(f"| {label} | {r['requests']} | {r['errors']} | {r['img_s']:.1f} |"
+              f" {r['server_cpu_ms_img']:.2f} | {fwd} | {outside} |")  # fmt: skip
+    served = report["served"]
+    print(
+        f"\nauto ({chosen}) / f32: {served['auto']['img_s'] / served['f32']['img_s']:.2f}x;"
+        f" auto / naive peer: {served['auto']['img_s'] / served['naive']['img_s']:.2f}x"
+    )
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
