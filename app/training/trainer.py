@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
 from app.data.datasets import (
     IMBALANCE_RATIO,
@@ -505,6 +506,10 @@ def train(
             record["kept"] = "head"
         else:
             best.restore(model)
+        if params.from_scratch:
+            batches = recompute_batchnorm_statistics(model, train_ds)
+            record["batchnorm"] = f"statistics recomputed over {batches} training batches"
+            hooks.log(f"BatchNorm statistics recomputed over {batches} training batches")
         head_best = min(head_best, best.best)
         hooks.log(
             f"phase {phase.name} stopped ({record['stopped']}) after {ran} epochs;"
@@ -589,3 +594,51 @@ def _training_files(images_dir: Path, val_files: list[str]) -> list[str]:
 
 def remove_workspace(workspace: Path) -> None:
     shutil.rmtree(workspace, ignore_errors=True)
+
+
+def _batchnorm_layers(layer: keras.layers.Layer) -> list[keras.layers.BatchNormalization]:
+    found = [layer] if isinstance(layer, keras.layers.BatchNormalization) else []
+    for inner in getattr(layer, "layers", []):
+        found += _batchnorm_layers(inner)
+    return found
+
+
+def recompute_batchnorm_statistics(model: keras.Model, dataset: Any) -> int:
+    """Set every BatchNorm layer's moving mean and variance to their average over
+    ``dataset`` (batches of `(images, labels)`) under the model's final weights ("precise
+    BatchNorm", Wu and Johnson 2021, "Rethinking 'Batch' in BatchNorm"). Returns the number
+    of batches used.
+
+    During training the moving statistics are an exponential average over the last few
+    hundred steps, taken while the weights were still changing; a network trained from
+    scratch for a few hundred steps is then evaluated with statistics that belong to
+    earlier weights. Augmentation is left out (the statistics are those of the images the
+    model will see when it serves); each layer normalises with its batch's statistics, as in
+    training, while its own are averaged.
+    """
+    from app.nets.transfer import inference_model
+
+    net = inference_model(model)
+    layers = _batchnorm_layers(net)
+    if not layers:
+        return 0
+    momenta = [bn.momentum for bn in layers]
+    sums = [(np.zeros(bn.moving_mean.shape), np.zeros(bn.moving_variance.shape)) for bn in layers]
+    batches = 0
+    try:
+        for bn in layers:
+            bn.momentum = 0.0  # each call leaves exactly its batch's statistics
+        for images, _ in dataset:
+            net(images, training=True)
+            for (mean, var), bn in zip(sums, layers, strict=True):
+                mean += np.asarray(bn.moving_mean)
+                var += np.asarray(bn.moving_variance)
+            batches += 1
+    finally:
+        for bn, momentum in zip(layers, momenta, strict=True):
+            bn.momentum = momentum
+    if batches:
+        for (mean, var), bn in zip(sums, layers, strict=True):
+            bn.moving_mean.assign(mean / batches)
+            bn.moving_variance.assign(var / batches)
+    return batches

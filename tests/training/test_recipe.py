@@ -213,3 +213,27 @@ def test_each_augmentation_setting_is_a_layer_and_inference_is_untouched():
     assert TrainParams(augment=False).augmentation() is None
     none = TrainParams(flip="none", rotation=0, zoom=0, translation=0, contrast=0, brightness=0)
     assert build_augmentation(none.augmentation()) is None
+
+
+def test_batchnorm_statistics_are_recomputed_over_the_training_images_without_augmentation():
+    from app.training.trainer import recompute_batchnorm_statistics
+
+    inputs = keras.Input((3,), name="image")
+    # Active only in training, like augmentation; it would swamp the statistics if it were
+    # not left out.
+    x = keras.layers.Dropout(0.9, name="augmentation")(inputs)
+    x = keras.layers.BatchNormalization(momentum=0.9, name="bn")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="top")(x))
+    rng = np.random.default_rng(0)
+    batches = [
+        rng.normal(loc=[1.0, -2.0, 5.0], scale=[1.0, 0.5, 3.0], size=(32, 3)) for _ in range(8)
+    ]
+    dataset = [(b.astype("float32"), np.zeros(32)) for b in batches]
+
+    assert recompute_batchnorm_statistics(model, dataset) == 8
+    bn = model.get_layer("bn")
+    np.testing.assert_allclose(bn.moving_mean, np.mean([b.mean(0) for b in batches], 0), rtol=1e-5)
+    np.testing.assert_allclose(
+        bn.moving_variance, np.mean([b.var(0) for b in batches], 0), rtol=1e-4
+    )
+    assert bn.momentum == 0.9  # training would go on as before
