@@ -148,10 +148,15 @@ async def load(
 
 
 def raw_throughput(
-    models_dir: Path, name: str, backend: str, seconds: float, precision: str = "f32"
+    models_dir: Path,
+    name: str,
+    backend: str,
+    seconds: float,
+    precision: str = "f32",
+    batches: tuple[int, ...] = (1, 16),
 ) -> dict[int, dict[str, float]]:
-    """Images/s and per-batch latency of the bare forward pass at batch 1 and 16: the same
-    predictor the service uses, with no HTTP, decoding or batching."""
+    """Images/s and per-batch latency of the bare forward pass at each batch size (1 and 16
+    by default): the same predictor the service uses, with no HTTP, decoding or batching."""
     from app.registry import ModelRegistry
     from app.serving.predictor import make_predictor
 
@@ -162,7 +167,7 @@ def raw_throughput(
     predictor = make_predictor(registry.model_path(name, version), size, backend, precision)
     predictor.load()
     out = {}
-    for batch in (1, 16):
+    for batch in batches:
         x = np.random.default_rng(0).integers(0, 255, (batch, size, size, 3)).astype(np.uint8)
         for _ in range(3):
             predictor.predict(x)
@@ -210,12 +215,17 @@ def decode_cost(images: list[bytes], size: int) -> dict[str, float]:
 
 
 def raw_in_subprocess(
-    models_dir: Path, name: str, backend: str, seconds: float, precision: str
+    models_dir: Path,
+    name: str,
+    backend: str,
+    seconds: float,
+    precision: str,
+    batches: tuple[int, ...] = (1, 16),
 ) -> dict[int, dict[str, float]]:
     code = (
         "import json, sys; sys.path.insert(0, 'bench'); from serve_bench import raw_throughput;"
         f"print(json.dumps(raw_throughput({str(models_dir)!r}, {name!r}, {backend!r}, "
-        f"{seconds!r}, {precision!r})))"
+        f"{seconds!r}, {precision!r}, {batches!r})))"
     )
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     out = subprocess.run(

@@ -241,3 +241,29 @@ def test_the_study_command_measures_a_version_on_labelled_images(tmp_path):
     bad = make_dataset(tmp_path / "bad", ("checks",), per_class=2, names=("circles",))
     r = run_cli(tmp_path, "study", "--model", "shapes", "--images", str(bad))
     assert r.returncode == 2 and "'circles' is not a class" in last_json(r.stdout)["error"]
+
+
+def test_int8_tries_keeping_depthwise_convolutions_in_f32_when_it_fails(tmp_path, monkeypatch):
+    import keras
+
+    import app.precision as precision
+    from app.registry import MODEL_FILE
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3), name="image")
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(8, 3, activation="relu")(x)
+    x = keras.layers.DepthwiseConv2D(3, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
+    registry = ModelRegistry(tmp_path / "models")
+    meta = {"class_names": ["a", "b"], "image_size": 32}
+    registry.write_version("dw", lambda folder: model.save(folder / MODEL_FILE), meta)
+    heldout = _add_heldout(registry, "dw")
+    monkeypatch.setattr(precision, "passes", lambda row, ref: (False, "refused for the test"))
+    row = study(registry.model_path("dw", 1), 32, heldout)["table"]["int8"]
+    recipes = {row["recipe"], row["also_tried"]["recipe"]}
+    assert recipes == {"every convolution int8", "depthwise convolutions kept in f32"}
+    # The one kept is the one with fewer differing answers (the first on a tie).
+    assert row["disagreements"] <= row["also_tried"]["disagreements"]
+    assert int8_ir_path(registry.model_path("dw", 1)).exists()
