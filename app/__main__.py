@@ -107,7 +107,10 @@ def cmd_study(args: argparse.Namespace) -> int:
         for stale in (int8, int8.with_suffix(".bin")):  # calibrated on the old images
             stale.unlink(missing_ok=True)
     else:
-        heldout = read_heldout(folder)
+        try:
+            heldout = read_heldout(folder)
+        except ValueError as exc:
+            return _fail(f"{exc}; give labelled images with --images", "invalid_heldout")
         if heldout is None:
             return _fail(
                 f"{name} version {version} has no held-out images; give some with --images"

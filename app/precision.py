@@ -67,12 +67,19 @@ class HeldOut:
 
 
 def read_heldout(folder: Path) -> HeldOut | None:
-    """The version's held-out set, or None when it has none (bootstrap versions)."""
+    """The version's held-out set, or None when it has none (bootstrap versions).
+
+    Raises:
+        ValueError: the file is damaged.
+    """
     path = Path(folder) / HELDOUT_FILE
     if not path.is_file():
         return None
-    with np.load(path) as data:
-        return HeldOut(data["images"], data["labels"], data["calibration"])
+    try:
+        with np.load(path) as data:
+            return HeldOut(data["images"], data["labels"], data["calibration"])
+    except (OSError, ValueError, KeyError, EOFError) as exc:
+        raise ValueError(f"{path} cannot be read: {exc}") from exc
 
 
 def _sample(items: list[Any], limit: int, seed: int) -> list[Any]:
@@ -89,22 +96,25 @@ def _read_png(path: str | Path) -> np.ndarray:
         return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def heldout_from_prepared(val_files: list[str], train_files: list[str], seed: int = 0) -> HeldOut:
+def heldout_from_prepared(
+    val_files: list[str], train_files: list[str], image_size: int, seed: int = 0
+) -> HeldOut:
     """The held-out set of a trained version: its validation images and a sample of its
     training images, read from the prepared folder (``<class index>/<n>.png``, already
     decoded and resized by `app.data.images.load_image`, as serving does)."""
     val = _sample(sorted(val_files), MAX_HELDOUT_IMAGES, seed)
     calibration = _sample(sorted(train_files), MAX_CALIBRATION_IMAGES, seed + 1)
     return HeldOut(
-        np.stack([_read_png(f) for f in val]),
+        _stack(val, image_size),
         np.array([int(Path(f).parent.name) for f in val], dtype=np.int64),
-        np.stack([_read_png(f) for f in calibration]) if calibration else _empty(val),
+        _stack(calibration, image_size),
     )
 
 
-def _empty(like: list[str]) -> np.ndarray:
-    first = _read_png(like[0])
-    return np.zeros((0, *first.shape), dtype=np.uint8)
+def _stack(files: list[str], image_size: int) -> np.ndarray:
+    if not files:
+        return np.zeros((0, image_size, image_size, 3), dtype=np.uint8)
+    return np.stack([_read_png(f) for f in files])
 
 
 def heldout_from_directory(

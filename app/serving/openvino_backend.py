@@ -29,6 +29,7 @@ import numpy as np
 IR_DIR = "openvino"
 IR_FILE = "model.xml"
 INT8_IR_FILE = "model-int8.xml"
+COMPILED_CACHE_DIR = "compiled"
 PRECISIONS = {"bf16": "bf16", "f32": "f32", "fp32": "f32", "int8": "int8"}
 
 
@@ -181,6 +182,11 @@ class OpenVINOPredictor:
 
         core = ov.Core()
         path = convert_to_ir(self.model_path)
+        cache = path.parent / COMPILED_CACHE_DIR
+        if os.access(path.parent, os.W_OK):
+            # The compiled model, per precision (OpenVINO keys the blobs by model and
+            # settings): a later load of the version skips compilation.
+            core.set_property({"CACHE_DIR": str(cache)})
         hint = self.precision
         if self.precision == "int8":
             # The layers NNCF left unquantized run in f32, not in bf16 where the CPU has it.

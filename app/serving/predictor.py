@@ -108,7 +108,10 @@ def make_predictor(
         from app.serving.openvino_backend import OpenVINOPredictor
 
         def calibration() -> np.ndarray | None:
-            heldout = read_heldout(Path(model_path).parent)
+            try:
+                heldout = read_heldout(Path(model_path).parent)
+            except ValueError:  # damaged: int8 cannot be made, f32 serves
+                return None
             return None if heldout is None else heldout.calibration
 
         return OpenVINOPredictor(model_path, image_size, precision, calibration)

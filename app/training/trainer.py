@@ -286,6 +286,9 @@ def _compile(model: keras.Model, learning_rate: float) -> None:
 # share of the time budget, and at most this many seconds.
 FINISH_RESERVE_SHARE = 0.05
 FINISH_RESERVE_SECONDS = 30.0
+# And for the precision study when it runs (MobileNetV2 at 224x224 on SIGNS: about 50 s).
+STUDY_RESERVE_SHARE = 0.10
+STUDY_RESERVE_SECONDS = 90.0
 # Share of the time left that the head phase may use when fine-tuning follows.
 HEAD_SHARE = 0.4
 # The weights a phase ends with (its best epoch's, or the head's if fine-tuning never
@@ -382,9 +385,10 @@ def train(
     deadline = None
     if params.max_minutes:
         budget = params.max_minutes * 60
-        deadline = (
-            time.monotonic() + budget - min(budget * FINISH_RESERVE_SHARE, FINISH_RESERVE_SECONDS)
-        )
+        reserve = min(budget * FINISH_RESERVE_SHARE, FINISH_RESERVE_SECONDS)
+        if study:
+            reserve += min(budget * STUDY_RESERVE_SHARE, STUDY_RESERVE_SECONDS)
+        deadline = time.monotonic() + budget - reserve
     keras.utils.set_random_seed(params.seed)
     workspace.mkdir(parents=True, exist_ok=True)
     images_dir = workspace / "images"
@@ -506,8 +510,7 @@ def train(
             record["kept"] = "head"
         else:
             best.restore(model)
-        if params.from_scratch:
-            batches = recompute_batchnorm_statistics(model, train_ds)
+        if params.from_scratch and (batches := recompute_batchnorm_statistics(model, train_ds)):
             record["batchnorm"] = f"statistics recomputed over {batches} training batches"
             hooks.log(f"BatchNorm statistics recomputed over {batches} training batches")
         head_best = min(head_best, best.best)
@@ -568,7 +571,9 @@ def train(
         write_validation_samples(folder, val_files, y_true, y_pred, scores, sources)
         # The held-out set and the precision study go with the version, so serving can use
         # the fastest precision that keeps its accuracy (app.precision).
-        heldout = heldout_from_prepared(val_files, _training_files(images_dir, val_files))
+        heldout = heldout_from_prepared(
+            val_files, _training_files(images_dir, val_files), params.image_size
+        )
         heldout.save(folder)
         if study:
             hooks.log("measuring the version's accuracy at each inference precision")

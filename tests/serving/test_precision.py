@@ -151,7 +151,12 @@ def test_a_forced_precision_is_obeyed(registry, settings_for):
     assert info["precision_reason"].startswith("CONVSERVE_INFERENCE_PRECISION=bf16")
 
 
-def test_forced_int8_without_calibration_images_serves_f32_saying_why(registry, settings_for):
+@pytest.mark.parametrize("heldout", ["none", "damaged"])
+def test_forced_int8_without_calibration_images_serves_f32_saying_why(
+    registry, settings_for, heldout
+):
+    if heldout == "damaged":
+        (registry.version_dir("toy", 1) / HELDOUT_FILE).write_bytes(b"PK\x03\x04 cut short")
     info = _served(settings_for, inference_precision="int8")
     assert info["precision"] == "f32"
     assert "int8 needs calibration images" in info["precision_reason"]
