@@ -164,13 +164,12 @@ def main() -> None:
                 print(f"| {model} | {precision} | not measured: {row['error']} | | | | |")
                 continue
             mark = "**chosen**" if precision == study["chosen"] else ""
-            if "recipe" in row:
-                precision = f"{precision} ({row['recipe']})"
+            on_bench = bench.get(f"openvino {precision}", float("nan"))
+            label = f"{precision} ({row['recipe']})" if "recipe" in row else precision
             print(
-                f"| {model} | {precision} | {row['accuracy']:.4f} |"
+                f"| {model} | {label} | {row['accuracy']:.4f} |"
                 f" {row['disagreements']} of {row['agreement_images']} |"
-                f" {row['images_per_second']:.0f} |"
-                f" {bench.get('openvino ' + precision, float('nan')):.4f} | {mark} |"
+                f" {row['images_per_second']:.0f} | {on_bench:.4f} | {mark} |"
             )
     print()
     print("| served ResNet-50, c=32 | requests | errors | img/s | server CPU ms/img |"
