@@ -124,6 +124,7 @@ def test_the_study_measures_each_precision_and_auto_serves_its_choice(registry, 
     assert f"{table['int8']['disagreements']} of 300" in page
 
 
+@pytest.mark.slow  # a service or a training each; the rule tests above are fast
 @pytest.mark.parametrize("chosen", ["f32", "int8"])
 def test_auto_serves_what_the_versions_study_chose(registry, settings_for, chosen):
     _add_heldout(registry)
@@ -141,6 +142,7 @@ def test_auto_serves_f32_for_a_version_without_a_study(registry, settings_for):
     assert "no precision study" in info["precision_reason"]
 
 
+@pytest.mark.slow  # a service or a training each; the rule tests above are fast
 def test_a_forced_precision_is_obeyed(registry, settings_for):
     _add_heldout(registry)
     stub = {"chosen": "f32", "reason": "f32: stub", "table": {}}
@@ -151,6 +153,7 @@ def test_a_forced_precision_is_obeyed(registry, settings_for):
     assert info["precision_reason"].startswith("CONVSERVE_INFERENCE_PRECISION=bf16")
 
 
+@pytest.mark.slow  # a service or a training each; the rule tests above are fast
 @pytest.mark.parametrize("heldout", ["none", "damaged"])
 def test_forced_int8_without_calibration_images_serves_f32_saying_why(
     registry, settings_for, heldout
@@ -162,6 +165,7 @@ def test_forced_int8_without_calibration_images_serves_f32_saying_why(
     assert "int8 needs calibration images" in info["precision_reason"]
 
 
+@pytest.mark.slow  # a service or a training each; the rule tests above are fast
 def test_a_quantizer_that_fails_falls_back_with_the_reason(registry, monkeypatch):
     import nncf
 
@@ -184,6 +188,7 @@ def test_a_quantizer_that_fails_falls_back_with_the_reason(registry, monkeypatch
     )
 
 
+@pytest.mark.slow  # a service or a training each; the rule tests above are fast
 def test_a_trained_version_keeps_its_held_out_set_and_study(tmp_path):
     data = make_dataset(tmp_path / "data", classes=("hstripes", "vstripes"), per_class=90, size=32)
     registry = ModelRegistry(tmp_path / "models")
@@ -228,6 +233,7 @@ def test_a_trained_version_keeps_its_held_out_set_and_study(tmp_path):
     assert any("precision study chose" in line for line in lines)
 
 
+@pytest.mark.slow  # a service or a training each; the rule tests above are fast
 def test_the_study_command_measures_a_version_on_labelled_images(tmp_path):
     from tests.helpers import write_toy_version
 
@@ -248,6 +254,7 @@ def test_the_study_command_measures_a_version_on_labelled_images(tmp_path):
     assert r.returncode == 2 and "'circles' is not a class" in last_json(r.stdout)["error"]
 
 
+@pytest.mark.slow  # a service or a training each; the rule tests above are fast
 def test_int8_tries_keeping_depthwise_convolutions_in_f32_when_it_fails(tmp_path, monkeypatch):
     import keras
 

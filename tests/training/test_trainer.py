@@ -32,6 +32,7 @@ def _fast_params(**overrides):
     return TrainParams(**{**values, **overrides})
 
 
+@pytest.mark.slow  # 27 s of training; the job tests train through the same code fast
 @needs_weights
 def test_synthetic_classes_train_to_high_accuracy_and_land_in_the_registry(tmp_path):
     data = make_dataset(
