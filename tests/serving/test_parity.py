@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 
 from app.data.datasets import load_directory, prepare_dataset
@@ -47,6 +48,7 @@ def test_training_pipeline_and_serving_path_give_the_same_tensor(tmp_path):
     assert np.abs(train_images - served.astype(np.float32)).mean() < 1 / 255
 
 
+@pytest.mark.slow  # a training through the command (17 s)
 def test_cli_trained_model_serves_the_same_probabilities_as_keras(tmp_path, settings_for):
     data = make_dataset(tmp_path / "data", per_class=10, size=40)
     out = run_cli(

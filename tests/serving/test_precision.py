@@ -103,6 +103,7 @@ def _served(settings_for, **overrides) -> dict:
     return info
 
 
+@pytest.mark.slow  # starts a service
 def test_the_study_measures_each_precision_and_auto_serves_its_choice(registry, settings_for):
     heldout = _add_heldout(registry)
     result = study(registry.model_path("toy", 1), 32, heldout)
@@ -136,6 +137,7 @@ def test_auto_serves_what_the_versions_study_chose(registry, settings_for, chose
     assert int8_ir_path(registry.model_path("toy", 1)).exists() == (chosen == "int8")
 
 
+@pytest.mark.slow  # starts a service
 def test_auto_serves_f32_for_a_version_without_a_study(registry, settings_for):
     info = _served(settings_for)
     assert info["precision"] == "f32"
