@@ -83,7 +83,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from app.precision import heldout_from_directory, read_heldout, study_or_fallback
+    from app.precision import (
+        HeldOut,
+        heldout_from_directory,
+        read_heldout,
+        study_or_fallback,
+    )
     from app.registry import ModelRegistry
     from app.serving.openvino_backend import int8_ir_path
 
@@ -95,6 +100,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         return _fail(f"model {args.model!r} is not in the registry", "model_not_found")
     meta = registry.metadata(name, version)
     folder = registry.version_dir(name, version)
+    heldout: HeldOut | None
     if args.images:
         try:
             heldout = heldout_from_directory(

@@ -191,7 +191,7 @@ def choose(table: dict[str, dict[str, Any]], reference_accuracy: float) -> tuple
         for p in CANDIDATES[1:]
         if p in table and table[p].get("error")
     ]
-    rejected = []
+    rejected: list[str] = []
     for precision in sorted(lower, key=lambda p: -table[p]["images_per_second"]):
         ok, why = passes(table[precision], reference_accuracy)
         if ok:

@@ -79,7 +79,7 @@ def quantize_to_int8(
     import openvino as ov
 
     model = ov.Core().read_model(str(convert_to_ir(model_path)))
-    options: dict[str, object] = {}
+    options: dict[str, Any] = {}
     if recipe == "depthwise_f32":
         names = [op.get_friendly_name() for op in depthwise_ops(model)]
         if not names:
@@ -92,7 +92,7 @@ def quantize_to_int8(
         subset_size=len(samples),
         preset=nncf.QuantizationPreset.MIXED,
         fast_bias_correction=False,
-        **options,  # type: ignore[arg-type]
+        **options,
     )
     with tempfile.TemporaryDirectory(prefix=".int8-", dir=target.parent) as scratch:
         xml = Path(scratch) / INT8_IR_FILE
