@@ -95,7 +95,11 @@ def cmd_study(args: argparse.Namespace) -> int:
     settings = get_settings()
     registry = ModelRegistry(settings.models_dir)
     name, _, version_text = args.model.partition(":")
-    version = int(version_text) if version_text.isdigit() else registry.active_version(name)
+    version = (
+        int(version_text)
+        if (version_text.isascii() and version_text.isdigit())
+        else registry.active_version(name)
+    )
     if version is None or not registry.exists(name, version):
         return _fail(f"model {args.model!r} is not in the registry", "model_not_found")
     meta = registry.metadata(name, version)
@@ -141,7 +145,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     settings = get_settings()
     registry = ModelRegistry(settings.models_dir)
     name, _, version_text = args.model.partition(":")
-    version = int(version_text) if version_text.isdigit() else registry.active_version(name)
+    version = (
+        int(version_text)
+        if (version_text.isascii() and version_text.isdigit())
+        else registry.active_version(name)
+    )
     if version is None or not registry.exists(name, version):
         return _fail(f"model {args.model!r} is not in the registry", "model_not_found")
     settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -89,7 +89,9 @@ class ModelRegistry:
         return sorted(
             int(p.name)
             for p in folder.iterdir()
-            if p.name.isdigit() and (p / METADATA_FILE).is_file() and (p / MODEL_FILE).exists()
+            if (p.name.isascii() and p.name.isdigit())
+            and (p / METADATA_FILE).is_file()
+            and (p / MODEL_FILE).exists()
         )
 
     def exists(self, name: str, version: int) -> bool:
@@ -188,7 +190,9 @@ class ModelRegistry:
             _write_text_atomic(tmp / METADATA_FILE, json.dumps(meta, indent=2, default=str))
             _fsync_dir(tmp)
             while True:
-                existing = [int(p.name) for p in folder.iterdir() if p.name.isdigit()]
+                existing = [
+                    int(p.name) for p in folder.iterdir() if (p.name.isascii() and p.name.isdigit())
+                ]
                 version = max(existing, default=0) + 1
                 try:
                     # rename() refuses an existing non-empty target: another writer that

@@ -191,7 +191,11 @@ async def job_events(
     ``done``, each with an id; the stream ends after ``done``, or early when the service
     shuts down (reconnect with ``Last-Event-ID``). Works the same for a queued, running or
     finished job. FastAPI sends keep-alive comments while it is quiet."""
-    after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    after = (
+        int(last_event_id)
+        if last_event_id and (last_event_id.isascii() and last_event_id.isdigit())
+        else 0
+    )
     drain = request.app.state.drain
     while not drain.draining:
         events = await asyncio.to_thread(jobs.events, job_id, after)

@@ -39,7 +39,7 @@ class BodySizeLimit:
         limit = self._limit(scope.get("path", "")) if scope["type"] == "http" else None
         if limit is not None and scope.get("method") == "POST":
             length = dict(scope.get("headers") or []).get(b"content-length", b"")
-            if length.isdigit() and int(length) > limit:
+            if (length.isascii() and length.isdigit()) and int(length) > limit:
                 detail = f"the request body is larger than the limit of {limit} bytes"
                 body = json.dumps(error_body(scope["path"], "upload_too_large", detail)).encode()
                 await send(

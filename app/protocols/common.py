@@ -38,7 +38,7 @@ def parse_version(manager: ModelManager, name: str, text: str | None) -> int | N
     """A path's version (a number, or a label) as a version number; None for the active."""
     if text is None or text == "":
         return None
-    if text.isdigit() and int(text) >= 1:
+    if (text.isascii() and text.isdigit()) and int(text) >= 1:
         return int(text)
     if text == "active":
         return None

@@ -165,7 +165,7 @@ async def _read(request: Request) -> tuple[dict[str, Any], bytes]:
     raw = await request.body()
     length = request.headers.get(HEADER_LENGTH)
     if length is not None:
-        if not length.isdigit() or int(length) > len(raw):
+        if not (length.isascii() and length.isdigit()) or int(length) > len(raw):
             raise bad_input(f"{HEADER_LENGTH} {length!r} does not fit the body")
         head, binary = raw[: int(length)], raw[int(length) :]
     else:

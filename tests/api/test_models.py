@@ -276,3 +276,15 @@ def test_architectures_lists_every_base_training_accepts(client):
     assert by_name["lenet5"]["from_scratch_only"] and not by_name["lenet5"]["pretrained"]
     assert by_name["lenet5"]["default_image_size"] == 32
     assert by_name["mobilenet_v2"]["fine_tune_at"] == {"last_stage": 116, "upper_half": 54}
+
+
+def test_a_version_written_in_non_ascii_digits_is_not_found_not_a_server_error(client):
+    # "¹5" and "٣" count as digits to str.isdigit(), but are not version numbers; found by
+    # the schema fuzzer on the KServe V2 route.
+    for version in ("%C2%B95", "%D9%A3"):
+        r = client.post(f"/v2/models/toy/versions/{version}/infer", json={"inputs": []})
+        assert r.status_code == 404 and r.json()["code"] == "version_not_found", r.text
+        r = client.get(f"/v1/models/toy/versions/{version}")
+        assert r.status_code == 404, r.text
+    r = client.get("/finetune/nope/events", headers={"Last-Event-ID": b"\xb2"})
+    assert r.status_code == 404, r.text
