@@ -82,6 +82,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_version(registry: Any, text: str) -> tuple[str, int | None]:
+    """``NAME`` (its active version) or ``NAME:VERSION``: the name and the version, or
+    None when the registry does not have it."""
+    name, _, version_text = text.partition(":")
+    version = (
+        int(version_text)
+        if (version_text.isascii() and version_text.isdigit())
+        else registry.active_version(name)
+    )
+    if version is None or not registry.exists(name, version):
+        return name, None
+    return name, version
+
+
 def cmd_study(args: argparse.Namespace) -> int:
     from app.precision import (
         HeldOut,
@@ -94,13 +108,8 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     registry = ModelRegistry(settings.models_dir)
-    name, _, version_text = args.model.partition(":")
-    version = (
-        int(version_text)
-        if (version_text.isascii() and version_text.isdigit())
-        else registry.active_version(name)
-    )
-    if version is None or not registry.exists(name, version):
+    name, version = _model_version(registry, args.model)
+    if version is None:
         return _fail(f"model {args.model!r} is not in the registry", "model_not_found")
     meta = registry.metadata(name, version)
     folder = registry.version_dir(name, version)
@@ -144,13 +153,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     registry = ModelRegistry(settings.models_dir)
-    name, _, version_text = args.model.partition(":")
-    version = (
-        int(version_text)
-        if (version_text.isascii() and version_text.isdigit())
-        else registry.active_version(name)
-    )
-    if version is None or not registry.exists(name, version):
+    name, version = _model_version(registry, args.model)
+    if version is None:
         return _fail(f"model {args.model!r} is not in the registry", "model_not_found")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
