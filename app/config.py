@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     # TensorFlow threads of a job process: leave the other core(s) to predictions.
     job_threads: int = Field(1, ge=1, le=64)
     max_job_attempts: int = Field(3, ge=1, le=20)
+    # The job store: SQLite under data_dir by default; a PostgreSQL URL
+    # (postgresql://user:password@host:5432/db) shares it between replicas and workers.
+    database_url: str | None = None
+    # A running job's lease: its owner renews it every second or so; a job whose lease ran
+    # out (owner killed, host lost) is queued again when the store is shared.
+    job_lease_seconds: float = Field(30.0, ge=1, le=3600)
     keep_job_files: bool = False  # keep a finished job's dataset and workspace
     max_upload_bytes: int = Field(2 * 1024**3, ge=1)
     max_archive_bytes: int = Field(4 * 1024**3, ge=1)  # uncompressed

@@ -51,3 +51,19 @@ def settings_for(tmp_path: Path) -> Callable[..., Settings]:
 def client(registry: ModelRegistry, settings_for: Callable[..., Settings]) -> Iterator[TestClient]:
     with TestClient(create_app(settings_for())) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL server for the session (skips, saying why, where none starts)."""
+    from tests.servers import postgres_server
+
+    try:
+        server = postgres_server()
+        url = server.__enter__()
+    except Exception as exc:
+        pytest.skip(f"PostgreSQL could not be started: {exc}")
+    try:
+        yield url
+    finally:
+        server.__exit__(None, None, None)

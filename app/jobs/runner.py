@@ -34,7 +34,8 @@ def remove_job_files(settings: Settings, job_id: str) -> None:
 
 
 def store_for(settings: Settings) -> JobStore:
-    return JobStore(settings.data_dir / "jobs.sqlite")
+    """The job store: the database at ``database_url``, or SQLite under the data folder."""
+    return JobStore(settings.database_url or settings.data_dir / "jobs.sqlite")
 
 
 def find_version_by_source(registry: Any, name: str, source: str) -> int | None:

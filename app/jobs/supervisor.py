@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 import sys
 from typing import Any
 
@@ -55,10 +57,17 @@ class JobSupervisor:
         self._loop_task: asyncio.Task[None] | None = None
         self._wakeup = asyncio.Event()
         self._stopping = False
+        # Who holds the leases of the jobs this service runs.
+        self.owner = f"api@{socket.gethostname()}:{os.getpid()}"
+        self.shared_store = settings.database_url is not None
 
     async def start(self) -> None:
+        # A store of its own: every job left running is this service's orphan. A shared
+        # store: only jobs whose lease ran out (other replicas' and workers' live jobs stay).
         requeued = await asyncio.to_thread(
-            self.store.requeue_orphans, self.settings.max_job_attempts
+            self.store.requeue_orphans,
+            self.settings.max_job_attempts,
+            self.owner if self.shared_store else None,
         )
         if requeued:
             log.warning(
@@ -115,13 +124,38 @@ class JobSupervisor:
         counts = await asyncio.to_thread(self.store.counts)
         for status in (QUEUED, RUNNING, CANCELLING, SUCCEEDED, FAILED, "cancelled"):
             self.metrics.jobs.labels(status).set(counts.get(status, 0))
+        await self._renew_leases()
         if self.drain is not None and self.drain.draining:
             return  # shutting down: queued jobs wait for the next start
         while len(self._procs) < self.settings.max_concurrent_jobs:
-            job = await asyncio.to_thread(self.store.claim_next)
+            job = await asyncio.to_thread(
+                self.store.claim_next, self.owner, self.settings.job_lease_seconds
+            )
             if job is None:
                 break
             await self._spawn(job)
+
+    async def _renew_leases(self) -> None:
+        """Renew the leases of this service's jobs; stop a job whose lease another process
+        took over (this service was cut off for longer than the lease). In a shared store,
+        also queue again the jobs whose owner stopped renewing."""
+        running = list(self._procs)
+        held = await asyncio.to_thread(
+            self.store.renew, running, self.owner, self.settings.job_lease_seconds
+        )
+        for job_id in set(running) - set(held):
+            proc = self._procs.get(job_id)
+            status = await asyncio.to_thread(self.store.status, job_id)
+            if proc is not None and status in (RUNNING, CANCELLING):
+                log.warning("job %s: its lease went to another process; stopping it", job_id)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+        if self.shared_store:
+            expired = await asyncio.to_thread(
+                self.store.expire_leases, self.settings.max_job_attempts
+            )
+            if expired:
+                log.warning("jobs whose owner stopped renewing: %s", ", ".join(expired))
 
     async def _spawn(self, job: dict[str, Any]) -> None:
         job_id = job["id"]
@@ -158,6 +192,8 @@ class JobSupervisor:
         job = await asyncio.to_thread(self.store.get, job_id)
         if job is None or (self._stopping and job["status"] == RUNNING):
             return  # stopped with the service: stop() queues it again
+        if job["status"] in (RUNNING, CANCELLING) and job.get("owner") not in (None, self.owner):
+            return  # another process took the job over (see _renew_leases)
         if job["status"] == RUNNING and returncode == EXIT_STOPPED:
             # Stopped by a SIGTERM that was not ours (sent to the whole process group):
             # queued again, not counted as a failed attempt.
@@ -181,7 +217,14 @@ class JobSupervisor:
                 )
             else:
                 log.warning("job %s: process ended with %s; queued again", job_id, returncode)
-                await asyncio.to_thread(self.store.update, job_id, status=QUEUED, pid=None)
+                await asyncio.to_thread(
+                    self.store.update,
+                    job_id,
+                    status=QUEUED,
+                    pid=None,
+                    owner=None,
+                    lease_expires_at=None,
+                )
                 return
         job = await asyncio.to_thread(self.store.get, job_id)
         if job is not None and job["status"] in ("succeeded", "failed", "cancelled"):

