@@ -199,7 +199,18 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_run_job(args: argparse.Namespace) -> int:
     from app.jobs.runner import run_job
 
-    return run_job(args.job_id, get_settings())
+    return run_job(args.job_id, get_settings(), owner=args.owner)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from app.jobs.worker import run_worker
+
+    settings = get_settings()
+    if not settings.broker_url:
+        print("a worker needs CONVSERVE_BROKER_URL (for example redis://localhost:6379/0)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    return run_worker(settings)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -339,7 +350,14 @@ def add_service_commands(sub: Any) -> None:
 
     job = sub.add_parser("run-job", help="run one queued fine-tuning job (the service does this)")
     job.add_argument("job_id")
+    job.add_argument("--owner", help="the lease holder that started the job")
     job.set_defaults(func=cmd_run_job)
+
+    worker = sub.add_parser(
+        "worker",
+        help="run fine-tuning jobs from the Redis queue (CONVSERVE_BROKER_URL) until stopped",
+    )
+    worker.set_defaults(func=cmd_worker)
 
 
 def main(argv: list[str] | None = None) -> int:

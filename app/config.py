@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     # The job store: SQLite under data_dir by default; a PostgreSQL URL
     # (postgresql://user:password@host:5432/db) shares it between replicas and workers.
     database_url: str | None = None
+    # A Redis URL (redis://host:6379/0): jobs go through this queue to training workers
+    # (python -m app worker) and the API replicas never train.
+    broker_url: str | None = None
     # A running job's lease: its owner renews it every second or so; a job whose lease ran
     # out (owner killed, host lost) is queued again when the store is shared.
     job_lease_seconds: float = Field(30.0, ge=1, le=3600)

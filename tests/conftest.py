@@ -67,3 +67,31 @@ def postgres_url() -> Iterator[str]:
         yield url
     finally:
         server.__exit__(None, None, None)
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[object]:
+    """A real Redis server for one test (`tests.servers.RedisServer`: a test may stop and
+    start it). Skips, saying why, where none starts."""
+    from tests.servers import RedisServer
+
+    try:
+        server = RedisServer(tmp_path / "redis").start()
+    except Exception as exc:
+        pytest.skip(f"Redis could not be started: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def empty_postgres(postgres_url: str) -> str:
+    """The session's PostgreSQL with an empty job store."""
+    from app.jobs.store import JobStore, metadata
+
+    store = JobStore(postgres_url)
+    with store.engine.begin() as db:
+        metadata.drop_all(db)
+    store.close()
+    return postgres_url

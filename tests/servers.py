@@ -95,26 +95,34 @@ def postgres_server() -> Iterator[str]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-@contextmanager
-def redis_server(workdir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A Redis server on a free loopback port, persisting to ``workdir``; yields its URL
-    and process (a test may restart it)."""
-    binary = shutil.which("redis-server")
-    if not binary:
-        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(workdir),
-         "--appendonly", "yes", "--save", ""],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        wait_for_port(port, 15, proc)
-        yield f"redis://127.0.0.1:{port}/0", proc
-    finally:
-        stop(proc)
+class RedisServer:
+    """A Redis server on a free loopback port, persisting every write to ``workdir``
+    (append-only file), so that a test can stop and start it and keep the queue."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.binary = shutil.which("redis-server")
+        if not self.binary:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisServer:
+        self.proc = subprocess.Popen(
+            [str(self.binary), "--bind", "127.0.0.1", "--port", str(self.port),
+             "--dir", str(self.workdir), "--appendonly", "yes", "--appendfsync", "always",
+             "--save", ""],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for_port(self.port, 15, self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:

@@ -120,7 +120,7 @@ async def create_job(
         architecture if architecture in ARCHITECTURES else "mobilenet_v2",
     )
     row = await asyncio.to_thread(queue_job, settings, jobs, dataset.file, name, params, promote)
-    supervisor.wake()
+    await supervisor.submit(row["id"])
     response.headers["Location"] = f"/finetune/{row['id']}"
     return JobCreated(job_id=row["id"], status=row["status"])
 

@@ -60,8 +60,11 @@ def _limit_threads(threads: int) -> None:
 class _Progress:
     """Writes phase, epoch, fraction done, ETA and history into the store."""
 
-    def __init__(self, store: JobStore, job_id: str, total: int, workspace: Path) -> None:
+    def __init__(
+        self, store: JobStore, job_id: str, total: int, workspace: Path, owner: str | None
+    ) -> None:
         self.store, self.job_id, self.total = store, job_id, total
+        self.owner = owner
         self.workspace = workspace
         self.started = time.monotonic()
         self.first_epoch: int | None = None
@@ -114,7 +117,13 @@ class _Progress:
         now = time.monotonic()
         if not self._cancelling and now - self._last_check > 0.5:
             self._last_check = now
-            self._cancelling = self.store.status(self.job_id) == CANCELLING
+            job = self.store.get(self.job_id) or {}
+            if self.owner and job.get("owner") not in (None, self.owner):
+                # The lease went to another worker (this one's was cut off for longer than
+                # the lease): stop at once and leave the job and its files to the new owner.
+                log.warning("job %s: now run by %s; stopping here", self.job_id, job["owner"])
+                raise JobStopped
+            self._cancelling = job.get("status") == CANCELLING
         return self._cancelling
 
 
@@ -136,7 +145,9 @@ def _finishing() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def run_job(job_id: str, settings: Settings) -> int:
+def run_job(job_id: str, settings: Settings, owner: str | None = None) -> int:
+    """Run the job; ``owner`` is the supervisor or worker holding its lease (the job stops
+    if another one takes it over)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s job %(message)s")
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     # Ctrl-C in a terminal reaches the whole process group: the service decides, and sends
@@ -160,7 +171,7 @@ def run_job(job_id: str, settings: Settings) -> int:
         version = find_version_by_source(registry, name, job_id)
         if version is None:
             params = TrainParams(**job["params"])
-            progress = _Progress(store, job_id, params.total_epochs, folder / "workspace")
+            progress = _Progress(store, job_id, params.total_epochs, folder / "workspace", owner)
             hooks = Hooks(
                 log=lambda line: log.info("%s: %s", job_id, line),
                 on_epoch=progress.on_epoch,

@@ -478,6 +478,30 @@ class JobStore:
                 _emit_status(db, job_id, now)
         return row is not None
 
+    def retry_or_fail(
+        self, job_id: str, max_attempts: int, error: str, error_code: str
+    ) -> str | None:
+        """A running job whose process ended without a result: queue it again (it resumes
+        from its last completed epoch), or fail it with ``error`` once it has used
+        ``max_attempts``. Returns the new status (None: the job was no longer running)."""
+        now = utc_now()
+        with self._write() as db:
+            attempts = db.execute(
+                sa.select(jobs.c.attempts).where(jobs.c.id == job_id, jobs.c.status == RUNNING)
+            ).scalar_one_or_none()
+            if attempts is None:
+                return None
+            values: dict[str, Any] = {
+                "updated_at": now, "pid": None, "owner": None, "lease_expires_at": None,
+            }  # fmt: skip
+            if attempts >= max_attempts:
+                values.update(status=FAILED, finished_at=now, error=error, error_code=error_code)
+            else:
+                values["status"] = QUEUED
+            db.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
+            _emit_status(db, job_id, now)
+        return str(values["status"])
+
     def requeue_orphans(self, max_attempts: int, owner: str | None = None) -> list[str]:
         """Jobs left ``running`` by a process that died: queue them again (they resume
         from their last completed epoch), or fail them after ``max_attempts``; a job that

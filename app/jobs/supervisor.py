@@ -60,8 +60,18 @@ class JobSupervisor:
         # Who holds the leases of the jobs this service runs.
         self.owner = f"api@{socket.gethostname()}:{os.getpid()}"
         self.shared_store = settings.database_url is not None
+        # With a broker, jobs go to the training workers' queue and this service never
+        # trains (app.jobs.worker).
+        self.broker: Any = None
+        if settings.broker_url:
+            from app.jobs.worker import broker_for
+
+            self.broker = broker_for(settings.broker_url)
 
     async def start(self) -> None:
+        if self.broker is not None:  # the workers run the jobs; only keep the job metrics
+            self._loop_task = asyncio.get_running_loop().create_task(self._loop())
+            return
         # A store of its own: every job left running is this service's orphan. A shared
         # store: only jobs whose lease ran out (other replicas' and workers' live jobs stay).
         requeued = await asyncio.to_thread(
@@ -79,6 +89,15 @@ class JobSupervisor:
 
     def wake(self) -> None:
         self._wakeup.set()
+
+    async def submit(self, job_id: str) -> None:
+        """A new job is queued in the store: send it to the workers, or take it here."""
+        if self.broker is None:
+            self.wake()
+            return
+        from app.jobs.worker import send_job
+
+        await asyncio.to_thread(send_job, self.broker, job_id)
 
     async def stop(self) -> None:
         """Stop taking jobs and stop the job processes; their jobs are queued again and
@@ -109,6 +128,8 @@ class JobSupervisor:
         for job_id in procs:
             if await asyncio.to_thread(self.store.release, job_id):
                 log.info("job %s stopped with the service; it resumes at the next start", job_id)
+        if self.broker is not None:
+            self.broker.close()
 
     async def _loop(self) -> None:
         while True:
@@ -124,6 +145,8 @@ class JobSupervisor:
         counts = await asyncio.to_thread(self.store.counts)
         for status in (QUEUED, RUNNING, CANCELLING, SUCCEEDED, FAILED, "cancelled"):
             self.metrics.jobs.labels(status).set(counts.get(status, 0))
+        if self.broker is not None:
+            return
         await self._renew_leases()
         if self.drain is not None and self.drain.draining:
             return  # shutting down: queued jobs wait for the next start
@@ -160,7 +183,9 @@ class JobSupervisor:
     async def _spawn(self, job: dict[str, Any]) -> None:
         job_id = job["id"]
         # The child inherits stdout/stderr: its log lines join the service's.
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "app", "run-job", job_id)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "app", "run-job", job_id, "--owner", self.owner
+        )
         self._procs[job_id] = proc
         await asyncio.to_thread(self.store.update, job_id, pid=proc.pid)
         log.info("job %s started (attempt %d, pid %d)", job_id, job["attempts"], proc.pid)
@@ -207,24 +232,15 @@ class JobSupervisor:
         elif job["status"] == RUNNING:
             # The process died without a word: queue the job again (it resumes), up to the
             # attempt limit.
-            if job["attempts"] >= self.settings.max_job_attempts:
-                await asyncio.to_thread(
-                    self.store.finish,
-                    job_id,
-                    FAILED,
-                    error=f"the training process ended unexpectedly (exit code {returncode})",
-                    error_code="worker_crashed",
-                )
-            else:
+            status = await asyncio.to_thread(
+                self.store.retry_or_fail,
+                job_id,
+                self.settings.max_job_attempts,
+                f"the training process ended unexpectedly (exit code {returncode})",
+                "worker_crashed",
+            )
+            if status == QUEUED:
                 log.warning("job %s: process ended with %s; queued again", job_id, returncode)
-                await asyncio.to_thread(
-                    self.store.update,
-                    job_id,
-                    status=QUEUED,
-                    pid=None,
-                    owner=None,
-                    lease_expires_at=None,
-                )
                 return
         job = await asyncio.to_thread(self.store.get, job_id)
         if job is not None and job["status"] in ("succeeded", "failed", "cancelled"):

@@ -19,7 +19,6 @@ from app.jobs.store import (
     RUNNING,
     SUCCEEDED,
     JobStore,
-    metadata,
 )
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.services)]
@@ -30,11 +29,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
     if request.param == "sqlite":
         target: str | Path = tmp_path / "jobs.sqlite"
     else:
-        target = request.getfixturevalue("postgres_url")
-        fresh = JobStore(target)  # an empty schema for each test
-        with fresh.engine.begin() as db:
-            metadata.drop_all(db)
-        fresh.close()
+        target = request.getfixturevalue("empty_postgres")
     opened = JobStore(target)
     yield opened
     opened.close()

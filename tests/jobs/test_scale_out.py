@@ -1,0 +1,233 @@
+"""Several API processes and training workers on real Redis (the job queue) and PostgreSQL
+(the job store), sharing the model registry and the data folder: a worker killed mid-job,
+Redis restarted mid-job, replicas following each other's activations."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.jobs.store import JobStore
+from app.registry import ModelRegistry
+from tests.helpers import image_bytes, pattern_image
+from tests.jobs.service import ROOT, Service, upload_job, wait_for
+
+pytestmark = [pytest.mark.services, pytest.mark.slow]
+
+PNG = image_bytes(pattern_image("checks", 40), "PNG")
+FINAL = ("succeeded", "failed", "cancelled")
+LEASE_SECONDS = 4
+POLL_SECONDS = 1
+
+
+def _env(tmp_path: Path, database_url: str, broker_url: str) -> dict[str, str]:
+    return {
+        "CONVSERVE_DATABASE_URL": database_url,
+        "CONVSERVE_BROKER_URL": broker_url,
+        "CONVSERVE_JOB_LEASE_SECONDS": str(LEASE_SECONDS),
+        "CONVSERVE_REGISTRY_POLL_SECONDS": str(POLL_SECONDS),
+    }
+
+
+class Worker:
+    """``python -m app worker`` in its own process group (killing the group is losing the
+    host: the worker and its job process)."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str], index: int) -> None:
+        self.log = tmp_path / f"worker-{index}.log"
+        self.env = {
+            **os.environ,
+            "CONVSERVE_MODELS_DIR": str(tmp_path / "models"),
+            "CONVSERVE_DATA_DIR": str(tmp_path / "var"),
+            "CONVSERVE_PRETRAINED": "none",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            **env,
+        }
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "app", "worker"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def kill_host(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+
+
+class Predictions:
+    """Predictions through every API process, one after another, for as long as it runs."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self.urls = urls
+        self.sent = 0
+        self.failures: list[str] = []
+        self.versions: dict[str, set[int]] = {u: set() for u in urls}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=30) as client:
+            while not self._stop.is_set():
+                for url in self.urls:
+                    self.sent += 1
+                    try:
+                        r = client.post(f"{url}/predict", files={"file": ("a.png", PNG)})
+                        if r.status_code != 200:
+                            self.failures.append(f"{url}: {r.status_code} {r.text[:200]}")
+                        else:
+                            self.versions[url].add(int(r.json()["version"]))
+                    except httpx.HTTPError as exc:
+                        self.failures.append(f"{url}: {exc!r}")
+                time.sleep(0.05)
+
+    def __enter__(self) -> Predictions:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+
+def _active_version(url: str) -> int:
+    return int(httpx.get(f"{url}/models/toy", timeout=10).json()["active_version"])
+
+
+def _until(predicate: Any, timeout: float, what: str) -> float:
+    """Wait for ``predicate``; the seconds it took."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not within {timeout} s")
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, registry: ModelRegistry, empty_postgres: str, redis: Any):
+    env = _env(tmp_path, empty_postgres, redis.url)
+    apis = [Service(tmp_path, **env), Service(tmp_path, **env)]
+    workers: list[Worker] = []
+    try:
+        for api in apis:
+            api.start()
+        workers = [Worker(tmp_path, env, 1), Worker(tmp_path, env, 2)]
+        yield apis, workers, JobStore(empty_postgres), redis
+    finally:
+        for w in workers:
+            w.stop()
+        for api in apis:
+            api.stop()
+
+
+def test_a_killed_worker_s_job_resumes_on_the_other_and_replicas_follow(cluster, tmp_path):
+    apis, workers, store, _ = cluster
+    api1, api2 = apis
+    with Predictions([api1.url, api2.url]) as predictions, api1.client() as c:
+        job_id = upload_job(
+            c, tmp_path, per_class=30, epochs=6, fine_tune_epochs=0,
+            early_stopping_patience=0, image_size=64, batch_size=4,
+        )  # fmt: skip
+        wait_for(c, job_id, lambda j: (j.get("progress") or {}).get("epoch", 0) >= 2)
+        owner = store.get(job_id)["owner"]
+        victim = next(w for w in workers if owner.endswith(f":{w.proc.pid}"))
+        victim.kill_host()
+        killed_at = time.monotonic()
+        resumed = _until(
+            lambda: (store.get(job_id) or {}).get("owner") not in (None, owner),
+            LEASE_SECONDS * 4 + 30,
+            "another worker takes the job over",
+        )
+        job = wait_for(c, job_id, lambda j: j["status"] in FINAL)
+        assert job["status"] == "succeeded", job
+        done_at = time.monotonic()
+        # Resumed from its last completed epoch: every epoch once, two attempts.
+        assert [h["epoch"] for h in job["history"]] == [1, 2, 3, 4, 5, 6]
+        assert job["attempts"] == 2
+        assert ModelRegistry(tmp_path / "models").versions("toy") == [1, 2]
+        followed = [
+            _until(lambda u=api.url: _active_version(u) == 2, POLL_SECONDS * 5 + 10, api.url)
+            for api in apis
+        ]
+        assert api2.client().post("/models/toy/versions/1/activate").status_code == 200
+        back = _until(lambda: _active_version(api1.url) == 1, POLL_SECONDS * 5 + 10, "api1")
+        assert httpx.post(f"{api1.url}/predict", files={"file": ("a.png", PNG)}).json()[
+            "version"
+        ] == 1
+    assert predictions.failures == [], predictions.failures[:5]
+    assert predictions.sent > 20
+    assert all(2 in seen for seen in predictions.versions.values()), predictions.versions
+    print(
+        f"\nlease expiry to resume: {resumed:.1f} s (lease {LEASE_SECONDS} s);"
+        f" kill to success: {done_at - killed_at:.1f} s;"
+        f" new version served by the replicas after {max(followed):.1f} s;"
+        f" activation on api2 followed by api1 after {back:.1f} s;"
+        f" predictions: {predictions.sent} sent, {len(predictions.failures)} failed"
+    )
+
+
+def test_a_redis_restart_mid_job_neither_loses_the_job_nor_runs_it_twice(cluster, tmp_path):
+    apis, _, store, redis = cluster
+    with apis[0].client() as c:
+        job_id = upload_job(
+            c, tmp_path, per_class=30, epochs=4, fine_tune_epochs=0,
+            early_stopping_patience=0, image_size=64, batch_size=4,
+        )  # fmt: skip
+        wait_for(c, job_id, lambda j: (j.get("progress") or {}).get("epoch", 0) >= 1)
+        redis.stop()
+        time.sleep(2)
+        redis.start()
+        # A second job sent after the restart goes through the same queue.
+        second = upload_job(
+            c, tmp_path, per_class=10, epochs=1, fine_tune_epochs=0,
+            early_stopping_patience=0, image_size=32, batch_size=8,
+        )  # fmt: skip
+        job = wait_for(c, job_id, lambda j: j["status"] in FINAL)
+        assert job["status"] == "succeeded" and job["attempts"] == 1, job
+        assert [h["epoch"] for h in job["history"]] == [1, 2, 3, 4]
+        assert wait_for(c, second, lambda j: j["status"] in FINAL)["status"] == "succeeded"
+    assert ModelRegistry(tmp_path / "models").versions("toy") == [1, 2, 3]
+    sources = [
+        ModelRegistry(tmp_path / "models").metadata("toy", v).get("source") for v in (2, 3)
+    ]
+    assert sorted(sources) == sorted([job_id, second])
+
+
+def test_api_replicas_never_train_and_a_job_cancels_on_any_worker(cluster, tmp_path):
+    apis, workers, store, _ = cluster
+    with apis[1].client() as c:
+        job_id = upload_job(
+            c, tmp_path, per_class=30, epochs=200, fine_tune_epochs=0,
+            early_stopping_patience=0, image_size=64, batch_size=4,
+        )  # fmt: skip
+        wait_for(c, job_id, lambda j: (j.get("progress") or {}).get("epoch", 0) >= 1)
+        owner = store.get(job_id)["owner"]
+        assert owner.startswith("worker@"), owner
+        assert any(owner.endswith(f":{w.proc.pid}") for w in workers)
+        # Cancelled through the other API process.
+        assert httpx.delete(f"{apis[0].url}/finetune/{job_id}").status_code == 200
+        job = wait_for(c, job_id, lambda j: j["status"] in FINAL, timeout=30)
+        assert job["status"] == "cancelled"
+    assert ModelRegistry(tmp_path / "models").versions("toy") == [1]
