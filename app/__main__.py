@@ -49,7 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from app.errors import ConvserveError
-    from app.registry import ModelRegistry
+    from app.registry import open_registry
     from app.training.params import TrainParams
     from app.training.trainer import train
 
@@ -61,7 +61,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         return _fail(problems, "invalid_parameters")
     settings = get_settings()
-    registry = ModelRegistry(settings.models_dir)
+    registry = open_registry(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="train-", dir=settings.data_dir) as workspace:
         try:
@@ -103,11 +103,11 @@ def cmd_study(args: argparse.Namespace) -> int:
         read_heldout,
         study_or_fallback,
     )
-    from app.registry import ModelRegistry
+    from app.registry import open_registry
     from app.serving.openvino_backend import int8_ir_path
 
     settings = get_settings()
-    registry = ModelRegistry(settings.models_dir)
+    registry = open_registry(settings)
     name, version = _model_version(registry, args.model)
     if version is None:
         return _fail(f"model {args.model!r} is not in the registry", "model_not_found")
@@ -148,11 +148,11 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from app.data.datasets import DatasetError
-    from app.registry import ModelRegistry, RegistryError
+    from app.registry import RegistryError, open_registry
     from app.training.evaluate import evaluate_directory
 
     settings = get_settings()
-    registry = ModelRegistry(settings.models_dir)
+    registry = open_registry(settings)
     name, version = _model_version(registry, args.model)
     if version is None:
         return _fail(f"model {args.model!r} is not in the registry", "model_not_found")
@@ -167,9 +167,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from app.registry import ModelRegistry
+    from app.registry import open_registry
 
-    registry = ModelRegistry(get_settings().models_dir)
+    registry = open_registry(get_settings())
     rows: list[dict[str, Any]] = []
     for name in registry.names():
         versions = registry.versions(name)

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     # The job store: SQLite under data_dir by default; a PostgreSQL URL
     # (postgresql://user:password@host:5432/db) shares it between replicas and workers.
     database_url: str | None = None
+    # s3://bucket/prefix: the model registry in S3-compatible storage (endpoint and keys from
+    # AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY); models_dir is its cache.
+    registry_url: str | None = None
     # A Redis URL (redis://host:6379/0): jobs go through this queue to training workers
     # (python -m app worker) and the API replicas never train.
     broker_url: str | None = None

@@ -17,7 +17,7 @@ from app.console import routes as console
 from app.jobs.runner import store_for
 from app.jobs.supervisor import JobSupervisor
 from app.protocols import kserve_v2, tfserving
-from app.registry import ModelRegistry
+from app.registry import open_registry
 from app.serving.manager import ModelManager
 from app.serving.metrics import ServiceMetrics
 from app.shutdown import DrainMiddleware, DrainState
@@ -31,7 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         settings.models_dir.mkdir(parents=True, exist_ok=True)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        registry = ModelRegistry(settings.models_dir)
+        registry = open_registry(settings)
         registry.clean_stale()
         metrics = ServiceMetrics()
         manager = ModelManager(settings, registry, metrics)

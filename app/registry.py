@@ -270,3 +270,13 @@ class ModelRegistry:
                 stale = now - p.stat().st_mtime > older_than_seconds
                 if p.is_dir() and p.name.startswith((".tmp-", ".trash-")) and stale:
                     shutil.rmtree(p, ignore_errors=True)
+
+
+def open_registry(settings: Any) -> ModelRegistry:
+    """The registry the settings name: the bucket of ``registry_url`` (``s3://...``, with
+    ``models_dir`` as its local cache), or the ``models_dir`` folder."""
+    if getattr(settings, "registry_url", None):
+        from app.s3registry import S3Registry
+
+        return S3Registry(settings.registry_url, settings.models_dir)
+    return ModelRegistry(settings.models_dir)

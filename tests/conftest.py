@@ -95,3 +95,52 @@ def empty_postgres(postgres_url: str) -> str:
         metadata.drop_all(db)
     store.close()
     return postgres_url
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3 server (SeaweedFS) for the session; skips, saying why, where none starts.
+    Sets the AWS settings boto3 reads (endpoint, region, keys) for the test process and
+    the services it starts."""
+    from tests.servers import s3_server
+
+    try:
+        server = s3_server(tmp_path_factory.mktemp("seaweedfs"))
+        url = server.__enter__()
+    except Exception as exc:
+        pytest.skip(f"the S3 server (SeaweedFS) could not be started: {exc}")
+    saved = {k: os.environ.get(k) for k in S3_ENV}
+    os.environ.update(
+        AWS_ENDPOINT_URL=url,
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ACCESS_KEY_ID="convserve",
+        AWS_SECRET_ACCESS_KEY="convserve",
+    )
+    try:
+        yield url
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.__exit__(None, None, None)
+
+
+S3_ENV = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> str:
+    """An empty place in the S3 server: an s3:// URL with a new prefix in the session's
+    bucket (a bucket is a SeaweedFS collection with volumes of its own: one is enough)."""
+    import uuid
+
+    import boto3
+
+    client = boto3.client("s3")
+    try:
+        client.create_bucket(Bucket="convserve-tests")
+    except client.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    return f"s3://convserve-tests/{uuid.uuid4().hex[:12]}/registry"

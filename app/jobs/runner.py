@@ -160,11 +160,11 @@ def run_job(job_id: str, settings: Settings, owner: str | None = None) -> int:
         return 2
     _limit_threads(settings.job_threads)
 
-    from app.registry import ModelRegistry
+    from app.registry import open_registry
     from app.training.params import TrainParams
     from app.training.trainer import Hooks, TrainingCancelled, train
 
-    registry = ModelRegistry(settings.models_dir)
+    registry = open_registry(settings)
     folder = job_dir(settings, job_id)
     name = job["model"]
     try:

@@ -35,7 +35,7 @@ from dramatiq.brokers.redis import RedisBroker
 from app.config import Settings
 from app.jobs.runner import EXIT_STOPPED, remove_job_files, store_for
 from app.jobs.store import CANCELLED, CANCELLING, FINAL_STATES, QUEUED, RUNNING, SUCCEEDED
-from app.registry import ModelRegistry
+from app.registry import open_registry
 
 log = logging.getLogger("convserve.worker")
 
@@ -71,7 +71,7 @@ class TrainingWorker:
             raise ValueError("a worker needs CONVSERVE_BROKER_URL (a redis:// URL)")
         self.settings = settings
         self.store = store_for(settings)
-        self.registry = ModelRegistry(settings.models_dir)
+        self.registry = open_registry(settings)
         self.broker = broker_for(settings.broker_url)
         self.owner = f"worker@{socket.gethostname()}:{os.getpid()}"
         self.stopping = threading.Event()

@@ -173,9 +173,9 @@ def test_a_killed_worker_s_job_resumes_on_the_other_and_replicas_follow(cluster,
         ]
         assert api2.client().post("/models/toy/versions/1/activate").status_code == 200
         back = _until(lambda: _active_version(api1.url) == 1, POLL_SECONDS * 5 + 10, "api1")
-        assert httpx.post(f"{api1.url}/predict", files={"file": ("a.png", PNG)}).json()[
-            "version"
-        ] == 1
+        assert (
+            httpx.post(f"{api1.url}/predict", files={"file": ("a.png", PNG)}).json()["version"] == 1
+        )
     assert predictions.failures == [], predictions.failures[:5]
     assert predictions.sent > 20
     assert all(2 in seen for seen in predictions.versions.values()), predictions.versions
@@ -189,7 +189,7 @@ def test_a_killed_worker_s_job_resumes_on_the_other_and_replicas_follow(cluster,
 
 
 def test_a_redis_restart_mid_job_neither_loses_the_job_nor_runs_it_twice(cluster, tmp_path):
-    apis, _, store, redis = cluster
+    apis, _, _, redis = cluster
     with apis[0].client() as c:
         job_id = upload_job(
             c, tmp_path, per_class=30, epochs=4, fine_tune_epochs=0,
@@ -209,9 +209,7 @@ def test_a_redis_restart_mid_job_neither_loses_the_job_nor_runs_it_twice(cluster
         assert [h["epoch"] for h in job["history"]] == [1, 2, 3, 4]
         assert wait_for(c, second, lambda j: j["status"] in FINAL)["status"] == "succeeded"
     assert ModelRegistry(tmp_path / "models").versions("toy") == [1, 2, 3]
-    sources = [
-        ModelRegistry(tmp_path / "models").metadata("toy", v).get("source") for v in (2, 3)
-    ]
+    sources = [ModelRegistry(tmp_path / "models").metadata("toy", v).get("source") for v in (2, 3)]
     assert sorted(sources) == sorted([job_id, second])
 
 

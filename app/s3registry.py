@@ -1,0 +1,365 @@
+"""The model registry in S3-compatible object storage, with a local cache.
+
+Used when ``CONVSERVE_REGISTRY_URL`` is ``s3://bucket/prefix``; the endpoint and the
+credentials come from the usual AWS settings (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``), so any S3 server works (AWS, MinIO,
+SeaweedFS, Ceph). Objects::
+
+    <prefix>/<name>/<version>/.claim           the version number, taken (create-only)
+    <prefix>/<name>/<version>/model.keras      ... every file of the version ...
+    <prefix>/<name>/<version>/metadata.json    written last: a version exists once it does
+    <prefix>/<name>/active                     the version being served (one line)
+
+A version is written once: its number is taken with a create-only write of ``.claim``
+(``If-None-Match: *``), so two writers never share a number; its files follow and its
+``metadata.json`` comes last, so a reader never sees half a version. The active pointer is
+replaced with a conditional write (``If-Match`` on the ETag read just before), so of two
+activations at once one wins and the other gets 409 ``activation_conflict``. Replicas
+follow the pointer by polling it (a GET with ``If-None-Match``: 304 while it is unchanged).
+
+The local folder (``CONVSERVE_MODELS_DIR``) is a cache of the versions this process
+serves: a version is downloaded once, into a hidden folder renamed into place, and files
+derived from it on this host (the OpenVINO IR, compiled models, exports) stay there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from app.errors import writing_to
+from app.registry import (
+    ACTIVE_FILE,
+    METADATA_FILE,
+    MODEL_NAME_RULE,
+    NAME_PATTERN,
+    ModelRegistry,
+    RegistryError,
+    _write_text_atomic,
+    utc_now,
+)
+
+CLAIM_FILE = ".claim"
+# What a version's folder gains on one host and is not shared: models compiled for this
+# host's CPU, and exports. (The OpenVINO IR and the int8 model of the precision study are
+# uploaded with the version, so other hosts fetch them rather than build them again.)
+LOCAL_ONLY = ("openvino/compiled/", "exports/")
+
+
+def parse_registry_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` as (bucket, prefix without slashes at either end)."""
+    parsed = urlparse(url)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"a registry URL is s3://bucket[/prefix], not {url!r}")
+    return parsed.netloc, parsed.path.strip("/")
+
+
+class S3Registry(ModelRegistry):
+    """`ModelRegistry` whose versions and pointers live in a bucket; ``cache`` holds the
+    downloaded versions (and what this host derives from them)."""
+
+    def __init__(self, url: str, cache: Path, client: Any = None) -> None:
+        super().__init__(cache)
+        self.url = url
+        self.bucket, self.prefix = parse_registry_url(url)
+        if client is None:
+            import boto3
+
+            client = boto3.client("s3")
+        self.s3 = client
+        self._pointers: dict[str, tuple[str, int | None]] = {}  # name -> (ETag, version)
+        self._metadata: dict[str, tuple[str, dict[str, Any]]] = {}  # key -> (ETag, data)
+        self._lock = threading.Lock()
+
+    def _key(self, *parts: str | int) -> str:
+        return "/".join([p for p in (self.prefix,) if p] + [str(p) for p in parts])
+
+    def _error_code(self, exc: Exception) -> str:
+        return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+    def _list(self, prefix: str, delimiter: str | None = None) -> tuple[list[str], list[str]]:
+        """Keys and common prefixes under ``prefix`` (every page)."""
+        keys: list[str] = []
+        prefixes: list[str] = []
+        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        if delimiter:
+            args["Delimiter"] = delimiter
+        for page in self.s3.get_paginator("list_objects_v2").paginate(**args):
+            keys += [o["Key"] for o in page.get("Contents", [])]
+            prefixes += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
+        return keys, prefixes
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        base = self._key("")
+        _, prefixes = self._list(base, "/")
+        names = (p[len(base) :].rstrip("/") for p in prefixes)
+        # Some servers (SeaweedFS) keep a deleted model's folder as an empty prefix.
+        return sorted(n for n in names if NAME_PATTERN.match(n) and self._has_objects(n))
+
+    def _has_objects(self, name: str) -> bool:
+        page = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=self._key(name, ""), MaxKeys=1)
+        return bool(page.get("Contents"))
+
+    def versions(self, name: str) -> list[int]:
+        if not NAME_PATTERN.match(name):
+            return []
+        base = self._key(name, "")
+        keys, _ = self._list(base)
+        found = set()
+        for key in keys:
+            version, _, file = key[len(base) :].partition("/")
+            if file == METADATA_FILE and version.isascii() and version.isdigit():
+                found.add(int(version))
+        return sorted(found)
+
+    def _download(self, key: str, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+        try:
+            self.s3.download_file(self.bucket, key, str(tmp))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def version_dir(self, name: str, version: int) -> Path:
+        """The version's folder in the local cache, downloaded first if it is not there."""
+        folder = super().version_dir(name, version)
+        if (folder / METADATA_FILE).is_file() or not NAME_PATTERN.match(name):
+            return folder
+        base = self._key(name, version, "")
+        keys, _ = self._list(base)
+        if self._key(name, version, METADATA_FILE) not in keys:
+            return folder  # no such version: callers see no files, as on disk
+        with self._lock:
+            if (folder / METADATA_FILE).is_file():
+                return folder
+            tmp = folder.with_name(f".tmp-{uuid.uuid4().hex}")
+            try:
+                with writing_to("the model cache"):
+                    for key in keys:
+                        relative = key[len(base) :]
+                        if relative and relative != CLAIM_FILE:
+                            self._download(key, tmp / relative)
+                    if folder.exists():  # a partial folder from an interrupted download
+                        shutil.rmtree(folder)
+                    os.rename(tmp, folder)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return folder
+
+    def metadata(self, name: str, version: int) -> dict[str, Any]:
+        """The version's metadata as the bucket has it now (it changes when a precision
+        study is added): fetched again only when its ETag changed."""
+        key = self._key(name, version, METADATA_FILE)
+        known = self._metadata.get(key)
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if known is not None:
+            args["IfNoneMatch"] = known[0]
+        try:
+            response = self.s3.get_object(**args)
+        except Exception as exc:
+            code = self._error_code(exc)
+            if code == "304" and known is not None:
+                return {**known[1], "version": version}
+            if code in ("NoSuchKey", "404"):
+                raise RegistryError(
+                    "version_not_found", f"model {name!r} has no version {version}", 404
+                ) from None
+            raise
+        data: dict[str, Any] = json.loads(response["Body"].read())
+        self._metadata[key] = (response["ETag"], data)
+        cached = super().version_dir(name, version) / METADATA_FILE
+        if cached.is_file() and json.loads(cached.read_text(encoding="utf-8")) != data:
+            with writing_to("the model cache"):
+                _write_text_atomic(cached, json.dumps(data, indent=2, default=str))
+        return {**data, "version": version}
+
+    def pointer(self, name: str) -> int | None:
+        """The active pointer, fetched again only when its ETag changed."""
+        return self._read_pointer(name)[1]
+
+    def _read_pointer(self, name: str) -> tuple[str | None, int | None]:
+        known = self._pointers.get(name)
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(name, ACTIVE_FILE)}
+        if known is not None:
+            args["IfNoneMatch"] = known[0]
+        try:
+            response = self.s3.get_object(**args)
+        except Exception as exc:
+            code = self._error_code(exc)
+            if code == "304" and known is not None:
+                return known
+            if code in ("NoSuchKey", "404"):
+                self._pointers.pop(name, None)
+                return None, None
+            raise
+        text = response["Body"].read().decode().strip()
+        version = int(text) if text.isascii() and text.isdigit() else None
+        self._pointers[name] = (response["ETag"], version)
+        return response["ETag"], version
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _put(self, key: str, body: bytes, **conditions: str) -> str:
+        with writing_to("the model registry"):
+            return str(
+                self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, **conditions)["ETag"]
+            )
+
+    def write_version(
+        self,
+        name: str,
+        save: Callable[[Path], None],
+        metadata: dict[str, Any],
+        activate: bool = False,
+    ) -> int:
+        if not NAME_PATTERN.match(name):
+            raise RegistryError("invalid_model_name", MODEL_NAME_RULE, 422)
+        folder = self.root / name
+        with writing_to("the model cache"):
+            folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            save(tmp)
+            meta = {"name": name, "created_at": utc_now(), **metadata}
+            _write_text_atomic(tmp / METADATA_FILE, json.dumps(meta, indent=2, default=str))
+            version = self._claim_number(name)
+            files = sorted(
+                p
+                for p in tmp.rglob("*")
+                if p.is_file()
+                and p.name != METADATA_FILE
+                and not p.relative_to(tmp).as_posix().startswith(LOCAL_ONLY)
+            )
+            with writing_to("the model registry"):
+                for path in files:
+                    key = self._key(name, version, path.relative_to(tmp).as_posix())
+                    self.s3.upload_file(str(path), self.bucket, key)
+                # Last: the version exists for readers from here on.
+                self.s3.upload_file(
+                    str(tmp / METADATA_FILE), self.bucket, self._key(name, version, METADATA_FILE)
+                )
+            os.rename(tmp, folder / str(version))  # the writer's own cache of it
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if activate:
+            self.set_active(name, version)
+        return version
+
+    def _claim_number(self, name: str) -> int:
+        """The next free version number, taken with a create-only write."""
+        base = self._key(name, "")
+        while True:
+            keys, _ = self._list(base)
+            taken = [
+                int(v)
+                for v in (k[len(base) :].split("/", 1)[0] for k in keys)
+                if v.isascii() and v.isdigit()
+            ]
+            version = max(taken, default=0) + 1
+            try:
+                self._put(self._key(name, version, CLAIM_FILE), b"", IfNoneMatch="*")
+                return version
+            except Exception as exc:
+                if self._error_code(exc) not in (
+                    "PreconditionFailed",
+                    "412",
+                    "ConditionalRequestConflict",
+                ):
+                    raise
+
+    def set_active(self, name: str, version: int, if_match: str | None = None) -> None:
+        """Point ``name`` at ``version`` with a conditional write: on the ETag of the
+        pointer as read now, or on ``if_match``. A pointer changed by someone else in
+        between gives 409 ``activation_conflict``."""
+        if not self.exists(name, version):
+            raise RegistryError(
+                "version_not_found", f"model {name!r} has no version {version}", 404
+            )
+        etag = if_match if if_match is not None else self.pointer_etag(name)
+        condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+        try:
+            new = self._put(self._key(name, ACTIVE_FILE), f"{version}\n".encode(), **condition)
+        except Exception as exc:
+            if self._error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                raise RegistryError(
+                    "activation_conflict",
+                    f"another activation of {name!r} happened at the same time; look at"
+                    " /models and try again",
+                    409,
+                ) from None
+            raise
+        self._pointers[name] = (new, version)
+        with writing_to("the model cache"):
+            (self.root / name).mkdir(parents=True, exist_ok=True)
+            _write_text_atomic(self.root / name / ACTIVE_FILE, f"{version}\n")
+
+    def pointer_etag(self, name: str) -> str | None:
+        """The ETag of the active pointer as it is now (None: there is none)."""
+        return self._read_pointer(name)[0]
+
+    def update_metadata(self, name: str, version: int, changes: dict[str, Any]) -> None:
+        data = self.metadata(name, version)
+        data.pop("version", None)
+        data.update(changes)
+        text = json.dumps(data, indent=2, default=str)
+        self._put(self._key(name, version, METADATA_FILE), text.encode())
+        cached = super().version_dir(name, version)
+        if cached.is_dir():
+            with writing_to("the model cache"):
+                _write_text_atomic(cached / METADATA_FILE, text)
+
+    def _delete_prefix(self, prefix: str, first: str | None = None) -> None:
+        keys, _ = self._list(prefix)
+        if first in keys:  # readers stop seeing the version before its files go
+            keys.remove(first)
+            self.s3.delete_object(Bucket=self.bucket, Key=first)
+        for i in range(0, len(keys), 1000):
+            self.s3.delete_objects(
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]], "Quiet": True},
+            )
+
+    def delete_version(self, name: str, version: int) -> None:
+        if not self.exists(name, version):
+            raise RegistryError(
+                "version_not_found", f"model {name!r} has no version {version}", 404
+            )
+        if self.active_version(name) == version:
+            raise RegistryError(
+                "version_active",
+                f"version {version} of {name!r} is active; activate another version first",
+                409,
+            )
+        with writing_to("the model registry"):
+            self._delete_prefix(
+                self._key(name, version, ""), first=self._key(name, version, METADATA_FILE)
+            )
+        shutil.rmtree(super().version_dir(name, version), ignore_errors=True)
+
+    def clean_stale(self, older_than_seconds: float = 3600.0) -> None:
+        """Remove what crashed writers and downloads left in the local cache."""
+        ModelRegistry(self.root).clean_stale(older_than_seconds)
+
+    def delete_model(self, name: str) -> None:
+        if not NAME_PATTERN.match(name) or not self.versions(name):
+            raise RegistryError("model_not_found", f"the registry has no model {name!r}", 404)
+        with writing_to("the model registry"):
+            for version in self.versions(name):
+                self.s3.delete_object(
+                    Bucket=self.bucket, Key=self._key(name, version, METADATA_FILE)
+                )
+            self._delete_prefix(self._key(name, ""))
+        self._pointers.pop(name, None)
+        shutil.rmtree(self.root / name, ignore_errors=True)
