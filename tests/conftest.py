@@ -7,6 +7,7 @@ os.environ.setdefault("CONVSERVE_PRETRAINED", "none")
 # tests/serving/test_precision.py runs it.
 os.environ.setdefault("CONVSERVE_PRECISION_STUDY", "0")
 
+import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -139,8 +140,6 @@ def s3_bucket(s3_endpoint: str) -> str:
     import boto3
 
     client = boto3.client("s3")
-    try:
+    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
         client.create_bucket(Bucket="convserve-tests")
-    except client.exceptions.BucketAlreadyOwnedByYou:
-        pass
     return f"s3://convserve-tests/{uuid.uuid4().hex[:12]}/registry"
