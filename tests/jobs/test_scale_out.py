@@ -1,6 +1,7 @@
-"""Several API processes and training workers on real Redis (the job queue) and PostgreSQL
-(the job store), sharing the model registry and the data folder: a worker killed mid-job,
-Redis restarted mid-job, replicas following each other's activations."""
+"""Several API processes and training workers on real Redis (the job queue), PostgreSQL (the
+job store) and an S3 server (the model registry, SeaweedFS), each process with a model cache
+of its own, sharing the data folder: a worker killed mid-job, Redis restarted mid-job,
+replicas following each other's activations."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ import httpx
 import pytest
 
 from app.jobs.store import JobStore
-from app.registry import ModelRegistry
-from tests.helpers import image_bytes, pattern_image
+from app.s3registry import S3Registry
+from tests.helpers import image_bytes, pattern_image, write_toy_version
 from tests.jobs.service import ROOT, Service, upload_job, wait_for
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -29,10 +30,11 @@ LEASE_SECONDS = 4
 POLL_SECONDS = 1
 
 
-def _env(tmp_path: Path, database_url: str, broker_url: str) -> dict[str, str]:
+def _env(database_url: str, broker_url: str, registry_url: str) -> dict[str, str]:
     return {
         "CONVSERVE_DATABASE_URL": database_url,
         "CONVSERVE_BROKER_URL": broker_url,
+        "CONVSERVE_REGISTRY_URL": registry_url,
         "CONVSERVE_JOB_LEASE_SECONDS": str(LEASE_SECONDS),
         "CONVSERVE_REGISTRY_POLL_SECONDS": str(POLL_SECONDS),
     }
@@ -46,7 +48,7 @@ class Worker:
         self.log = tmp_path / f"worker-{index}.log"
         self.env = {
             **os.environ,
-            "CONVSERVE_MODELS_DIR": str(tmp_path / "models"),
+            "CONVSERVE_MODELS_DIR": str(tmp_path / f"cache-worker-{index}"),
             "CONVSERVE_DATA_DIR": str(tmp_path / "var"),
             "CONVSERVE_PRETRAINED": "none",
             "TF_CPP_MIN_LOG_LEVEL": "2",
@@ -126,15 +128,21 @@ def _until(predicate: Any, timeout: float, what: str) -> float:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, registry: ModelRegistry, empty_postgres: str, redis: Any):
-    env = _env(tmp_path, empty_postgres, redis.url)
-    apis = [Service(tmp_path, **env), Service(tmp_path, **env)]
+def cluster(tmp_path: Path, s3_bucket: str, empty_postgres: str, redis: Any):
+    seed = S3Registry(s3_bucket, tmp_path / "cache-seed")
+    write_toy_version(seed, "toy", ["circle", "square"], seed=0)
+    seed.set_active("toy", 1)
+    env = _env(empty_postgres, redis.url, s3_bucket)
+    apis = [
+        Service(tmp_path, **env, CONVSERVE_MODELS_DIR=str(tmp_path / f"cache-api-{i}"))
+        for i in (1, 2)
+    ]
     workers: list[Worker] = []
     try:
         for api in apis:
             api.start()
         workers = [Worker(tmp_path, env, 1), Worker(tmp_path, env, 2)]
-        yield apis, workers, JobStore(empty_postgres), redis
+        yield apis, workers, JobStore(empty_postgres), redis, seed
     finally:
         for w in workers:
             w.stop()
@@ -143,7 +151,7 @@ def cluster(tmp_path: Path, registry: ModelRegistry, empty_postgres: str, redis:
 
 
 def test_a_killed_worker_s_job_resumes_on_the_other_and_replicas_follow(cluster, tmp_path):
-    apis, workers, store, _ = cluster
+    apis, workers, store, _, registry = cluster
     api1, api2 = apis
     with Predictions([api1.url, api2.url]) as predictions, api1.client() as c:
         job_id = upload_job(
@@ -166,7 +174,7 @@ def test_a_killed_worker_s_job_resumes_on_the_other_and_replicas_follow(cluster,
         # Resumed from its last completed epoch: every epoch once, two attempts.
         assert [h["epoch"] for h in job["history"]] == [1, 2, 3, 4, 5, 6]
         assert job["attempts"] == 2
-        assert ModelRegistry(tmp_path / "models").versions("toy") == [1, 2]
+        assert registry.versions("toy") == [1, 2]
         followed = [
             _until(lambda u=api.url: _active_version(u) == 2, POLL_SECONDS * 5 + 10, api.url)
             for api in apis
@@ -189,7 +197,7 @@ def test_a_killed_worker_s_job_resumes_on_the_other_and_replicas_follow(cluster,
 
 
 def test_a_redis_restart_mid_job_neither_loses_the_job_nor_runs_it_twice(cluster, tmp_path):
-    apis, _, _, redis = cluster
+    apis, _, _, redis, registry = cluster
     with apis[0].client() as c:
         job_id = upload_job(
             c, tmp_path, per_class=30, epochs=4, fine_tune_epochs=0,
@@ -208,13 +216,13 @@ def test_a_redis_restart_mid_job_neither_loses_the_job_nor_runs_it_twice(cluster
         assert job["status"] == "succeeded" and job["attempts"] == 1, job
         assert [h["epoch"] for h in job["history"]] == [1, 2, 3, 4]
         assert wait_for(c, second, lambda j: j["status"] in FINAL)["status"] == "succeeded"
-    assert ModelRegistry(tmp_path / "models").versions("toy") == [1, 2, 3]
-    sources = [ModelRegistry(tmp_path / "models").metadata("toy", v).get("source") for v in (2, 3)]
+    assert registry.versions("toy") == [1, 2, 3]
+    sources = [registry.metadata("toy", v).get("source") for v in (2, 3)]
     assert sorted(sources) == sorted([job_id, second])
 
 
 def test_api_replicas_never_train_and_a_job_cancels_on_any_worker(cluster, tmp_path):
-    apis, workers, store, _ = cluster
+    apis, workers, store, _, registry = cluster
     with apis[1].client() as c:
         job_id = upload_job(
             c, tmp_path, per_class=30, epochs=200, fine_tune_epochs=0,
@@ -228,4 +236,4 @@ def test_api_replicas_never_train_and_a_job_cancels_on_any_worker(cluster, tmp_p
         assert httpx.delete(f"{apis[0].url}/finetune/{job_id}").status_code == 200
         job = wait_for(c, job_id, lambda j: j["status"] in FINAL, timeout=30)
         assert job["status"] == "cancelled"
-    assert ModelRegistry(tmp_path / "models").versions("toy") == [1]
+    assert registry.versions("toy") == [1]
