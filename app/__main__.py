@@ -136,9 +136,14 @@ def cmd_study(args: argparse.Namespace) -> int:
                 " (a folder per class, named as the model's classes)",
                 "no_heldout_images",
             )
+    if args.after_job:  # beside a serving process: its threads and priority, as a job's
+        from app.jobs.runner import limit_threads
+
+        limit_threads(settings.job_threads)
     result = study_or_fallback(
         registry.model_path(name, version), int(meta["image_size"]), heldout, log=print
     )
+    registry.share(name, version)  # its OpenVINO models, before the metadata names them
     registry.update_metadata(
         name, version, {"precision_study": result, "heldout": heldout.summary()}
     )
@@ -345,6 +350,11 @@ def add_service_commands(sub: Any) -> None:
         "--images",
         help="labelled images to measure on (a folder per class, named as the model's"
         " classes), for a version that kept none, such as the ImageNet ones",
+    )
+    st.add_argument(
+        "--after-job",
+        action="store_true",
+        help="run as the service runs it after a job: with the job's threads, at low priority",
     )
     st.set_defaults(func=cmd_study)
 

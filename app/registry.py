@@ -221,6 +221,10 @@ class ModelRegistry:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def share(self, name: str, version: int) -> None:
+        """Make files added to a version's folder after it was written visible to other
+        hosts: nothing to do in a folder they share (see `S3Registry.share`)."""
+
     def set_active(self, name: str, version: int) -> None:
         if not self.exists(name, version):
             raise RegistryError(

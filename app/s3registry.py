@@ -179,9 +179,37 @@ class S3Registry(ModelRegistry):
         self._metadata[key] = (response["ETag"], data)
         cached = super().version_dir(name, version) / METADATA_FILE
         if cached.is_file() and json.loads(cached.read_text(encoding="utf-8")) != data:
+            # Changed since this host cached the version (a precision study): fetch the
+            # files that came with the change (the study's int8 model), then the metadata.
             with writing_to("the model cache"):
+                self._fetch_missing(name, version)
                 _write_text_atomic(cached, json.dumps(data, indent=2, default=str))
         return {**data, "version": version}
+
+    def _fetch_missing(self, name: str, version: int) -> None:
+        folder = super().version_dir(name, version)
+        base = self._key(name, version, "")
+        keys, _ = self._list(base)
+        for key in keys:
+            relative = key[len(base) :]
+            if relative not in ("", CLAIM_FILE, METADATA_FILE) and not (folder / relative).exists():
+                self._download(key, folder / relative)
+
+    def share(self, name: str, version: int) -> None:
+        """Upload what this host added to a version's folder since it was written (the
+        precision study's OpenVINO models), so other hosts fetch it instead of building it."""
+        folder = super().version_dir(name, version)
+        if not folder.is_dir():
+            return
+        base = self._key(name, version, "")
+        keys, _ = self._list(base)
+        with writing_to("the model registry"):
+            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+                relative = path.relative_to(folder).as_posix()
+                if relative.startswith(LOCAL_ONLY) or relative == METADATA_FILE:
+                    continue
+                if base + relative not in keys:
+                    self.s3.upload_file(str(path), self.bucket, base + relative)
 
     def pointer(self, name: str) -> int | None:
         """The active pointer, fetched again only when its ETag changed."""

@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,15 @@ def store_for(settings: Settings) -> JobStore:
     return JobStore(settings.database_url or settings.data_dir / "jobs.sqlite")
 
 
+def study_command(settings: Settings, name: str, version: int) -> list[str] | None:
+    """The command that runs a new version's precision study after its job, or None when
+    studies are off. It ends by writing the study into the version's metadata, which the
+    serving processes follow (`ModelManager.refresh`)."""
+    if not settings.precision_study:
+        return None
+    return [sys.executable, "-m", "app", "study", "--model", f"{name}:{version}", "--after-job"]
+
+
 def find_version_by_source(registry: Any, name: str, source: str) -> int | None:
     """A version an earlier attempt of the job already wrote (crash after the write)."""
     for version in registry.versions(name):
@@ -46,7 +56,7 @@ def find_version_by_source(registry: Any, name: str, source: str) -> int | None:
     return None
 
 
-def _limit_threads(threads: int) -> None:
+def limit_threads(threads: int) -> None:
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(threads))
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
     import tensorflow as tf
@@ -158,7 +168,7 @@ def run_job(job_id: str, settings: Settings, owner: str | None = None) -> int:
     if job is None:
         log.error("no job %s", job_id)
         return 2
-    _limit_threads(settings.job_threads)
+    limit_threads(settings.job_threads)
 
     from app.registry import open_registry
     from app.training.params import TrainParams
@@ -188,7 +198,10 @@ def run_job(job_id: str, settings: Settings, owner: str | None = None) -> int:
                 weights=settings.pretrained,
                 source=job_id,
                 hooks=hooks,
-                study=settings.precision_study,
+                # The precision study runs after the job (`study_command`): the new
+                # version serves at f32 as soon as it is written, and the training keeps
+                # its whole time budget.
+                study=False,
             )
             version = result.version
             skipped = job["skipped"] + result.dataset["skipped"]

@@ -21,7 +21,7 @@ from typing import Any
 
 from app.config import Settings
 from app.errors import ConvserveError
-from app.jobs.runner import EXIT_STOPPED, remove_job_files
+from app.jobs.runner import EXIT_STOPPED, remove_job_files, study_command
 from app.jobs.store import CANCELLING, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
 from app.registry import ModelRegistry
 from app.serving.manager import ModelManager
@@ -271,6 +271,27 @@ class JobSupervisor:
                 await self.manager.add_model(name)
         await asyncio.to_thread(self.store.finish, job_id, SUCCEEDED, result=result)
         log.info("job %s succeeded: %s version %d", job_id, name, version)
+        command = study_command(self.settings, name, version)
+        if command is not None:
+            task = asyncio.get_running_loop().create_task(self._study(command, name, version))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _study(self, command: list[str], name: str, version: int) -> None:
+        """Run the new version's precision study in a process of its own, then serve the
+        version at the precision it chose."""
+        proc = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.DEVNULL)
+        try:
+            code = await proc.wait()
+        except asyncio.CancelledError:  # the service stops: the version stays at f32
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            raise
+        if code != 0:
+            log.warning("precision study of %s version %d ended with %s", name, version, code)
+            return
+        with contextlib.suppress(ConvserveError):
+            await self.manager.refresh(name, version)
 
     def cleanup(self, job_id: str) -> None:
         remove_job_files(self.settings, job_id)

@@ -33,7 +33,7 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
 from app.config import Settings
-from app.jobs.runner import EXIT_STOPPED, remove_job_files, store_for
+from app.jobs.runner import EXIT_STOPPED, remove_job_files, store_for, study_command
 from app.jobs.store import CANCELLED, CANCELLING, FINAL_STATES, QUEUED, RUNNING, SUCCEEDED
 from app.registry import open_registry
 
@@ -196,6 +196,12 @@ class TrainingWorker:
                 result["promotion_error"] = str(exc)[:300]
         self.store.finish(job["id"], SUCCEEDED, result=result)
         log.info("job %s succeeded: %s version %d", job["id"], name, version)
+        command = study_command(self.settings, name, version)
+        if command is not None and not self.stopping.is_set():
+            # The version serves at f32 meanwhile; the replicas follow the study's choice.
+            code = subprocess.run(command, stdout=subprocess.DEVNULL).returncode
+            if code != 0:
+                log.warning("precision study of %s version %d ended with %s", name, version, code)
 
     # -- the worker ---------------------------------------------------------------------------
 

@@ -394,6 +394,27 @@ class ModelManager:
         log.info("%s now serves version %d", name, version)
         return state
 
+    async def refresh(self, name: str, version: int) -> bool:
+        """Load the active ``version`` again and swap it in, when its metadata gained a
+        precision study after it was loaded (under ``auto`` it now serves the precision
+        the study chose). Returns whether it was reloaded."""
+        state = self.models.get(name)
+        if state is None:
+            return False
+        async with state.lock:
+            active = state.active
+            if active is None or active.version != version:
+                return False
+            study = self.registry.metadata(name, version).get("precision_study")
+            if study == active.metadata.get("precision_study"):
+                return False
+            loaded = await self._load(name, version)
+            old = self._install(state, loaded)
+        if old is not None:
+            await old.batcher.close()
+        log.info("%s version %d reloaded after its precision study", name, version)
+        return True
+
     async def delete(self, name: str, version: int) -> ModelState:
         state = self.state(name)
         async with state.lock:
@@ -477,6 +498,9 @@ class ModelManager:
                         await self._retry_failed(state, pointed)
                     elif pointed != state.active.version:
                         await self.activate(name, pointed, write_pointer=False)
+                    elif "precision_study" not in state.active.metadata:
+                        # A study that ran after the version was loaded (after its job).
+                        await self.refresh(name, pointed)
                 except ConvserveError as exc:
                     log.warning("could not follow %s to its new version: %s", name, exc)
                 except Exception:

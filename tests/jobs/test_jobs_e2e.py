@@ -150,3 +150,34 @@ def test_signs_upload_reaches_090_with_imagenet_mobilenet(tmp_path):
             assert pred["version"] == 2 and len(pred["predictions"][0]["top"]) == 5
     finally:
         svc.stop()
+
+
+@pytest.mark.slow  # a training, then its precision study (OpenVINO f32, bf16, int8)
+def test_a_new_version_serves_at_once_then_at_the_precision_its_study_chose(tmp_path, registry):
+    svc = Service(tmp_path, CONVSERVE_PRECISION_STUDY="1", CONVSERVE_BACKEND="openvino")
+    svc.start()
+    try:
+        with svc.client() as c:
+            job_id = upload_job(
+                c, tmp_path, per_class=40, epochs=2, fine_tune_epochs=0,
+                early_stopping_patience=0, image_size=32, batch_size=8,
+            )  # fmt: skip
+            job = wait_for(c, job_id, lambda j: j["status"] in FINAL)
+            assert job["status"] == "succeeded", job
+            # The job did not wait for the study: its version answers at f32 meanwhile.
+            assert c.post("/predict", files={"file": ("a.png", PNG)}).json()["version"] == 2
+            end = time.time() + 240
+            model: dict = {}
+            while time.time() < end:
+                model = c.get("/models/toy").json()
+                if "no precision study" not in (model.get("precision_reason") or "x"):
+                    break
+                time.sleep(1)
+            details = {d["version"]: d for d in model["version_details"]}
+            study = details[2]["precision_study"]
+            assert study and study["chosen"] in ("f32", "bf16", "int8")
+            assert model["active_version"] == 2 and model["precision"] == study["chosen"]
+            assert model["precision_reason"].startswith("auto: ")
+            assert c.post("/predict", files={"file": ("a.png", PNG)}).status_code == 200
+    finally:
+        svc.stop()
