@@ -23,7 +23,7 @@ test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not browser and not services" $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check app tests bench

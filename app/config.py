@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     # s3://bucket/prefix: the model registry in S3-compatible storage (endpoint and keys from
     # AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY); models_dir is its cache.
     registry_url: str | None = None
+    # s3://bucket/prefix: a job's dataset and resume state in S3-compatible storage, so a
+    # worker on any host can run or resume it (app.jobs.files); unset: the data folder only.
+    job_files_url: str | None = None
     # A Redis URL (redis://host:6379/0): jobs go through this queue to training workers
     # (python -m app worker) and the API replicas never train.
     broker_url: str | None = None

@@ -24,6 +24,7 @@ derived from it on this host (the OpenVINO IR, compiled models, exports) stay th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -74,9 +75,21 @@ class S3Registry(ModelRegistry):
 
             client = boto3.client("s3")
         self.s3 = client
+        self._ensure_bucket()
         self._pointers: dict[str, tuple[str, int | None]] = {}  # name -> (ETag, version)
         self._metadata: dict[str, tuple[str, dict[str, Any]]] = {}  # key -> (ETag, data)
         self._lock = threading.Lock()
+
+    def _ensure_bucket(self) -> None:
+        """Create the bucket when the server has none by that name (a fresh self-hosted
+        S3 server); a bucket that exists, or that these keys may not create, is left be."""
+        try:
+            self.s3.head_bucket(Bucket=self.bucket)
+        except Exception as exc:
+            if self._error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
+                raise
+            with contextlib.suppress(Exception):
+                self.s3.create_bucket(Bucket=self.bucket)
 
     def _key(self, *parts: str | int) -> str:
         return "/".join([p for p in (self.prefix,) if p] + [str(p) for p in parts])

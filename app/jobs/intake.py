@@ -10,6 +10,7 @@ from app.config import Settings
 from app.data.archives import ArchiveLimits, extract_archive
 from app.data.datasets import DatasetSummary, scan_dataset
 from app.errors import ConvserveError, writing_to
+from app.jobs.files import job_files_for
 from app.jobs.runner import job_dir
 from app.jobs.store import QUEUED, JobStore, new_job_id
 from app.training.params import TrainParams
@@ -85,6 +86,18 @@ def queue_job(
         with writing_to("the service's data folder"):
             folder.mkdir(parents=True)
             summary = check_upload(settings, upload, folder, params.validation_split)
+        files = job_files_for(settings)
+        if files is not None:  # for a worker on another host
+            try:
+                files.put_dataset(job_id, folder)
+            except Exception as exc:
+                raise ConvserveError(
+                    "job_files_unavailable",
+                    f"the job files storage did not take the dataset ({type(exc).__name__});"
+                    " retry later",
+                    503,
+                    {"Retry-After": "30"},
+                ) from exc
         dataset = summary.to_dict()
         skipped = dataset.pop("skipped")
         return store.create(model, params.model_dump(), promote, skipped, dataset, job_id=job_id)

@@ -29,9 +29,15 @@ def job_dir(settings: Settings, job_id: str) -> Path:
 
 
 def remove_job_files(settings: Settings, job_id: str) -> None:
-    """Remove a finished job's dataset and workspace (unless the settings keep them)."""
+    """Remove a finished job's dataset and workspace (unless the settings keep them), here
+    and in the job files bucket."""
     if not settings.keep_job_files:
         shutil.rmtree(job_dir(settings, job_id), ignore_errors=True)
+        from app.jobs.files import job_files_for
+
+        files = job_files_for(settings)
+        if files is not None:
+            files.remove(job_id)
 
 
 def store_for(settings: Settings) -> JobStore:
@@ -75,6 +81,7 @@ class _Progress:
     ) -> None:
         self.store, self.job_id, self.total = store, job_id, total
         self.owner = owner
+        self.files: Any = None  # app.jobs.files.JobFiles, when job files live in S3
         self.workspace = workspace
         self.started = time.monotonic()
         self.first_epoch: int | None = None
@@ -96,6 +103,11 @@ class _Progress:
         history = read_history(self.workspace / "history.json")
         self.store.update(self.job_id, history=sorted(history, key=lambda h: h["epoch"]))
         self._write(report.epoch, report)
+        if self.files is not None:  # the resume state, for a worker on another host
+            try:
+                self.files.save_workspace(self.job_id, self.workspace)
+            except Exception:  # not fatal: a resume elsewhere starts from an older epoch
+                log.exception("job %s: could not upload its resume state", self.job_id)
 
     def _write(self, done: int, report: Any, within: float = 0.0) -> None:
         """``done`` whole epochs finished, plus ``within`` of the next one."""
@@ -170,6 +182,7 @@ def run_job(job_id: str, settings: Settings, owner: str | None = None) -> int:
         return 2
     limit_threads(settings.job_threads)
 
+    from app.jobs.files import job_files_for
     from app.registry import open_registry
     from app.training.params import TrainParams
     from app.training.trainer import Hooks, TrainingCancelled, train
@@ -182,6 +195,10 @@ def run_job(job_id: str, settings: Settings, owner: str | None = None) -> int:
         if version is None:
             params = TrainParams(**job["params"])
             progress = _Progress(store, job_id, params.total_epochs, folder / "workspace", owner)
+            files = job_files_for(settings)
+            if files is not None:
+                files.fetch(job_id, folder)  # the dataset, and an earlier attempt's state
+                progress.files = files
             hooks = Hooks(
                 log=lambda line: log.info("%s: %s", job_id, line),
                 on_epoch=progress.on_epoch,

@@ -179,6 +179,18 @@ class TrainingWorker:
                 return
         if self.store.status(job_id) in FINAL_STATES:
             remove_job_files(self.settings, job_id)
+        if status == RUNNING and job.get("result"):
+            self._study(job["model"], int(job["result"]["version"]))
+
+    def _study(self, name: str, version: int) -> None:
+        """The new version's precision study, after its job (the version serves at f32
+        meanwhile; the replicas follow the study's choice when it is written)."""
+        command = study_command(self.settings, name, version)
+        if command is None or self.stopping.is_set():
+            return
+        code = subprocess.run(command, stdout=subprocess.DEVNULL).returncode
+        if code != 0:
+            log.warning("precision study of %s version %d ended with %s", name, version, code)
 
     def _promote(self, job: dict[str, Any]) -> None:
         """Point the model at the new version; the API replicas follow the pointer."""
@@ -196,12 +208,6 @@ class TrainingWorker:
                 result["promotion_error"] = str(exc)[:300]
         self.store.finish(job["id"], SUCCEEDED, result=result)
         log.info("job %s succeeded: %s version %d", job["id"], name, version)
-        command = study_command(self.settings, name, version)
-        if command is not None and not self.stopping.is_set():
-            # The version serves at f32 meanwhile; the replicas follow the study's choice.
-            code = subprocess.run(command, stdout=subprocess.DEVNULL).returncode
-            if code != 0:
-                log.warning("precision study of %s version %d ended with %s", name, version, code)
 
     # -- the worker ---------------------------------------------------------------------------
 

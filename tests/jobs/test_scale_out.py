@@ -1,7 +1,8 @@
 """Several API processes and training workers on real Redis (the job queue), PostgreSQL (the
-job store) and an S3 server (the model registry, SeaweedFS), each process with a model cache
-of its own, sharing the data folder: a worker killed mid-job, Redis restarted mid-job,
-replicas following each other's activations."""
+job store) and an S3 server (SeaweedFS: the model registry, and the jobs' datasets and
+resume state), each process with a model cache and a data folder of its own, as on
+separate hosts: a worker killed mid-job, Redis restarted mid-job, replicas following each
+other's activations."""
 
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import boto3
 import httpx
 import pytest
 
 from app.jobs.store import JobStore
-from app.s3registry import S3Registry
+from app.s3registry import S3Registry, parse_registry_url
 from tests.helpers import image_bytes, pattern_image, write_toy_version
 from tests.jobs.service import ROOT, Service, upload_job, wait_for
 
@@ -30,11 +32,16 @@ LEASE_SECONDS = 4
 POLL_SECONDS = 1
 
 
+def _env_jobs_url(registry: S3Registry) -> str:
+    return registry.url.rsplit("/", 1)[0] + "/jobs"
+
+
 def _env(database_url: str, broker_url: str, registry_url: str) -> dict[str, str]:
     return {
         "CONVSERVE_DATABASE_URL": database_url,
         "CONVSERVE_BROKER_URL": broker_url,
         "CONVSERVE_REGISTRY_URL": registry_url,
+        "CONVSERVE_JOB_FILES_URL": registry_url.rsplit("/", 1)[0] + "/jobs",
         "CONVSERVE_JOB_LEASE_SECONDS": str(LEASE_SECONDS),
         "CONVSERVE_REGISTRY_POLL_SECONDS": str(POLL_SECONDS),
     }
@@ -49,7 +56,7 @@ class Worker:
         self.env = {
             **os.environ,
             "CONVSERVE_MODELS_DIR": str(tmp_path / f"cache-worker-{index}"),
-            "CONVSERVE_DATA_DIR": str(tmp_path / "var"),
+            "CONVSERVE_DATA_DIR": str(tmp_path / f"var-worker-{index}"),
             "CONVSERVE_PRETRAINED": "none",
             "TF_CPP_MIN_LOG_LEVEL": "2",
             **env,
@@ -134,7 +141,12 @@ def cluster(tmp_path: Path, s3_bucket: str, empty_postgres: str, redis: Any):
     seed.set_active("toy", 1)
     env = _env(empty_postgres, redis.url, s3_bucket)
     apis = [
-        Service(tmp_path, **env, CONVSERVE_MODELS_DIR=str(tmp_path / f"cache-api-{i}"))
+        Service(
+            tmp_path,
+            **env,
+            CONVSERVE_MODELS_DIR=str(tmp_path / f"cache-api-{i}"),
+            CONVSERVE_DATA_DIR=str(tmp_path / f"var-api-{i}"),
+        )
         for i in (1, 2)
     ]
     workers: list[Worker] = []
@@ -159,10 +171,11 @@ def test_a_killed_worker_s_job_resumes_on_the_other_and_replicas_follow(cluster,
             early_stopping_patience=0, image_size=64, batch_size=4,
         )  # fmt: skip
         wait_for(c, job_id, lambda j: (j.get("progress") or {}).get("epoch", 0) >= 2)
-        owner = store.get(job_id)["owner"]
+        before = store.get(job_id)
+        owner, epochs_done = before["owner"], before["progress"]["epoch"]
         victim = next(w for w in workers if owner.endswith(f":{w.proc.pid}"))
         victim.kill_host()
-        killed_at = time.monotonic()
+        killed_at, killed_wall = time.monotonic(), time.time()
         resumed = _until(
             lambda: (store.get(job_id) or {}).get("owner") not in (None, owner),
             LEASE_SECONDS * 4 + 30,
@@ -171,9 +184,24 @@ def test_a_killed_worker_s_job_resumes_on_the_other_and_replicas_follow(cluster,
         job = wait_for(c, job_id, lambda j: j["status"] in FINAL)
         assert job["status"] == "succeeded", job
         done_at = time.monotonic()
-        # Resumed from its last completed epoch: every epoch once, two attempts.
+        # Resumed from its last completed epoch, on another host's disk: every epoch once,
+        # two attempts, and the epochs done before the kill were not run again.
         assert [h["epoch"] for h in job["history"]] == [1, 2, 3, 4, 5, 6]
         assert job["attempts"] == 2
+        assert epochs_done >= 2
+        assert all(h["ended_at"] < killed_wall for h in job["history"][:epochs_done])
+        # The upload left the API's disk for the bucket, and left the bucket with the job.
+        assert not (tmp_path / "var-api-1" / "jobs" / job_id / "dataset").exists()
+        bucket, prefix = parse_registry_url(_env_jobs_url(registry))
+        _until(
+            lambda: (
+                not boto3.client("s3")
+                .list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/{job_id}/")
+                .get("Contents")
+            ),
+            10,
+            "the job's files leave the bucket",
+        )
         assert registry.versions("toy") == [1, 2]
         followed = [
             _until(lambda u=api.url: _active_version(u) == 2, POLL_SECONDS * 5 + 10, api.url)
