@@ -32,6 +32,7 @@ def test_evaluate_unknown_model(tmp_path):
     assert r.returncode == 2 and last_json(r.stdout)["code"] == "model_not_found"
 
 
+@pytest.mark.slow  # 36 s: a training and an evaluation through the command
 def test_train_evaluate_and_list_on_generated_images(tmp_path):
     data = make_dataset(tmp_path / "data", per_class=10, size=32)
     r = run_cli(

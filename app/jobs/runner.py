@@ -77,7 +77,12 @@ class _Progress:
     """Writes phase, epoch, fraction done, ETA and history into the store."""
 
     def __init__(
-        self, store: JobStore, job_id: str, total: int, workspace: Path, owner: str | None
+        self,
+        store: JobStore,
+        job_id: str,
+        total: int,
+        workspace: Path,
+        owner: str | None = None,
     ) -> None:
         self.store, self.job_id, self.total = store, job_id, total
         self.owner = owner

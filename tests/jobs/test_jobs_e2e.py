@@ -20,6 +20,7 @@ def service(tmp_path, registry):
     svc.stop()
 
 
+@pytest.mark.slow  # 50 s: a service start and a three-epoch MobileNetV2 training
 def test_upload_train_promote_then_roll_back(service, tmp_path, registry):
     service.start()
     with service.client() as c:
