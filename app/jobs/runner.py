@@ -105,14 +105,16 @@ class _Progress:
     def on_epoch(self, report: Any) -> None:
         from app.training.trainer import read_history  # kept in the workspace: survives restarts
 
-        history = read_history(self.workspace / "history.json")
-        self.store.update(self.job_id, history=sorted(history, key=lambda h: h["epoch"]))
-        self._write(report.epoch, report)
-        if self.files is not None:  # the resume state, for a worker on another host
+        if self.files is not None:
+            # The resume state first: once the store says the epoch is done, a worker that
+            # takes the job over finds that epoch's checkpoint.
             try:
                 self.files.save_workspace(self.job_id, self.workspace)
             except Exception:  # not fatal: a resume elsewhere starts from an older epoch
                 log.exception("job %s: could not upload its resume state", self.job_id)
+        history = read_history(self.workspace / "history.json")
+        self.store.update(self.job_id, history=sorted(history, key=lambda h: h["epoch"]))
+        self._write(report.epoch, report)
 
     def _write(self, done: int, report: Any, within: float = 0.0) -> None:
         """``done`` whole epochs finished, plus ``within`` of the next one."""

@@ -7,6 +7,7 @@ other's activations."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import pytest
 
 from app.jobs.store import JobStore
 from app.s3registry import S3Registry, parse_registry_url
-from tests.helpers import image_bytes, pattern_image, write_toy_version
+from tests.helpers import SIGNS_DIR, image_bytes, pattern_image, write_toy_version, zip_directory
 from tests.jobs.service import ROOT, Service, upload_job, wait_for
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -120,6 +121,26 @@ class Predictions:
         self._thread.join(60)
 
 
+def _upload_signs(client: httpx.Client, tmp_path: Path, per_class: int, **fields: Any) -> str:
+    """POST /finetune with a small SIGNS archive (``per_class`` photos of each hand sign
+    from ../shared); generated images where the photos are missing."""
+    if not SIGNS_DIR.is_dir():
+        return upload_job(client, tmp_path, per_class=per_class, **fields)
+    subset = tmp_path / f"signs-{per_class}"
+    if not subset.exists():
+        for folder in sorted(p for p in SIGNS_DIR.iterdir() if p.is_dir()):
+            (subset / folder.name).mkdir(parents=True)
+            for photo in sorted(folder.iterdir())[:per_class]:
+                shutil.copy(photo, subset / folder.name / photo.name)
+    r = client.post(
+        "/finetune",
+        files={"dataset": ("signs.zip", zip_directory(subset))},
+        data={k: str(v) for k, v in fields.items()},
+    )
+    assert r.status_code == 202, r.text
+    return str(r.json()["job_id"])
+
+
 def _active_version(url: str) -> int:
     return int(httpx.get(f"{url}/models/toy", timeout=10).json()["active_version"])
 
@@ -166,9 +187,9 @@ def test_a_killed_worker_s_job_resumes_on_the_other_and_replicas_follow(cluster,
     apis, workers, store, _, registry = cluster
     api1, api2 = apis
     with Predictions([api1.url, api2.url]) as predictions, api1.client() as c:
-        job_id = upload_job(
-            c, tmp_path, per_class=30, epochs=6, fine_tune_epochs=0,
-            early_stopping_patience=0, image_size=64, batch_size=4,
+        job_id = _upload_signs(
+            c, tmp_path, per_class=12, epochs=6, fine_tune_epochs=0,
+            early_stopping_patience=0, image_size=64, batch_size=8,
         )  # fmt: skip
         wait_for(c, job_id, lambda j: (j.get("progress") or {}).get("epoch", 0) >= 2)
         before = store.get(job_id)
