@@ -48,6 +48,16 @@ from app.registry import (
 )
 
 CLAIM_FILE = ".claim"
+# S3 error codes: an object or bucket that is not there, and a conditional write refused.
+MISSING = ("404", "NoSuchKey", "NoSuchBucket", "NotFound")
+CONFLICT = ("412", "PreconditionFailed", "ConditionalRequestConflict")
+
+
+def error_code(exc: Exception) -> str:
+    """The S3 error code of a botocore ``ClientError`` ("" for anything else)."""
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+
 # What a version's folder gains on one host and is not shared: models compiled for this
 # host's CPU, and exports. (The OpenVINO IR and the int8 model of the precision study are
 # uploaded with the version, so other hosts fetch them rather than build them again.)
@@ -86,16 +96,13 @@ class S3Registry(ModelRegistry):
         try:
             self.s3.head_bucket(Bucket=self.bucket)
         except Exception as exc:
-            if self._error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
+            if error_code(exc) not in MISSING:
                 raise
             with contextlib.suppress(Exception):
                 self.s3.create_bucket(Bucket=self.bucket)
 
     def _key(self, *parts: str | int) -> str:
         return "/".join([p for p in (self.prefix,) if p] + [str(p) for p in parts])
-
-    def _error_code(self, exc: Exception) -> str:
-        return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
 
     def _list(self, prefix: str, delimiter: str | None = None) -> tuple[list[str], list[str]]:
         """Keys and common prefixes under ``prefix`` (every page)."""
@@ -180,10 +187,10 @@ class S3Registry(ModelRegistry):
         try:
             response = self.s3.get_object(**args)
         except Exception as exc:
-            code = self._error_code(exc)
+            code = error_code(exc)
             if code == "304" and known is not None:
                 return {**known[1], "version": version}
-            if code in ("NoSuchKey", "404"):
+            if code in MISSING:
                 raise RegistryError(
                     "version_not_found", f"model {name!r} has no version {version}", 404
                 ) from None
@@ -236,10 +243,10 @@ class S3Registry(ModelRegistry):
         try:
             response = self.s3.get_object(**args)
         except Exception as exc:
-            code = self._error_code(exc)
+            code = error_code(exc)
             if code == "304" and known is not None:
                 return known
-            if code in ("NoSuchKey", "404"):
+            if code in MISSING:
                 self._pointers.pop(name, None)
                 return None, None
             raise
@@ -313,11 +320,7 @@ class S3Registry(ModelRegistry):
                 self._put(self._key(name, version, CLAIM_FILE), b"", IfNoneMatch="*")
                 return version
             except Exception as exc:
-                if self._error_code(exc) not in (
-                    "PreconditionFailed",
-                    "412",
-                    "ConditionalRequestConflict",
-                ):
+                if error_code(exc) not in CONFLICT:
                     raise
 
     def set_active(self, name: str, version: int, if_match: str | None = None) -> None:
@@ -333,7 +336,7 @@ class S3Registry(ModelRegistry):
         try:
             new = self._put(self._key(name, ACTIVE_FILE), f"{version}\n".encode(), **condition)
         except Exception as exc:
-            if self._error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+            if error_code(exc) in CONFLICT:
                 raise RegistryError(
                     "activation_conflict",
                     f"another activation of {name!r} happened at the same time; look at"

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from app.config import Settings
-from app.s3registry import parse_registry_url
+from app.s3registry import MISSING, error_code, parse_registry_url
 
 log = logging.getLogger("convserve.jobs")
 
@@ -67,8 +67,7 @@ class JobFiles:
             try:
                 self.s3.download_file(self.bucket, self._key(job_id, name), str(packed))
             except Exception as exc:
-                code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
-                if code in ("404", "NoSuchKey", "NotFound"):
+                if error_code(exc) in MISSING:
                     return False
                 raise
             staging = folder.with_name(f".{folder.name}-{uuid.uuid4().hex}")
