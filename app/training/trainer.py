@@ -442,7 +442,8 @@ def train(
             first += done[index]["epochs_run"]
             total = first + sum(p.max_epochs for p in phases[index + 1 :])
             head_best = done[index]["best_val_loss"] or head_best
-            resume_from = folder / PHASE_RESULT
+            if (folder / PHASE_RESULT).exists():  # not a phase the budget left out
+                resume_from = folder / PHASE_RESULT
             continue
         # Also between phases: the next phase's first batch (graph tracing) can take longer
         # than the supervisor waits for a cancelled job.
@@ -528,7 +529,21 @@ def train(
         first += ran
         total = first + sum(p.max_epochs for p in phases[index + 1 :])
         if deadline is not None and time.monotonic() >= deadline:
-            break  # no time left for the next phase
+            # No time left for the next phases: recorded as stopped by the budget with no
+            # epoch run, so a job resumed after this point does not train them either.
+            for later in phases[index + 1 :]:
+                done.append(
+                    {
+                        "phase": later.name,
+                        "max_epochs": later.max_epochs,
+                        "epochs_run": 0,
+                        "best_epoch": None,
+                        "best_val_loss": None,
+                        "stopped": "time_budget",
+                    }
+                )
+            phases_file.write_text(json.dumps(done))
+            break
     if not trained and resume_from is not None:
         load_weights(model, resume_from)  # every phase had finished before a restart
 

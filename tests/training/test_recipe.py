@@ -237,3 +237,20 @@ def test_batchnorm_statistics_are_recomputed_over_the_training_images_without_au
         bn.moving_variance, np.mean([b.var(0) for b in batches], 0), rtol=1e-4
     )
     assert bn.momentum == 0.9  # training would go on as before
+
+
+def test_a_phase_the_budget_left_no_time_for_is_recorded_and_not_trained_on_resume(tmp_path):
+    result, meta, _, _ = _fit(
+        tmp_path, "tight", epochs=3, fine_tune_epochs=3, max_minutes=0.001,
+        early_stopping_patience=0,
+    )  # fmt: skip
+    phases = meta["training"]["phases"]
+    assert [p["phase"] for p in phases] == ["head", "fine_tune"]
+    assert phases[1]["epochs_run"] == 0 and phases[1]["stopped"] == "time_budget"
+    # A job that dies after this point (while evaluating) resumes without training the
+    # phase its budget had no time for.
+    registry = ModelRegistry(tmp_path / "models")
+    params = TrainParams(**meta["params"])
+    again = train(tmp_path / "data", "tight", params, registry, tmp_path / "ws", weights=None)
+    assert again.version == 2 and again.history == meta["history"]
+    assert again.metrics == result.metrics
