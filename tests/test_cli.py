@@ -77,7 +77,9 @@ def test_readme_commands_on_signs_with_imagenet_weights(tmp_path):
     shutil.copy(MOBILENET_WEIGHTS, cache / MOBILENET_WEIGHTS.name)
     env = {"KERAS_HOME": str(tmp_path / "keras"), "CONVSERVE_PRETRAINED": "imagenet"}
     # The README's command, with a shorter time budget: the defaults' full run is measured
-    # by tests/training/test_real_data.py and bench/accuracy.py.
+    # by tests/training/test_real_data.py and bench/accuracy.py. Three minutes was too
+    # tight: when epochs ran slow (37-40 s) the head got one epoch and fine-tuning three,
+    # and accuracy ended at 0.72.
     r = run_cli(
         tmp_path,
         "train",
@@ -86,7 +88,7 @@ def test_readme_commands_on_signs_with_imagenet_weights(tmp_path):
         "--model",
         "signs",
         "--max-minutes",
-        "3",
+        "5",
         env_extra=env,
         timeout=1200,
     )
