@@ -233,7 +233,8 @@ class ModelRegistry:
         with writing_to("the model registry"):
             _write_text_atomic(self.root / name / ACTIVE_FILE, f"{version}\n")
 
-    def delete_version(self, name: str, version: int) -> None:
+    def check_deletable(self, name: str, version: int) -> None:
+        """Raise unless ``version`` exists and is not the active one."""
         if not self.exists(name, version):
             raise RegistryError(
                 "version_not_found", f"model {name!r} has no version {version}", 404
@@ -244,6 +245,9 @@ class ModelRegistry:
                 f"version {version} of {name!r} is active; activate another version first",
                 409,
             )
+
+    def delete_version(self, name: str, version: int) -> None:
+        self.check_deletable(name, version)
         folder = self.version_dir(name, version)
         # Hide it first (atomic), then remove: readers never see a half-deleted version.
         trash = folder.with_name(f".trash-{version}-{uuid.uuid4().hex}")

@@ -376,16 +376,7 @@ class S3Registry(ModelRegistry):
             )
 
     def delete_version(self, name: str, version: int) -> None:
-        if not self.exists(name, version):
-            raise RegistryError(
-                "version_not_found", f"model {name!r} has no version {version}", 404
-            )
-        if self.active_version(name) == version:
-            raise RegistryError(
-                "version_active",
-                f"version {version} of {name!r} is active; activate another version first",
-                409,
-            )
+        self.check_deletable(name, version)
         with writing_to("the model registry"):
             self._delete_prefix(
                 self._key(name, version, ""), first=self._key(name, version, METADATA_FILE)
