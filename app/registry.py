@@ -46,6 +46,15 @@ class RegistryError(ConvserveError):
     """A registry operation that cannot be done."""
 
 
+def activation_conflict(name: str) -> RegistryError:
+    """The error of an activation that lost to another one made at the same time."""
+    return RegistryError(
+        "activation_conflict",
+        f"another activation of {name!r} happened at the same time; look at /models and try again",
+        409,
+    )
+
+
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -221,15 +230,46 @@ class ModelRegistry:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def build_once(
+        self, name: str, version: int, relative: str, build: Callable[[], object]
+    ) -> None:
+        """Make the file ``relative`` of a version (one derived from its model, such as
+        its OpenVINO IR) exist: ``build()`` writes it into the version's folder, unless it
+        is there already. In a folder every replica shares, the first to need it builds
+        it (its writes are atomic, so two builders at once do no harm)."""
+        if not (self.version_dir(name, version) / relative).exists():
+            build()
+
     def share(self, name: str, version: int) -> None:
         """Make files added to a version's folder after it was written visible to other
         hosts: nothing to do in a folder they share (see `S3Registry.share`)."""
 
-    def set_active(self, name: str, version: int) -> None:
+    def pointer_etag(self, name: str) -> str:
+        """A tag of the active pointer as it is now, which changes with every write of it
+        ("" while there is none): what `set_active`'s ``if_match`` compares."""
+        try:
+            st = (self.root / name / ACTIVE_FILE).stat()
+        except FileNotFoundError:
+            return ""
+        return f'"{st.st_ino:x}-{st.st_mtime_ns:x}"'  # each write replaces the file
+
+    def set_active(self, name: str, version: int, if_match: str | None = None) -> None:
+        """Point ``name`` at ``version``. With ``if_match`` (a `pointer_etag` read
+        earlier), only if nobody moved the pointer since: otherwise 409
+        ``activation_conflict``."""
         if not self.exists(name, version):
             raise RegistryError(
                 "version_not_found", f"model {name!r} has no version {version}", 404
             )
+        if if_match is None:
+            self._write_pointer(name, version)
+            return
+        with self.locked(name):  # (not taken without a condition: bootstrap holds it)
+            if self.pointer_etag(name) != if_match:
+                raise activation_conflict(name)
+            self._write_pointer(name, version)
+
+    def _write_pointer(self, name: str, version: int) -> None:
         with writing_to("the model registry"):
             _write_text_atomic(self.root / name / ACTIVE_FILE, f"{version}\n")
 

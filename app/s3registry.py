@@ -9,6 +9,7 @@ SeaweedFS, Ceph). Objects::
     <prefix>/<name>/<version>/model.keras      ... every file of the version ...
     <prefix>/<name>/<version>/metadata.json    written last: a version exists once it does
     <prefix>/<name>/active                     the version being served (one line)
+    <prefix>/.locks/<name>/{model,<version>}   held while one host builds what all share
 
 A version is written once: its number is taken with a create-only write of ``.claim``
 (``If-None-Match: *``), so two writers never share a number; its files follow and its
@@ -18,19 +19,26 @@ activations at once one wins and the other gets 409 ``activation_conflict``. Rep
 follow the pointer by polling it (a GET with ``If-None-Match``: 304 while it is unchanged).
 
 The local folder (``CONVSERVE_MODELS_DIR``) is a cache of the versions this process
-serves: a version is downloaded once, into a hidden folder renamed into place, and files
-derived from it on this host (the OpenVINO IR, compiled models, exports) stay there.
+serves: a version is downloaded once, into a hidden folder renamed into place. What is
+built from a version once for every host goes back to the bucket under the model's lock
+(the OpenVINO IR, the precision study's models; the first version of a built-in model is
+written under it too); what belongs to this host's CPU (compiled models) and exports stay
+in the cache.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
+import logging
 import os
 import shutil
+import socket
 import threading
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -44,11 +52,20 @@ from app.registry import (
     ModelRegistry,
     RegistryError,
     _write_text_atomic,
+    activation_conflict,
     utc_now,
 )
 
 CLAIM_FILE = ".claim"
 # S3 error codes: an object or bucket that is not there, and a conditional write refused.
+log = logging.getLogger("convserve.registry")
+
+LOCKS_DIR = ".locks"
+# A lock is held while a model's first version or a version's OpenVINO IR is built (a
+# minute or two for ResNet-50 on a small machine); older than this, its holder died.
+LOCK_STALE_SECONDS = 600.0
+LOCK_POLL_SECONDS = 0.5
+
 MISSING = ("404", "NoSuchKey", "NoSuchBucket", "NotFound")
 CONFLICT = ("412", "PreconditionFailed", "ConditionalRequestConflict")
 
@@ -215,6 +232,52 @@ class S3Registry(ModelRegistry):
             if relative not in ("", CLAIM_FILE, METADATA_FILE) and not (folder / relative).exists():
                 self._download(key, folder / relative)
 
+    @contextlib.contextmanager
+    def locked(self, name: str, version: int | None = None) -> Iterator[None]:
+        """Hold ``name``'s lock (or its ``version``'s) across every host sharing the
+        bucket: the lock object ``<prefix>/.locks/<name>/{model,<version>}``, made with a
+        create-only write and deleted after. A lock older than ``LOCK_STALE_SECONDS``
+        belonged to a process that died holding it and is taken over."""
+        key = self._key(LOCKS_DIR, name, "model" if version is None else version)
+        while True:
+            try:
+                self._put(key, f"{socket.gethostname()}:{os.getpid()}".encode(), IfNoneMatch="*")
+                break
+            except Exception as exc:
+                if error_code(exc) not in CONFLICT:
+                    raise
+            try:
+                held = self.s3.head_object(Bucket=self.bucket, Key=key)
+            except Exception as exc:
+                if error_code(exc) in MISSING:
+                    continue  # released meanwhile
+                raise
+            age = datetime.datetime.now(datetime.UTC) - held["LastModified"]
+            if age.total_seconds() > LOCK_STALE_SECONDS:
+                log.warning("taking over the lock of %s, held for %s", name, age)
+                self.s3.delete_object(Bucket=self.bucket, Key=key)
+            else:
+                time.sleep(LOCK_POLL_SECONDS)
+        try:
+            yield
+        finally:
+            self.s3.delete_object(Bucket=self.bucket, Key=key)
+
+    def build_once(
+        self, name: str, version: int, relative: str, build: Callable[[], object]
+    ) -> None:
+        """Build a version's derived file (its OpenVINO IR) on one host only: under the
+        model's lock, fetch it if another host shared it meanwhile, else build it here and
+        upload it for the others."""
+        folder = self.version_dir(name, version)
+        if (folder / relative).exists():
+            return
+        with self.locked(name, version):
+            self._fetch_missing(name, version)
+            if not (folder / relative).exists():
+                build()
+                self.share(name, version)
+
     def share(self, name: str, version: int) -> None:
         """Upload what this host added to a version's folder since it was written (the
         precision study's OpenVINO models), so other hosts fetch it instead of building it."""
@@ -337,21 +400,16 @@ class S3Registry(ModelRegistry):
             new = self._put(self._key(name, ACTIVE_FILE), f"{version}\n".encode(), **condition)
         except Exception as exc:
             if error_code(exc) in CONFLICT:
-                raise RegistryError(
-                    "activation_conflict",
-                    f"another activation of {name!r} happened at the same time; look at"
-                    " /models and try again",
-                    409,
-                ) from None
+                raise activation_conflict(name) from None
             raise
         self._pointers[name] = (new, version)
         with writing_to("the model cache"):
             (self.root / name).mkdir(parents=True, exist_ok=True)
             _write_text_atomic(self.root / name / ACTIVE_FILE, f"{version}\n")
 
-    def pointer_etag(self, name: str) -> str | None:
-        """The ETag of the active pointer as it is now (None: there is none)."""
-        return self._read_pointer(name)[0]
+    def pointer_etag(self, name: str) -> str:
+        """The ETag of the active pointer as it is now ("": there is none)."""
+        return self._read_pointer(name)[0] or ""
 
     def update_metadata(self, name: str, version: int, changes: dict[str, Any]) -> None:
         data = self.metadata(name, version)

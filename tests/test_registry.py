@@ -3,7 +3,9 @@ on a real S3 server (SeaweedFS, `s3_endpoint`). The same tests run on each."""
 
 from __future__ import annotations
 
+import shutil
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -93,10 +95,9 @@ def test_activation_is_seen_by_other_replicas_and_deletes_follow(open_replica) -
     assert one.names() == [] and one.versions("birds") == []
 
 
-@pytest.mark.services
-def test_two_activations_at_once_one_wins_the_other_gets_409(s3_bucket, tmp_path) -> None:
-    one = S3Registry(s3_bucket, tmp_path / "one")
-    two = S3Registry(s3_bucket, tmp_path / "two")
+def test_two_activations_at_once_one_wins_the_other_gets_409(open_replica) -> None:
+    one, two = open_replica(), open_replica()
+    assert one.pointer_etag("fish") == ""  # no pointer yet
     for i in (1, 2, 3):
         one.write_version("fish", _save(f"w{i}".encode()), {})
     one.set_active("fish", 1)
@@ -126,3 +127,62 @@ def test_a_half_written_version_is_invisible_and_host_files_stay_local(s3_bucket
     assert not any("compiled" in k for k in keys)  # ... what this CPU compiled is not
     # The next writer does not reuse the dead writer's number.
     assert registry.write_version("owls", _save(b"w3"), {}) == 3
+
+
+@pytest.mark.services
+def test_a_file_built_from_a_version_is_built_by_one_host_and_fetched_by_the_others(
+    s3_bucket, tmp_path
+) -> None:
+    replicas = [S3Registry(s3_bucket, tmp_path / f"host-{i}") for i in range(3)]
+    replicas[0].write_version("newts", _save(b"w1"), {})
+    # A version without an IR, as written by the job (an older release) or a bootstrap.
+    for replica in replicas:
+        shutil.rmtree(replica.version_dir("newts", 1) / "openvino")
+    boto3.client("s3").delete_object(
+        Bucket=parse_registry_url(s3_bucket)[0],
+        Key=replicas[0]._key("newts", 1, "openvino/model.xml"),
+    )
+    builds: list[int] = []
+    barrier = threading.Barrier(len(replicas))
+
+    def build_on(index: int) -> None:
+        replica = replicas[index]
+        folder = replica.version_dir("newts", 1)
+
+        def convert() -> None:
+            builds.append(index)
+            time.sleep(0.5)  # long enough for the others to be waiting
+            (folder / "openvino").mkdir()
+            (folder / "openvino" / "model.xml").write_text(f"<ir from={index}/>")
+
+        barrier.wait()
+        replica.build_once("newts", 1, "openvino/model.xml", convert)
+
+    threads = [threading.Thread(target=build_on, args=(i,)) for i in range(len(replicas))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(builds) == 1
+    texts = {(r.version_dir("newts", 1) / "openvino" / "model.xml").read_text() for r in replicas}
+    assert texts == {f"<ir from={builds[0]}/>"}
+    # The lock is gone: the next holder gets it at once.
+    started = time.monotonic()
+    with replicas[1].locked("newts"):
+        pass
+    assert time.monotonic() - started < 2
+
+
+@pytest.mark.services
+def test_a_lock_left_by_a_dead_host_is_taken_over(s3_bucket, tmp_path, monkeypatch) -> None:
+    import app.s3registry
+
+    registry = S3Registry(s3_bucket, tmp_path / "cache")
+    bucket, _ = parse_registry_url(s3_bucket)
+    key = registry._key(app.s3registry.LOCKS_DIR, "moles", "model")
+    boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=b"dead-host:1")
+    monkeypatch.setattr(app.s3registry, "LOCK_STALE_SECONDS", 1.0)
+    with registry.locked("moles"):
+        held = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+        assert held != b"dead-host:1"
+    assert registry.names() == []  # the lock is not a model

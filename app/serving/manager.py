@@ -27,6 +27,7 @@ from app.registry import ModelRegistry
 from app.serving.batcher import Batcher, BatcherClosed, QueueFull
 from app.serving.bootstrap import BOOTSTRAP_MODELS, bootstrap
 from app.serving.metrics import ServiceMetrics
+from app.serving.openvino_backend import IR_DIR, IR_FILE, convert_to_ir
 from app.serving.predictor import Predictor, make_predictor, warm_up
 from app.serving.tta import VIEWS, combine, decode_size, expand
 
@@ -172,6 +173,10 @@ class ModelManager:
 
         def load() -> tuple[Predictor, int]:
             predictor = make_predictor(path, size, self.settings.backend, precision)
+            if predictor.backend == "openvino":  # its IR: built by one host, fetched by all
+                self.registry.build_once(
+                    name, version, f"{IR_DIR}/{IR_FILE}", lambda: convert_to_ir(path)
+                )
             predictor.load()
             max_batch = self.settings.max_batch_size or predictor.batch_size
             warm_up(predictor, max_batch)
@@ -359,16 +364,22 @@ class ModelManager:
 
     async def activate(self, name: str, version: int, write_pointer: bool = True) -> ModelState:
         """Load and warm up ``version``, then switch to it. A failed load leaves the
-        current version serving and raises ``activation_failed``."""
+        current version serving and raises ``activation_failed``.
+
+        The pointer is written only if nobody moved it since this call began: of two
+        activations at once, on this replica or any other sharing the registry, the first
+        to finish wins and the other gets 409 ``activation_conflict`` (and then follows
+        the winner, like every replica)."""
         state = self.state(name)
         if not self.registry.exists(name, version):
             raise ConvserveError(
                 "version_not_found", f"model {name!r} has no version {version}", 404
             )
+        seen = self.registry.pointer_etag(name) if write_pointer else None
         async with state.lock:
             if state.active is not None and state.active.version == version:
                 if write_pointer:
-                    self.registry.set_active(name, version)
+                    self.registry.set_active(name, version, if_match=seen)
                 return state
             loaded = state.others.get(version)
             if loaded is None:
@@ -386,7 +397,12 @@ class ModelManager:
                         409,
                     ) from exc
             if write_pointer:
-                self.registry.set_active(name, version)
+                try:
+                    self.registry.set_active(name, version, if_match=seen)
+                except ConvserveError:
+                    if version not in state.others:
+                        await loaded.batcher.close()
+                    raise
             old = self._install(state, loaded)
             state.last_error = None
         if old is not None:

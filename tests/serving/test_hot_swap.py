@@ -99,3 +99,26 @@ def test_a_model_without_versions_starts_serving_once_one_is_written(registry, s
                 return before, after, r.status_code
 
     assert asyncio.run(scenario()) == ("failed", "ready", 200)
+
+
+def test_two_activations_at_once_one_wins_and_the_other_gets_409(registry, settings_for):
+    for seed in (5, 6):
+        write_toy_version(registry, "toy", ["circle", "square"], seed=seed)
+
+    async def scenario() -> tuple[list[httpx.Response], int]:
+        app = create_app(settings_for())
+        async with LifespanManager(app) as manager:
+            transport = httpx.ASGITransport(app=manager.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                # Both start before either has loaded its version.
+                both = await asyncio.gather(
+                    client.post("/models/toy/versions/2/activate"),
+                    client.post("/models/toy/versions/3/activate"),
+                )
+                return list(both), (await _predict(client)).json()["version"]
+
+    (two, three), serving = asyncio.run(scenario())
+    assert sorted([two.status_code, three.status_code]) == [200, 409]
+    winner, loser = (two, three) if two.status_code == 200 else (three, two)
+    assert loser.json()["code"] == "activation_conflict"
+    assert serving == winner.json()["active_version"] == registry.pointer("toy")
