@@ -20,7 +20,7 @@ run: install
 	$(BIN)/python -m app serve --host $(HOST) --port $(PORT)
 
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --durations=30 $(PYTEST_ARGS)
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow and not browser and not services" $(PYTEST_ARGS)

@@ -7,7 +7,6 @@ os.environ.setdefault("CONVSERVE_PRETRAINED", "none")
 # tests/serving/test_precision.py runs it.
 os.environ.setdefault("CONVSERVE_PRECISION_STUDY", "0")
 
-import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -74,12 +73,9 @@ def postgres_url() -> Iterator[str]:
 def redis(tmp_path: Path) -> Iterator[object]:
     """A real Redis server for one test (`tests.servers.RedisServer`: a test may stop and
     start it). Skips, saying why, where none starts."""
-    from tests.servers import RedisServer
+    from tests.servers import start_redis
 
-    try:
-        server = RedisServer(tmp_path / "redis").start()
-    except Exception as exc:
-        pytest.skip(f"Redis could not be started: {exc}")
+    server = start_redis(tmp_path / "redis")
     try:
         yield server
     finally:
@@ -89,13 +85,9 @@ def redis(tmp_path: Path) -> Iterator[object]:
 @pytest.fixture
 def empty_postgres(postgres_url: str) -> str:
     """The session's PostgreSQL with an empty job store."""
-    from app.jobs.store import JobStore, metadata
+    from tests.servers import empty_job_store
 
-    store = JobStore(postgres_url)
-    with store.engine.begin() as db:
-        metadata.drop_all(db)
-    store.close()
-    return postgres_url
+    return empty_job_store(postgres_url)
 
 
 @pytest.fixture(scope="session")
@@ -133,13 +125,7 @@ S3_ENV = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SE
 
 @pytest.fixture
 def s3_bucket(s3_endpoint: str) -> str:
-    """An empty place in the S3 server: an s3:// URL with a new prefix in the session's
-    bucket (a bucket is a SeaweedFS collection with volumes of its own: one is enough)."""
-    import uuid
+    """An empty place in the S3 server (`tests.servers.new_s3_place`)."""
+    from tests.servers import new_s3_place
 
-    import boto3
-
-    client = boto3.client("s3")
-    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
-        client.create_bucket(Bucket="convserve-tests")
-    return f"s3://convserve-tests/{uuid.uuid4().hex[:12]}/registry"
+    return new_s3_place()

@@ -5,6 +5,7 @@ tests skip, saying why; CI installs all three."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -15,9 +16,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
 
 
 def free_port() -> int:
@@ -196,3 +200,34 @@ def _wait_for_s3(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -
             if time.monotonic() > deadline:
                 raise RuntimeError(f"SeaweedFS's S3 gateway never worked: {exc}") from exc
             time.sleep(0.5)
+
+
+def start_redis(folder: Path) -> RedisServer:
+    """A started `RedisServer`; skips the test, saying why, where none starts."""
+    try:
+        return RedisServer(folder).start()
+    except Exception as exc:
+        pytest.skip(f"Redis could not be started: {exc}")
+
+
+def empty_job_store(database_url: str) -> str:
+    """Empty the job store at ``database_url`` (drop its tables); returns the URL."""
+    from app.jobs.store import JobStore, metadata
+
+    store = JobStore(database_url)
+    with store.engine.begin() as db:
+        metadata.drop_all(db)
+    store.close()
+    return database_url
+
+
+def new_s3_place() -> str:
+    """An empty place in the S3 server the AWS settings point at: an s3:// URL with a new
+    prefix in the session's bucket (a bucket is a SeaweedFS collection with volumes of its
+    own: one is enough)."""
+    import boto3
+
+    client = boto3.client("s3")
+    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+        client.create_bucket(Bucket="convserve-tests")
+    return f"s3://convserve-tests/{uuid.uuid4().hex[:12]}/registry"

@@ -252,6 +252,42 @@ class _WarmUp(keras.callbacks.Callback):
             self.model.optimizer.learning_rate.assign(self.learning_rate * self._step / self.steps)
 
 
+# The budget decay's floor: a step at exactly zero would be wasted.
+MIN_RATE_FRACTION = 0.01
+
+
+class _BudgetDecay(keras.callbacks.Callback):
+    """Lowers the learning rate linearly from its value to nothing over the phase's
+    budget: its epochs or its time, whichever runs out first ("budgeted training", Li,
+    Yumer and Ramanan, ICLR 2020: a schedule that reaches zero when the budget does beats
+    a fixed rate cut short). A network trained from scratch at a fixed rate ends wherever
+    its last steps left it, and its validation accuracy jumps from epoch to epoch; the
+    last epochs at a low rate settle it."""
+
+    def __init__(self, learning_rate: float, steps: int, deadline: float | None) -> None:
+        super().__init__()
+        self.learning_rate = learning_rate
+        self.steps = max(1, steps)
+        self.deadline = deadline
+        self._step = 0
+        self._started = 0.0
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._started = time.monotonic()
+
+    def progress(self) -> float:
+        done = self._step / self.steps
+        if self.deadline is not None:
+            budget = max(self.deadline - self._started, 1e-9)
+            done = max(done, (time.monotonic() - self._started) / budget)
+        return min(done, 1.0)
+
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        rate = self.learning_rate * max(1.0 - self.progress(), MIN_RATE_FRACTION)
+        self.model.optimizer.learning_rate.assign(rate)
+        self._step += 1
+
+
 class _suppress_missing(contextlib.suppress):
     def __init__(self) -> None:
         super().__init__(FileNotFoundError, ValueError, KeyError)
@@ -466,16 +502,19 @@ def train(
         )
         best = _BestEpoch(folder, params.resolved_early_stopping_patience)
         stop_at = _Deadline(phase_deadline)
+        schedule: keras.callbacks.Callback = keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss",
+            factor=0.3,
+            patience=max(1, params.resolved_early_stopping_patience // 2),
+            min_lr=phase.learning_rate / 100,
+            verbose=0,
+        )
+        if params.from_scratch:
+            schedule = _BudgetDecay(phase.learning_rate, steps * (last - first), phase_deadline)
         callbacks: list[keras.callbacks.Callback] = [
             best,
             stop_at,
-            keras.callbacks.ReduceLROnPlateau(
-                monitor="val_loss",
-                factor=0.3,
-                patience=max(1, params.resolved_early_stopping_patience // 2),
-                min_lr=phase.learning_rate / 100,
-                verbose=0,
-            ),
+            schedule,
             # Two checkpoints: a process killed while writing one leaves the other.
             keras.callbacks.BackupAndRestore(
                 str(folder / "backup"), delete_checkpoint=False, double_checkpoint=True
@@ -503,6 +542,11 @@ def train(
             "best_epoch": best.best_epoch or None,
             "best_val_loss": round(best.best, 6) if best.best_epoch else None,
             "stopped": _stop_reason(best, stop_at, ran, phase.max_epochs),
+            "schedule": (
+                "linear decay to zero over the phase's epochs or time"
+                if isinstance(schedule, _BudgetDecay)
+                else "divided by 3.3 on a validation loss plateau"
+            ),
         }
         if phase.name == "fine_tune" and resume_from is not None and not best.best < head_best:
             # Fine-tuning never beat the head (its first epochs, with a fresh optimizer,

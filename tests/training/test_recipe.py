@@ -12,7 +12,15 @@ from app.data.datasets import DatasetSummary
 from app.nets.transfer import BASES, build_augmentation, choose_fine_tune_at
 from app.registry import ModelRegistry
 from app.training.params import TrainParams
-from app.training.trainer import Hooks, _BestEpoch, _fine_tune_choice, class_weights, train
+from app.training.trainer import (
+    MIN_RATE_FRACTION,
+    Hooks,
+    _BestEpoch,
+    _BudgetDecay,
+    _fine_tune_choice,
+    class_weights,
+    train,
+)
 from tests.helpers import MOBILENET_WEIGHTS, make_dataset
 
 
@@ -254,3 +262,31 @@ def test_a_phase_the_budget_left_no_time_for_is_recorded_and_not_trained_on_resu
     again = train(tmp_path / "data", "tight", params, registry, tmp_path / "ws", weights=None)
     assert again.version == 2 and again.history == meta["history"]
     assert again.metrics == result.metrics
+
+
+def test_from_scratch_the_learning_rate_falls_to_nothing_when_the_budget_runs_out():
+    model = _tiny_model()
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=1e-3), loss="mse")
+    x, y = np.ones((8, 2), "float32"), np.ones((8, 1), "float32")
+
+    def rates(decay: _BudgetDecay, epochs: int, pause: float = 0.0) -> list[float]:
+        seen: list[float] = []
+        log = keras.callbacks.LambdaCallback(
+            on_train_batch_end=lambda b, logs: (
+                seen.append(float(model.optimizer.learning_rate.numpy())),
+                time.sleep(pause),
+            )
+        )
+        model.fit(x, y, batch_size=2, epochs=epochs, verbose=0, callbacks=[decay, log])
+        return seen
+
+    # By steps: 3 epochs of 4 steps, from the full rate down to a twelfth of it.
+    by_steps = rates(_BudgetDecay(1e-3, steps=12, deadline=None), epochs=3)
+    assert by_steps[0] == pytest.approx(1e-3)
+    assert by_steps == sorted(by_steps, reverse=True)
+    assert by_steps[-1] == pytest.approx(1e-3 / 12, rel=1e-3)
+    # By time: a budget of 0.4 s that 12 steps of 0.05 s outlast; the rate stops at the
+    # floor instead of going negative.
+    by_time = rates(_BudgetDecay(1e-3, steps=1000, deadline=time.monotonic() + 0.4), 3, 0.05)
+    assert by_time == sorted(by_time, reverse=True)
+    assert by_time[-1] == pytest.approx(1e-3 * MIN_RATE_FRACTION)
