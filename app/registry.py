@@ -255,8 +255,8 @@ class ModelRegistry:
 
     def set_active(self, name: str, version: int, if_match: str | None = None) -> None:
         """Point ``name`` at ``version``. With ``if_match`` (a `pointer_etag` read
-        earlier), only if nobody moved the pointer since: otherwise 409
-        ``activation_conflict``."""
+        earlier), only if nobody moved the pointer since (or moved it to ``version``):
+        otherwise 409 ``activation_conflict``."""
         if not self.exists(name, version):
             raise RegistryError(
                 "version_not_found", f"model {name!r} has no version {version}", 404
@@ -266,6 +266,8 @@ class ModelRegistry:
             return
         with self.locked(name):  # (not taken without a condition: bootstrap holds it)
             if self.pointer_etag(name) != if_match:
+                if self.pointer(name) == version:
+                    return  # moved meanwhile, to this very version: nothing lost
                 raise activation_conflict(name)
             self._write_pointer(name, version)
 

@@ -389,7 +389,7 @@ class S3Registry(ModelRegistry):
     def set_active(self, name: str, version: int, if_match: str | None = None) -> None:
         """Point ``name`` at ``version`` with a conditional write: on the ETag of the
         pointer as read now, or on ``if_match``. A pointer changed by someone else in
-        between gives 409 ``activation_conflict``."""
+        between, to another version, gives 409 ``activation_conflict``."""
         if not self.exists(name, version):
             raise RegistryError(
                 "version_not_found", f"model {name!r} has no version {version}", 404
@@ -398,11 +398,13 @@ class S3Registry(ModelRegistry):
         condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
         try:
             new = self._put(self._key(name, ACTIVE_FILE), f"{version}\n".encode(), **condition)
+            self._pointers[name] = (new, version)
         except Exception as exc:
-            if error_code(exc) in CONFLICT:
+            if error_code(exc) not in CONFLICT:
+                raise
+            if self._read_pointer(name)[1] != version:
                 raise activation_conflict(name) from None
-            raise
-        self._pointers[name] = (new, version)
+            # Moved meanwhile, to this very version: nothing was lost.
         with writing_to("the model cache"):
             (self.root / name).mkdir(parents=True, exist_ok=True)
             _write_text_atomic(self.root / name / ACTIVE_FILE, f"{version}\n")

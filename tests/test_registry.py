@@ -186,3 +186,14 @@ def test_a_lock_left_by_a_dead_host_is_taken_over(s3_bucket, tmp_path, monkeypat
         held = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
         assert held != b"dead-host:1"
     assert registry.names() == []  # the lock is not a model
+
+
+def test_an_activation_that_finds_its_version_already_active_is_no_conflict(open_replica):
+    one, two = open_replica(), open_replica()
+    for i in (1, 2):
+        one.write_version("voles", _save(f"w{i}".encode()), {})
+    one.set_active("voles", 1)
+    seen = one.pointer_etag("voles")
+    two.set_active("voles", 2)  # e.g. a replica that loaded it first wrote the pointer
+    one.set_active("voles", 2, if_match=seen)  # wanted the same: nothing lost
+    assert one.pointer("voles") == two.pointer("voles") == 2
