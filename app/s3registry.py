@@ -56,16 +56,16 @@ from app.registry import (
     utc_now,
 )
 
-CLAIM_FILE = ".claim"
-# S3 error codes: an object or bucket that is not there, and a conditional write refused.
 log = logging.getLogger("convserve.registry")
 
+CLAIM_FILE = ".claim"
 LOCKS_DIR = ".locks"
 # A lock is held while a model's first version or a version's OpenVINO IR is built (a
 # minute or two for ResNet-50 on a small machine); older than this, its holder died.
 LOCK_STALE_SECONDS = 600.0
 LOCK_POLL_SECONDS = 0.5
 
+# S3 error codes: an object or bucket that is not there, and a conditional write refused.
 MISSING = ("404", "NoSuchKey", "NoSuchBucket", "NotFound")
 CONFLICT = ("412", "PreconditionFailed", "ConditionalRequestConflict")
 

@@ -264,16 +264,30 @@ class _BudgetDecay(keras.callbacks.Callback):
     its last steps left it, and its validation accuracy jumps from epoch to epoch; the
     last epochs at a low rate settle it."""
 
-    def __init__(self, learning_rate: float, steps: int, deadline: float | None) -> None:
+    def __init__(
+        self,
+        learning_rate: float,
+        steps_per_epoch: int,
+        epochs: tuple[int, int],
+        deadline: float | None,
+    ) -> None:
+        """``epochs``: the phase's first and end epoch (0-based, end excluded)."""
         super().__init__()
         self.learning_rate = learning_rate
-        self.steps = max(1, steps)
+        self.steps_per_epoch = max(1, steps_per_epoch)
+        self.first = epochs[0]
+        self.steps = max(1, self.steps_per_epoch * (epochs[1] - epochs[0]))
         self.deadline = deadline
         self._step = 0
         self._started = 0.0
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._started = time.monotonic()
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        # From the epoch, not a count of this process's steps: a resumed job goes on
+        # from where the rate was when it stopped.
+        self._step = (epoch - self.first) * self.steps_per_epoch
 
     def progress(self) -> float:
         done = self._step / self.steps
@@ -510,7 +524,7 @@ def train(
             verbose=0,
         )
         if params.from_scratch:
-            schedule = _BudgetDecay(phase.learning_rate, steps * (last - first), phase_deadline)
+            schedule = _BudgetDecay(phase.learning_rate, steps, (first, last), phase_deadline)
         callbacks: list[keras.callbacks.Callback] = [
             best,
             stop_at,

@@ -281,12 +281,19 @@ def test_from_scratch_the_learning_rate_falls_to_nothing_when_the_budget_runs_ou
         return seen
 
     # By steps: 3 epochs of 4 steps, from the full rate down to a twelfth of it.
-    by_steps = rates(_BudgetDecay(1e-3, steps=12, deadline=None), epochs=3)
+    by_steps = rates(_BudgetDecay(1e-3, 4, (0, 3), deadline=None), epochs=3)
     assert by_steps[0] == pytest.approx(1e-3)
     assert by_steps == sorted(by_steps, reverse=True)
     assert by_steps[-1] == pytest.approx(1e-3 / 12, rel=1e-3)
+    # A phase resumed at its third epoch goes on from the rate it had there.
+    model.fit(
+        x, y, batch_size=2, initial_epoch=2, epochs=3, verbose=0,
+        callbacks=[resumed := _BudgetDecay(1e-3, 4, (0, 3), deadline=None)],
+    )  # fmt: skip
+    assert resumed._step == 12
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(by_steps[-1], rel=1e-3)
     # By time: a budget of 0.4 s that 12 steps of 0.05 s outlast; the rate stops at the
     # floor instead of going negative.
-    by_time = rates(_BudgetDecay(1e-3, steps=1000, deadline=time.monotonic() + 0.4), 3, 0.05)
+    by_time = rates(_BudgetDecay(1e-3, 1000, (0, 3), deadline=time.monotonic() + 0.4), 3, 0.05)
     assert by_time == sorted(by_time, reverse=True)
     assert by_time[-1] == pytest.approx(1e-3 * MIN_RATE_FRACTION)
