@@ -222,8 +222,10 @@ class ModelRegistry:
         """Hold ``name``'s lock (an exclusive ``flock`` on ``<name>/.lock``) for a step that
         must not run twice at once, across threads and processes sharing this folder."""
         folder = self.root / name
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / LOCK_FILE, "a") as handle:
+        with writing_to("the model registry"):  # a full or read-only disk: 507 / 503
+            folder.mkdir(parents=True, exist_ok=True)
+            handle = open(folder / LOCK_FILE, "a")  # noqa: SIM115 (closed below)
+        with handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
