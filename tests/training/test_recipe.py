@@ -195,9 +195,15 @@ def test_the_time_budget_stops_training_with_the_best_weights_and_says_so(tmp_pa
 
     # A job that dies after its last phase (while evaluating) resumes with the trained
     # weights, not an untrained head, and trains nothing again.
+    _assert_a_resume_trains_nothing_again(tmp_path, "quick", meta, result)
+
+
+def _assert_a_resume_trains_nothing_again(tmp_path, name, meta, result):
+    """Train ``name`` again in the same workspace, as a job resumed after its last phase:
+    the same history and metrics, in a new version, with nothing trained again."""
     registry = ModelRegistry(tmp_path / "models")
     params = TrainParams(**meta["params"])
-    again = train(tmp_path / "data", "quick", params, registry, tmp_path / "ws", weights=None)
+    again = train(tmp_path / "data", name, params, registry, tmp_path / "ws", weights=None)
     assert again.version == 2 and again.history == meta["history"]
     assert again.metrics == result.metrics
 
@@ -257,11 +263,7 @@ def test_a_phase_the_budget_left_no_time_for_is_recorded_and_not_trained_on_resu
     assert phases[1]["epochs_run"] == 0 and phases[1]["stopped"] == "time_budget"
     # A job that dies after this point (while evaluating) resumes without training the
     # phase its budget had no time for.
-    registry = ModelRegistry(tmp_path / "models")
-    params = TrainParams(**meta["params"])
-    again = train(tmp_path / "data", "tight", params, registry, tmp_path / "ws", weights=None)
-    assert again.version == 2 and again.history == meta["history"]
-    assert again.metrics == result.metrics
+    _assert_a_resume_trains_nothing_again(tmp_path, "tight", meta, result)
 
 
 def test_from_scratch_the_learning_rate_falls_to_nothing_when_the_budget_runs_out():
