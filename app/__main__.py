@@ -251,6 +251,12 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, help="default 32")
     parser.add_argument("--learning-rate", type=float, help="head learning rate (default 1e-3)")
     parser.add_argument("--fine-tune-learning-rate", type=float, help="default: learning rate / 10")
+    parser.add_argument(
+        "--lr-schedule",
+        choices=["auto", "plateau", "decay"],
+        help="learning-rate schedule: plateau reduction or linear decay over the budget"
+        " (default auto: decay from scratch, plateau for transfer)",
+    )
     parser.add_argument("--validation-split", type=float, help="default 0.2")
     parser.add_argument(
         "--early-stopping-patience",
@@ -297,6 +303,7 @@ _PLAIN_TRAIN_OPTIONS = (
     "batch_size",
     "learning_rate",
     "fine_tune_learning_rate",
+    "lr_schedule",
     "validation_split",
     "early_stopping_patience",
     "max_minutes",

@@ -69,6 +69,12 @@ class TrainParams(BaseModel):
     fine_tune_learning_rate: float | None = Field(
         None, gt=0, le=1.0, description="default: learning_rate / 10"
     )
+    lr_schedule: Literal["auto", "plateau", "decay"] = Field(
+        "auto",
+        description="plateau: divide the learning rate by 3.3 when the validation loss"
+        " stalls; decay: lower it linearly to nothing over each phase's epochs or time;"
+        " auto: decay from scratch, plateau for transfer",
+    )
     validation_split: float = Field(0.2, ge=0.05, le=0.5)
     early_stopping_patience: int | None = Field(
         None,
@@ -145,6 +151,12 @@ class TrainParams(BaseModel):
         if self.early_stopping_patience is not None:
             return self.early_stopping_patience
         return 8 if self.from_scratch else 4
+
+    @property
+    def resolved_lr_schedule(self) -> Literal["plateau", "decay"]:
+        if self.lr_schedule != "auto":
+            return self.lr_schedule
+        return "decay" if self.from_scratch else "plateau"
 
     @property
     def total_epochs(self) -> int:

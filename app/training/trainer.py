@@ -270,10 +270,13 @@ class _BudgetDecay(keras.callbacks.Callback):
         steps_per_epoch: int,
         epochs: tuple[int, int],
         deadline: float | None,
+        warmup_steps: int = 0,
     ) -> None:
-        """``epochs``: the phase's first and end epoch (0-based, end excluded)."""
+        """``epochs``: the phase's first and end epoch (0-based, end excluded);
+        ``warmup_steps``: the rate first rises linearly over this many steps (as `_WarmUp`)."""
         super().__init__()
         self.learning_rate = learning_rate
+        self.warmup_steps = warmup_steps
         self.steps_per_epoch = max(1, steps_per_epoch)
         self.first = epochs[0]
         self.steps = max(1, self.steps_per_epoch * (epochs[1] - epochs[0]))
@@ -298,6 +301,8 @@ class _BudgetDecay(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         rate = self.learning_rate * max(1.0 - self.progress(), MIN_RATE_FRACTION)
+        if self._step < self.warmup_steps:
+            rate *= (self._step + 1) / self.warmup_steps
         self.model.optimizer.learning_rate.assign(rate)
         self._step += 1
 
@@ -404,10 +409,11 @@ def train(
     Each phase (the head on the frozen base, then fine-tuning; or one phase from scratch)
     runs at most its number of epochs, stops early when the validation loss stops
     improving or the time budget runs out, and ends with the weights of its best epoch.
-    The learning rate drops when the validation loss stalls; fine-tuning warms up over its
-    first epoch. If fine-tuning never beats the head's best validation loss, the head's
-    weights are kept. The version's metadata says what was chosen and why each phase
-    stopped (``training``).
+    The learning rate drops when the validation loss stalls, or falls linearly to nothing
+    over the phase's budget (``lr_schedule``); fine-tuning warms up over its first
+    epoch. If fine-tuning never beats the head's best validation loss, the head's weights
+    are kept. The version's metadata says what was chosen and why each phase stopped
+    (``training``).
 
     Args:
         data_dir: a folder with one sub-folder of images per class (or one root folder
@@ -523,8 +529,13 @@ def train(
             min_lr=phase.learning_rate / 100,
             verbose=0,
         )
-        if params.from_scratch:
-            schedule = _BudgetDecay(phase.learning_rate, steps, (first, last), phase_deadline)
+        decay = params.resolved_lr_schedule == "decay"
+        if decay:
+            # Fine-tuning warms up over its first epoch here too.
+            warmup = steps if phase.name == "fine_tune" else 0
+            schedule = _BudgetDecay(
+                phase.learning_rate, steps, (first, last), phase_deadline, warmup_steps=warmup
+            )
         callbacks: list[keras.callbacks.Callback] = [
             best,
             stop_at,
@@ -535,7 +546,7 @@ def train(
             ),
             _EpochCallback(phase.name, total, hooks, history_file),
         ]
-        if phase.name == "fine_tune":
+        if phase.name == "fine_tune" and not decay:
             callbacks.insert(0, _WarmUp(steps, phase.learning_rate))
         model.fit(
             train_ds,
