@@ -321,27 +321,37 @@ def _measure_int8(
     reference: np.ndarray,
     reference_accuracy: float,
 ) -> dict[str, Any]:
-    """int8 with every convolution quantized; when that fails the rule and the network has
-    depthwise convolutions, again with those kept in f32 (`INT8_RECIPES`). The better of
-    the two stays as the version's int8 model, and its row says which it is."""
-    from app.serving.openvino_backend import INT8_RECIPES, quantize_to_int8
+    """int8 with every convolution quantized; when that fails the rule, again with the
+    layers int8 most often hurts kept in f32 (`INT8_RECIPES`): the depthwise convolutions
+    of a network that has them, else the first convolution and the classifier. The better
+    of the two stays as the version's int8 model, and its row says which it is."""
+    from app.serving.openvino_backend import (
+        INT8_RECIPES,
+        convert_to_ir,
+        depthwise_ops,
+        quantize_to_int8,
+    )
 
     first = _measure(model_path, image_size, "int8", heldout, reference)
     if "error" in first or passes(first, reference_accuracy)[0]:
         return {**first, "recipe": INT8_RECIPES["all"]} if "error" not in first else first
+    import openvino as ov
+
+    ir = ov.Core().read_model(str(convert_to_ir(model_path)))
+    other = "depthwise_f32" if depthwise_ops(ir) else "ends_f32"
     try:
-        quantize_to_int8(model_path, heldout.calibration, "depthwise_f32", replace=True)
-    except ValueError:  # no depthwise convolutions
+        quantize_to_int8(model_path, heldout.calibration, other, replace=True)
+    except ValueError:  # a network with neither
         return {**first, "recipe": INT8_RECIPES["all"]}
     second = _measure(model_path, image_size, "int8", heldout, reference)
     if "error" not in second and (
         passes(second, reference_accuracy)[0] or second["disagreements"] < first["disagreements"]
     ):
-        return {**second, "recipe": INT8_RECIPES["depthwise_f32"], "also_tried": {
+        return {**second, "recipe": INT8_RECIPES[other], "also_tried": {
             "recipe": INT8_RECIPES["all"], **first}}  # fmt: skip
     quantize_to_int8(model_path, heldout.calibration, "all", replace=True)  # the better one
     return {**first, "recipe": INT8_RECIPES["all"], "also_tried": {
-        "recipe": INT8_RECIPES["depthwise_f32"], **second}}  # fmt: skip
+        "recipe": INT8_RECIPES[other], **second}}  # fmt: skip
 
 
 def study_or_fallback(

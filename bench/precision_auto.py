@@ -11,6 +11,7 @@ f32, and the naive peer once, each loaded with the serving benchmark's photo mix
 concurrency 32: images/s, errors and the server's CPU per image outside the forward pass.
 
     python bench/precision_auto.py [--max-minutes 10] [--resnet-minutes 25] [--requests 600]
+                                   [--models mobilenet-signs,resnet-signs]
 """
 
 from __future__ import annotations
@@ -103,6 +104,11 @@ def main() -> None:
         "--resnet-minutes", type=float, default=25, help="ResNet-50's (from scratch, 224x224)"
     )
     parser.add_argument("--requests", type=int, default=600)
+    parser.add_argument(
+        "--models",
+        default="mobilenet-signs,resnet-signs",
+        help="which versions to train (the serving half needs resnet-signs)",
+    )
     args = parser.parse_args()
     if not (SIGNS.is_dir() and WEIGHTS.exists()):
         sys.exit(f"needs the SIGNS photos at {SIGNS} and the MobileNetV2 weights at {WEIGHTS}")
@@ -116,6 +122,8 @@ def main() -> None:
                              "--epochs", "100", "--max-minutes", str(args.resnet_minutes)],
         }  # fmt: skip
         for model, extra in runs.items():
+            if model not in args.models.split(","):
+                continue
             meta = train(work, pool, model, extra)
             report["models"][model] = {
                 "study": meta.get("precision_study"),

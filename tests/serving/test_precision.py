@@ -257,8 +257,19 @@ def test_the_study_command_measures_a_version_on_labelled_images(tmp_path):
 
 
 @pytest.mark.slow  # a service or a training each; the rule tests above are fast
-def test_int8_tries_keeping_depthwise_convolutions_in_f32_when_it_fails(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "depthwise, second",
+    [
+        (True, "depthwise convolutions kept in f32"),
+        (False, "the first convolution and the classifier kept in f32"),
+    ],
+    ids=["depthwise", "plain"],
+)
+def test_int8_tries_keeping_the_sensitive_layers_in_f32_when_it_fails(
+    tmp_path, monkeypatch, depthwise, second
+):
     import keras
+    import openvino as ov
 
     import app.precision as precision
     from app.registry import MODEL_FILE
@@ -267,7 +278,10 @@ def test_int8_tries_keeping_depthwise_convolutions_in_f32_when_it_fails(tmp_path
     inputs = keras.Input((32, 32, 3), name="image")
     x = keras.layers.Rescaling(1 / 255)(inputs)
     x = keras.layers.Conv2D(8, 3, activation="relu")(x)
-    x = keras.layers.DepthwiseConv2D(3, activation="relu")(x)
+    if depthwise:
+        x = keras.layers.DepthwiseConv2D(3, activation="relu")(x)
+    else:
+        x = keras.layers.Conv2D(8, 3, activation="relu")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
     registry = ModelRegistry(tmp_path / "models")
@@ -275,9 +289,35 @@ def test_int8_tries_keeping_depthwise_convolutions_in_f32_when_it_fails(tmp_path
     registry.write_version("dw", lambda folder: model.save(folder / MODEL_FILE), meta)
     heldout = _add_heldout(registry, "dw")
     monkeypatch.setattr(precision, "passes", lambda row, ref: (False, "refused for the test"))
-    row = study(registry.model_path("dw", 1), 32, heldout)["table"]["int8"]
+    model_path = registry.model_path("dw", 1)
+    row = study(model_path, 32, heldout)["table"]["int8"]
     recipes = {row["recipe"], row["also_tried"]["recipe"]}
-    assert recipes == {"every convolution int8", "depthwise convolutions kept in f32"}
+    assert recipes == {"every convolution int8", second}
     # The one kept is the one with fewer differing answers (the first on a tie).
     assert row["disagreements"] <= row["also_tried"]["disagreements"]
-    assert int8_ir_path(registry.model_path("dw", 1)).exists()
+    int8 = int8_ir_path(model_path)
+    assert int8.exists()
+    if not depthwise:
+        # Each recipe's int8 model: with every layer quantized, each convolution and the
+        # classifier take int8 weights (NNCF's "fq_weights") or a FakeQuantize input; with
+        # the ends kept in f32, the first convolution and the classifier take neither, and
+        # the convolution between them still does.
+        from app.serving.openvino_backend import quantize_to_int8
+
+        def quantized_inputs(recipe: str) -> dict[str, bool]:
+            quantize_to_int8(model_path, heldout.calibration, recipe, replace=True)
+            model = ov.Core().read_model(str(int8))
+            return {
+                op.get_friendly_name(): any(
+                    source.get_type_name() == "FakeQuantize"
+                    or "fq_weights" in source.get_friendly_name()
+                    for source in (i.get_source_output().get_node() for i in op.inputs())
+                )
+                for op in model.get_ordered_ops()
+                if op.get_type_name() in ("Convolution", "MatMul")
+            }
+
+        every, ends = quantized_inputs("all"), quantized_inputs("ends_f32")
+        first_conv, second_conv, classifier = every
+        assert every[first_conv] and every[second_conv] and every[classifier]
+        assert not ends[first_conv] and ends[second_conv] and not ends[classifier]
