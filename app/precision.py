@@ -292,7 +292,7 @@ def _measure(
     if precision == "bf16" and not bf16_supported():
         return {"error": "this CPU has no bf16 instructions"}
     predictor = OpenVINOPredictor(
-        model_path, image_size, precision, calibration=lambda: heldout.calibration
+        model_path, image_size, precision, calibration=lambda: heldout.calibration, cache=False
     )
     try:
         predictor.load()

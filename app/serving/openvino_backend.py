@@ -167,10 +167,14 @@ class OpenVINOPredictor:
         image_size: int,
         precision: str = "f32",
         calibration: Callable[[], np.ndarray | None] | None = None,
+        cache: bool = True,
     ) -> None:
         """``calibration`` gives the images to quantize with when int8 is asked for and
-        the version has no int8 model yet (None: it has none, and f32 serves)."""
+        the version has no int8 model yet (None: it has none, and f32 serves). ``cache``:
+        keep the compiled model in the version's folder (serving does; the precision
+        study, which compiles every precision once, does not)."""
         self.model_path = Path(model_path)
+        self.cache = cache
         self.image_size = image_size
         if precision not in PRECISIONS:
             raise ValueError(f"inference precision must be one of {sorted(PRECISIONS)}")
@@ -200,7 +204,7 @@ class OpenVINOPredictor:
         core = ov.Core()
         path = convert_to_ir(self.model_path)
         cache = path.parent / COMPILED_CACHE_DIR
-        if os.access(path.parent, os.W_OK):
+        if self.cache and os.access(path.parent, os.W_OK):
             # The compiled model, per precision (OpenVINO keys the blobs by model and
             # settings): a later load of the version skips compilation.
             core.set_property({"CACHE_DIR": str(cache)})

@@ -113,10 +113,14 @@ def test_the_study_measures_each_precision_and_auto_serves_its_choice(registry, 
     assert table["int8"]["agreement_images"] == 300 and table["int8"]["images_per_second"] > 0
     assert int8_ir_path(registry.model_path("toy", 1)).exists()
     assert result["chosen"] == choose(table, 1.0)[0]
+    # The study keeps no compiled model: only serving caches the precision it serves.
+    compiled = registry.version_dir("toy", 1) / "openvino" / "compiled"
+    assert not compiled.exists() or not any(compiled.iterdir())
     registry.update_metadata("toy", 1, {"precision_study": result})
 
     info = _served(settings_for)  # CONVSERVE_INFERENCE_PRECISION defaults to auto
     assert info["precision"] == result["chosen"]
+    assert any(compiled.iterdir())
     assert info["precision_reason"].startswith("auto: " + result["chosen"])
     assert info["version_details"][0]["precision_study"]["table"].keys() == table.keys()
     # The console's model page shows the table and the choice.
