@@ -136,6 +136,7 @@ def test_tar_gz_upload_is_accepted(jobs_client, tmp_path):
         ({"rotation": 2}, "rotation"),
         ({"zoom": -0.1}, "zoom"),
         ({"class_weight": "heavy"}, "class_weight"),
+        ({"lr_schedule": "cosine"}, "lr_schedule"),
         ({"max_minutes": -5}, "max_minutes"),
         ({"early_stopping_patience": "soon"}, "early_stopping_patience"),
     ],
@@ -155,6 +156,7 @@ def test_recipe_fields_are_kept_with_the_job(jobs_client, tmp_path):
         "class_weight": "balanced",
         "max_minutes": 3,
         "early_stopping_patience": 2,
+        "lr_schedule": "decay",
     }
     r = _upload(jobs_client, _good_zip(tmp_path), **fields)
     assert r.status_code == 202, r.text

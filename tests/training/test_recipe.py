@@ -69,6 +69,15 @@ def test_patience_is_longer_from_scratch_unless_given():
     )
 
 
+def test_the_learning_rate_decays_from_scratch_and_follows_plateaus_in_transfer_unless_given():
+    assert TrainParams().resolved_lr_schedule == "plateau"
+    assert TrainParams(from_scratch=True).resolved_lr_schedule == "decay"
+    assert TrainParams(lr_schedule="decay").resolved_lr_schedule == "decay"
+    assert TrainParams(from_scratch=True, lr_schedule="plateau").resolved_lr_schedule == "plateau"
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainParams(lr_schedule="cosine")
+
+
 def test_class_weights_balance_the_loss_only_when_asked_or_needed():
     weights, why = class_weights({"a": 300, "b": 100}, "auto")
     assert weights == {0: pytest.approx(400 / 600), 1: pytest.approx(2.0)}
@@ -190,6 +199,9 @@ def test_the_time_budget_stops_training_with_the_best_weights_and_says_so(tmp_pa
         "brightness": 0.1,
     }
     assert json.loads(json.dumps(meta)) == meta
+    assert all(
+        p.get("schedule", "").startswith("divided by 3.3") for p in phases if p["epochs_run"]
+    )
     assert any(line.startswith("fine-tuning: given") for line in lines)
     assert any("phase head stopped (time_budget)" in line for line in lines)
 
@@ -299,3 +311,7 @@ def test_from_scratch_the_learning_rate_falls_to_nothing_when_the_budget_runs_ou
     by_time = rates(_BudgetDecay(1e-3, 1000, (0, 3), deadline=time.monotonic() + 0.4), 3, 0.05)
     assert by_time == sorted(by_time, reverse=True)
     assert by_time[-1] == pytest.approx(1e-3 * MIN_RATE_FRACTION)
+    # Fine-tuning's warm-up: the rate rises over the first epoch's 4 steps, then falls.
+    warm = rates(_BudgetDecay(1e-3, 4, (0, 3), deadline=None, warmup_steps=4), epochs=3)
+    assert warm[:4] == sorted(warm[:4]) and warm[0] == pytest.approx(by_steps[0] / 4)
+    assert warm[3] == pytest.approx(by_steps[3]) and warm[3:] == by_steps[3:]
