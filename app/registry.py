@@ -59,7 +59,7 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
     with open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)
@@ -130,7 +130,7 @@ class ModelRegistry:
         data.update(changes)
         path = self.version_dir(name, version) / METADATA_FILE
         with writing_to("the model registry"):
-            _write_text_atomic(path, json.dumps(data, indent=2, default=str))
+            write_text_atomic(path, json.dumps(data, indent=2, default=str))
 
     def validation_samples(self, name: str, version: int) -> dict[str, Any] | None:
         """The validation images a trained version kept (``validation.json``), if any."""
@@ -196,7 +196,7 @@ class ModelRegistry:
         try:
             save(tmp)
             meta = {"name": name, "created_at": utc_now(), **metadata}
-            _write_text_atomic(tmp / METADATA_FILE, json.dumps(meta, indent=2, default=str))
+            write_text_atomic(tmp / METADATA_FILE, json.dumps(meta, indent=2, default=str))
             _fsync_dir(tmp)
             while True:
                 existing = [
@@ -275,7 +275,7 @@ class ModelRegistry:
 
     def _write_pointer(self, name: str, version: int) -> None:
         with writing_to("the model registry"):
-            _write_text_atomic(self.root / name / ACTIVE_FILE, f"{version}\n")
+            write_text_atomic(self.root / name / ACTIVE_FILE, f"{version}\n")
 
     def check_deletable(self, name: str, version: int) -> None:
         """Raise unless ``version`` exists and is not the active one."""

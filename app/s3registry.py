@@ -51,9 +51,9 @@ from app.registry import (
     NAME_PATTERN,
     ModelRegistry,
     RegistryError,
-    _write_text_atomic,
     activation_conflict,
     utc_now,
+    write_text_atomic,
 )
 
 log = logging.getLogger("convserve.registry")
@@ -220,7 +220,7 @@ class S3Registry(ModelRegistry):
             # files that came with the change (the study's int8 model), then the metadata.
             with writing_to("the model cache"):
                 self._fetch_missing(name, version)
-                _write_text_atomic(cached, json.dumps(data, indent=2, default=str))
+                write_text_atomic(cached, json.dumps(data, indent=2, default=str))
         return {**data, "version": version}
 
     def _fetch_missing(self, name: str, version: int) -> None:
@@ -343,7 +343,7 @@ class S3Registry(ModelRegistry):
         try:
             save(tmp)
             meta = {"name": name, "created_at": utc_now(), **metadata}
-            _write_text_atomic(tmp / METADATA_FILE, json.dumps(meta, indent=2, default=str))
+            write_text_atomic(tmp / METADATA_FILE, json.dumps(meta, indent=2, default=str))
             version = self._claim_number(name)
             files = sorted(
                 p
@@ -407,7 +407,7 @@ class S3Registry(ModelRegistry):
             # Moved meanwhile, to this very version: nothing was lost.
         with writing_to("the model cache"):
             (self.root / name).mkdir(parents=True, exist_ok=True)
-            _write_text_atomic(self.root / name / ACTIVE_FILE, f"{version}\n")
+            write_text_atomic(self.root / name / ACTIVE_FILE, f"{version}\n")
 
     def pointer_etag(self, name: str) -> str:
         """The ETag of the active pointer as it is now ("": there is none)."""
@@ -422,7 +422,7 @@ class S3Registry(ModelRegistry):
         cached = super().version_dir(name, version)
         if cached.is_dir():
             with writing_to("the model cache"):
-                _write_text_atomic(cached / METADATA_FILE, text)
+                write_text_atomic(cached / METADATA_FILE, text)
 
     def _delete_prefix(self, prefix: str, first: str | None = None) -> None:
         keys, _ = self._list(prefix)

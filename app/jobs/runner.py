@@ -20,6 +20,7 @@ from typing import Any
 from app.config import Settings
 from app.errors import ConvserveError, disk_error
 from app.jobs.store import CANCELLED, CANCELLING, FAILED, JobStore
+from app.training import interrupt
 
 log = logging.getLogger("convserve.job")
 
@@ -164,8 +165,14 @@ class JobStopped(BaseException):
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped, to be continued
 
 
+_stop_requested = False
+
+
 def _stop_on_sigterm(signum: int, frame: Any) -> None:
-    raise JobStopped
+    global _stop_requested
+    _stop_requested = True
+    # Raised here, or once the epoch's checkpoint files are all written.
+    interrupt.request_stop(JobStopped())
 
 
 def _finishing() -> None:
@@ -255,24 +262,35 @@ def run_job(job_id: str, settings: Settings, owner: str | None = None) -> int:
         # queues it again) and its workspace in place, so it resumes from its last epoch.
         log.info("job %s stopped by the service; it resumes at the next start", job_id)
         return EXIT_STOPPED
-    except ConvserveError as exc:  # the dataset's, or the registry's (disk full ...)
-        _finishing()
-        remove_job_files(settings, job_id)
-        store.finish(job_id, FAILED, error=exc.message, error_code=exc.code)
-        return 0
     except Exception as exc:
         _finishing()
-        remove_job_files(settings, job_id)
-        disk = disk_error(exc, "the service's data folder")
-        if disk is not None:  # a full or read-only disk: the reason, not a stack trace
-            log.error("job %s failed: %s", job_id, disk.message)
-            store.finish(job_id, FAILED, error=disk.message, error_code=disk.code)
-            return 0
-        log.exception("job %s failed", job_id)
-        store.finish(
-            job_id, FAILED, error=f"training failed: {exc}"[:500], error_code="training_failed"
-        )
-        return 1
+        if _stop_requested:
+            # The stop landed inside a library that turned it into an error of its own:
+            # the job was interrupted, not broken. Stopped as above; an error that was real
+            # comes back at the next attempt.
+            log.info(
+                "job %s stopped by the service (%s); it resumes at the next start", job_id, exc
+            )
+            return EXIT_STOPPED
+        return _fail(job_id, exc, settings, store)
+
+
+def _fail(job_id: str, exc: Exception, settings: Settings, store: JobStore) -> int:
+    """Record why the job failed (a stable code, and the reason) and remove its files."""
+    remove_job_files(settings, job_id)
+    if isinstance(exc, ConvserveError):  # the dataset's, or the registry's (disk full ...)
+        store.finish(job_id, FAILED, error=exc.message, error_code=exc.code)
+        return 0
+    disk = disk_error(exc, "the service's data folder")
+    if disk is not None:  # a full or read-only disk: the reason, not a stack trace
+        log.error("job %s failed: %s", job_id, disk.message)
+        store.finish(job_id, FAILED, error=disk.message, error_code=disk.code)
+        return 0
+    log.exception("job %s failed", job_id, exc_info=exc)
+    store.finish(
+        job_id, FAILED, error=f"training failed: {exc}"[:500], error_code="training_failed"
+    )
+    return 1
 
 
 def _unique(items: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -53,6 +53,9 @@ class JobSupervisor:
         self.manager = manager
         self.metrics = metrics
         self._procs: dict[str, asyncio.subprocess.Process] = {}
+        # The jobs this service claimed and has not yet recorded an outcome for: their
+        # process runs, or it ended and the job is being promoted.
+        self._held: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._wakeup = asyncio.Event()
@@ -125,9 +128,13 @@ class JobSupervisor:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for job_id in procs:
+        # A job still running in the store: its process was stopped, or it ended and the
+        # promotion of its new version was cut short. Either way it runs again at the next
+        # start (a job whose version is written only promotes it), without counting an attempt.
+        for job_id in sorted(self._held):
             if await asyncio.to_thread(self.store.release, job_id):
                 log.info("job %s stopped with the service; it resumes at the next start", job_id)
+        self._held.clear()
         if self.broker is not None:
             self.broker.close()
 
@@ -187,6 +194,7 @@ class JobSupervisor:
             sys.executable, "-m", "app", "run-job", job_id, "--owner", self.owner
         )
         self._procs[job_id] = proc
+        self._held.add(job_id)
         await asyncio.to_thread(self.store.update, job_id, pid=proc.pid)
         log.info("job %s started (attempt %d, pid %d)", job_id, job["attempts"], proc.pid)
         task = asyncio.get_running_loop().create_task(self._watch(job_id, proc))
@@ -209,21 +217,26 @@ class JobSupervisor:
                             proc.kill()
         self._procs.pop(job_id, None)
         try:
-            await self._after_exit(job_id, proc.returncode)
+            if await self._after_exit(job_id, proc.returncode):
+                self._held.discard(job_id)
         finally:
             self.wake()
 
-    async def _after_exit(self, job_id: str, returncode: int | None) -> None:
+    async def _after_exit(self, job_id: str, returncode: int | None) -> bool:
+        """Record the outcome of a job whose process ended. Returns False when the job is
+        left for `stop` to queue again (the service is stopping)."""
         job = await asyncio.to_thread(self.store.get, job_id)
-        if job is None or (self._stopping and job["status"] == RUNNING):
-            return  # stopped with the service: stop() queues it again
+        if job is not None and self._stopping and job["status"] == RUNNING:
+            return False  # stopped with the service: stop() queues it again
+        if job is None:
+            return True
         if job["status"] in (RUNNING, CANCELLING) and job.get("owner") not in (None, self.owner):
-            return  # another process took the job over (see _renew_leases)
+            return True  # another process took the job over (see _renew_leases)
         if job["status"] == RUNNING and returncode == EXIT_STOPPED:
             # Stopped by a SIGTERM that was not ours (sent to the whole process group):
             # queued again, not counted as a failed attempt.
             await asyncio.to_thread(self.store.release, job_id)
-            return
+            return True
         if job["status"] == CANCELLING:  # killed after ignoring its cancellation
             self.cleanup(job_id)
             await asyncio.to_thread(self.store.finish, job_id, "cancelled")
@@ -241,10 +254,11 @@ class JobSupervisor:
             )
             if status == QUEUED:
                 log.warning("job %s: process ended with %s; queued again", job_id, returncode)
-                return
+                return True
         job = await asyncio.to_thread(self.store.get, job_id)
         if job is not None and job["status"] in ("succeeded", "failed", "cancelled"):
             self.cleanup(job_id)
+        return True
 
     async def _promote(self, job: dict[str, Any]) -> None:
         job_id, name = job["id"], job["model"]

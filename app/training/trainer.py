@@ -31,7 +31,8 @@ from app.data.datasets import (
 )
 from app.nets.transfer import build_classifier, choose_fine_tune_at, unfreeze_from
 from app.precision import heldout_from_prepared, study_or_fallback
-from app.registry import MODEL_FILE, ModelRegistry
+from app.registry import MODEL_FILE, ModelRegistry, write_text_atomic
+from app.training import interrupt
 from app.training.evaluate import (
     classification_metrics,
     predict_dataset,
@@ -127,9 +128,69 @@ class _EpochCallback(keras.callbacks.Callback):
                 **values,
             }
         )
-        self.history_file.write_text(json.dumps(history))
+        write_text_atomic(self.history_file, json.dumps(history))
         if self.hooks.on_epoch is not None:
             self.hooks.on_epoch(report)
+
+
+class _HoldStop(keras.callbacks.Callback):
+    """First at an epoch's end: a stop requested from here waits for `_ReleaseStop`."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        interrupt.hold()
+
+
+class _ReleaseStop(keras.callbacks.Callback):
+    """Last at an epoch's end: every file of the epoch is written; a stop can land."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        interrupt.release()
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        interrupt.release()  # an epoch's end that raised before reaching this one
+
+
+class _Backup(keras.callbacks.BackupAndRestore):
+    """Keras's BackupAndRestore with files that are never half written.
+
+    Keras writes the checkpoint in place and falls back to the previous one only when the
+    latest cannot be opened; a process killed mid-write can leave a file that opens but
+    lacks layers. Here each file is written beside its target and renamed over it, and any
+    checkpoint that does not load falls back to the previous one."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(str(folder), delete_checkpoint=False, double_checkpoint=True)
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        try:
+            self._load_model()
+        except Exception:
+            if not os.path.exists(self._prev_weights_path):
+                raise
+            self._replace_with_copy(self._prev_weights_path, self._weights_path)
+            if os.path.exists(self._prev_training_metadata_path):
+                self._replace_with_copy(
+                    self._prev_training_metadata_path, self._training_metadata_path
+                )
+            self._load_model()
+
+    def _save_model(self) -> None:
+        os.makedirs(self.backup_dir, exist_ok=True)
+        if os.path.exists(self._weights_path):
+            self._replace_with_copy(self._weights_path, self._prev_weights_path)
+        if os.path.exists(self._training_metadata_path):
+            self._replace_with_copy(self._training_metadata_path, self._prev_training_metadata_path)
+        partial = os.path.join(self.backup_dir, "partial.weights.h5")
+        self.model.save_weights(partial, overwrite=True)
+        os.replace(partial, self._weights_path)
+        metadata = {"epoch": self._current_epoch, "batch": self._last_batch_seen}
+        write_text_atomic(Path(self._training_metadata_path), json.dumps(metadata))
+
+    @staticmethod
+    def _replace_with_copy(source: str, target: str) -> None:
+        partial = f"{target}.partial"
+        shutil.copyfile(source, partial)
+        os.replace(partial, target)
 
 
 def _check_stop(hooks: Hooks) -> None:
@@ -192,7 +253,7 @@ class _BestEpoch(keras.callbacks.Callback):
             "wait": self.wait,
             "epochs_run": self.epochs_run,
         }
-        self.state_file.write_text(json.dumps(state))
+        write_text_atomic(self.state_file, json.dumps(state))
 
     def restore(self, model: keras.Model) -> bool:
         """Load the best epoch's weights into ``model``; false if there were none."""
@@ -457,7 +518,7 @@ def train(
     else:
         hooks.log(f"checking images in {data_dir}")
         summary = prepare_dataset(data_dir, images_dir, params.image_size, params.validation_split)
-        summary_file.write_text(json.dumps(summary.to_dict()))
+        write_text_atomic(summary_file, json.dumps(summary.to_dict()))
     for skipped in summary.skipped:
         hooks.log(f"skipped {skipped.path}: {skipped.reason}")
     class_names = summary.class_names
@@ -540,12 +601,12 @@ def train(
             best,
             stop_at,
             schedule,
-            # Two checkpoints: a process killed while writing one leaves the other.
-            keras.callbacks.BackupAndRestore(
-                str(folder / "backup"), delete_checkpoint=False, double_checkpoint=True
-            ),
+            _Backup(folder / "backup"),
             _EpochCallback(phase.name, total, hooks, history_file),
         ]
+        # The files written at an epoch's end describe the same epoch: a stop waits until
+        # all of them are written.
+        callbacks = [_HoldStop(), *callbacks, _ReleaseStop()]
         if phase.name == "fine_tune" and not decay:
             callbacks.insert(0, _WarmUp(steps, phase.learning_rate))
         model.fit(
@@ -591,13 +652,11 @@ def train(
         )
         resume_from = folder / PHASE_RESULT
         partial = folder / f"partial.{PHASE_RESULT}"
-        model.save_weights(partial)
-        os.replace(partial, resume_from)  # never half a file
-        done.append(record)
-        phases_file.write_text(json.dumps(done))
         first += ran
         total = first + sum(p.max_epochs for p in phases[index + 1 :])
-        if deadline is not None and time.monotonic() >= deadline:
+        done.append(record)
+        out_of_time = deadline is not None and time.monotonic() >= deadline
+        if out_of_time:
             # No time left for the next phases: recorded as stopped by the budget with no
             # epoch run, so a job resumed after this point does not train them either.
             for later in phases[index + 1 :]:
@@ -611,7 +670,11 @@ def train(
                         "stopped": "time_budget",
                     }
                 )
-            phases_file.write_text(json.dumps(done))
+        with interrupt.held():  # the phase's weights and its record, or neither
+            model.save_weights(partial)
+            os.replace(partial, resume_from)  # never half a file
+            write_text_atomic(phases_file, json.dumps(done))
+        if out_of_time:
             break
     if not trained and resume_from is not None:
         load_weights(model, resume_from)  # every phase had finished before a restart

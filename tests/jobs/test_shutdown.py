@@ -19,6 +19,7 @@ from tests.jobs.service import Service, dataset_zip, upload_job, wait_for
 
 PNG = image_bytes(pattern_image("checks", 40), "PNG")
 FINAL = ("succeeded", "failed", "cancelled")
+EPOCHS = 40
 
 
 def _job_row(tmp_path: Path, job_id: str) -> tuple[str, int]:
@@ -28,6 +29,21 @@ def _job_row(tmp_path: Path, job_id: str) -> tuple[str, int]:
     finally:
         db.close()
     return row[0], row[1]
+
+
+def _job_pid(tmp_path: Path, job_id: str) -> int | None:
+    db = sqlite3.connect(tmp_path / "var" / "jobs.sqlite")
+    try:
+        return db.execute("SELECT pid FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+    finally:
+        db.close()
+
+
+def _wait_until_ended(pid: int | None, timeout: float = 60) -> None:
+    """Until process ``pid`` has exited (and been reaped by its parent, the service)."""
+    end = time.time() + timeout
+    while pid is not None and Path(f"/proc/{pid}").exists() and time.time() < end:
+        time.sleep(0.05)
 
 
 class Predictions:
@@ -99,11 +115,14 @@ def test_sigterm_drains_answers_what_it_accepted_and_the_job_resumes(tmp_path, r
     service.start()
     try:
         with service.client() as c:
+            # Epochs enough that the job is still training when the service stops it, 2 s
+            # of drain after its second epoch, on a machine several times faster than this
+            # one (half a second per epoch here).
             job_id = upload_job(
                 c,
                 tmp_path,
                 30,
-                epochs=6,
+                epochs=EPOCHS,
                 fine_tune_epochs=0,
                 early_stopping_patience=0,
                 image_size=64,
@@ -160,12 +179,50 @@ def test_sigterm_drains_answers_what_it_accepted_and_the_job_resumes(tmp_path, r
         with service.client() as c:
             job = wait_for(c, job_id, lambda j: j["status"] in FINAL)
             assert job["status"] == "succeeded" and job["attempts"] == 1, job
-            assert [h["epoch"] for h in job["history"]] == [1, 2, 3, 4, 5, 6]
+            assert [h["epoch"] for h in job["history"]] == list(range(1, EPOCHS + 1))
             # The epochs done before the stop were not trained again.
             done = len(before)
             assert [h["ended_at"] for h in job["history"][:done]] == [h["ended_at"] for h in before]
             assert wait_for(c, late_id, lambda j: j["status"] in FINAL)["status"] == "succeeded"
         assert ModelRegistry(tmp_path / "models").versions("toy") == [1, 2, 3]
+    finally:
+        service.stop()
+
+
+@pytest.mark.slow
+def test_a_job_whose_version_is_written_as_the_service_stops_is_promoted_at_the_next_start(
+    tmp_path, registry
+):
+    """The job's process wrote the new version and ended, and the service stops while it
+    promotes it (loads it to serve): the job is neither failed nor trained again."""
+    service = Service(tmp_path)
+    service.start()
+    try:
+        with service.client() as c:
+            job_id = upload_job(
+                c, tmp_path, 10, epochs=1, fine_tune_epochs=0, image_size=32, batch_size=4
+            )
+            # The version is written: the process records the result just before it ends.
+            wait_for(c, job_id, lambda j: j.get("result") is not None or j["status"] in FINAL)
+            _wait_until_ended(_job_pid(tmp_path, job_id))
+        assert service.proc is not None
+        service.proc.send_signal(signal.SIGTERM)
+        service.proc.wait(timeout=60)
+        # Promoted before the stop, or queued to be promoted at the next start; either way
+        # no attempt was spent.
+        assert _job_row(tmp_path, job_id) in (("queued", 0), ("succeeded", 1))
+        assert "Traceback" not in service.log.read_text()
+
+        service.start()
+        with service.client() as c:
+            job = wait_for(c, job_id, lambda j: j["status"] in FINAL)
+            assert job["status"] == "succeeded" and job["attempts"] == 1, job
+            assert job["result"]["version"] == 2 and job["result"]["promoted"] is True, job
+            assert c.get("/models/toy").json()["active_version"] == 2
+            r = c.post("/predict", params={"model": "toy"}, files={"file": ("a.png", PNG)})
+            assert r.status_code == 200 and r.json()["version"] == 2, r.text
+        # Trained once: the restart found the version and only promoted it.
+        assert ModelRegistry(tmp_path / "models").versions("toy") == [1, 2]
     finally:
         service.stop()
 
