@@ -165,3 +165,40 @@ def test_cancel_between_phases_stops_before_the_next_one_starts(tmp_path):
     assert phases == ["head"]
     assert not any("phase fine_tune" in line for line in lines), lines
     assert registry.versions("shapes") == []
+
+
+class _Stop(BaseException):
+    """Stands for the job's JobStopped (raised by its SIGTERM handler)."""
+
+
+def test_a_stop_waits_for_the_epochs_files_and_a_broken_checkpoint_falls_back(tmp_path):
+    import h5py
+
+    from app.training import interrupt
+
+    data = make_dataset(tmp_path / "data", per_class=8, size=32)
+    registry = ModelRegistry(tmp_path / "models")
+    params = TrainParams(base="lenet5", image_size=32, epochs=4, batch_size=8, seed=1)
+    workspace = tmp_path / "ws"
+
+    def log(line: str) -> None:
+        # The first line of epoch 2's end, before its history is written: a stop here
+        # waits until every file of the epoch is.
+        if line.startswith("epoch 2/"):
+            interrupt.request_stop(_Stop())
+
+    with pytest.raises(_Stop):
+        train(data, "shapes", params, registry, workspace, weights=None, hooks=Hooks(log=log))
+    phase = workspace / "phases" / "train"  # from scratch: one phase
+    assert [h["epoch"] for h in json.loads((workspace / "history.json").read_text())] == [1, 2]
+    assert json.loads((phase / "backup" / "training_metadata.json").read_text())["epoch"] == 2
+    assert json.loads((phase / "best.json").read_text())["epochs_run"] == 2
+
+    # A checkpoint that opens but holds no layers (a process killed while writing it):
+    # the resume falls back to the previous epoch's and the job still ends.
+    h5py.File(phase / "backup" / "latest.weights.h5", "w").close()
+    result = train(
+        data, "shapes", params, registry, workspace, weights=None, hooks=Hooks(log=lambda _: None)
+    )
+    assert registry.versions("shapes") == [result.version]
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
