@@ -139,7 +139,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     if args.after_job:  # beside a serving process: its threads and priority, as a job's
         from app.jobs.runner import limit_threads
 
-        limit_threads(settings.job_threads)
+        limit_threads(settings.job_threads, settings.job_nice)
     result = study_or_fallback(
         registry.model_path(name, version), int(meta["image_size"]), heldout, log=print
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -63,8 +64,12 @@ class Settings(BaseSettings):
     run_jobs: bool = True  # start job processes from this service instance
     max_concurrent_jobs: int = Field(1, ge=1, le=16)
     max_queued_jobs: int = Field(8, ge=1)
-    # TensorFlow threads of a job process: leave the other core(s) to predictions.
-    job_threads: int = Field(1, ge=1, le=64)
+    # TensorFlow threads of a job process. "auto": one per core this process may use. A job
+    # runs at a lower CPU priority than the service (app.jobs.runner.limit_threads), so
+    # predictions take the cores first while it trains and it has them all otherwise.
+    job_threads: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = "auto"
+    # How much lower a job process's CPU priority is than the service's (Unix nice, 0-19).
+    job_nice: int = Field(19, ge=0, le=19)
     max_job_attempts: int = Field(3, ge=1, le=20)
     # The job store: SQLite under data_dir by default; a PostgreSQL URL
     # (postgresql://user:password@host:5432/db) shares it between replicas and workers.
@@ -98,5 +103,13 @@ class Settings(BaseSettings):
 
 
 @lru_cache
+def cores_available() -> int:
+    """The cores this process may run on (a container's cpuset included)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def get_settings() -> Settings:
     return Settings()

@@ -24,6 +24,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_bench import SIGNS, cpu_name, load, start_service, stop, test_images, wait_ready
 
+from app.config import Settings
+
 
 def dataset_zip() -> bytes:
     buf = io.BytesIO()
@@ -61,10 +63,19 @@ def main() -> None:
         )
         r.raise_for_status()
         job = r.headers["location"]
-        while httpx.get(f"{url}{job}").json().get("progress") is None:
+
+        def fraction() -> float:
+            progress = httpx.get(f"{url}{job}").json().get("progress") or {}
+            return float(progress.get("fraction") or 0.0)
+
+        while fraction() == 0.0:  # until its first batches are trained
             time.sleep(0.5)
+        before = fraction()
         busy = asyncio.run(load(url, "mobilenet_v2", images, args.concurrency, 10**9, args.seconds))
         state = httpx.get(f"{url}{job}").json()
+        trained = (float(state["progress"]["fraction"]) - before) * state["progress"][
+            "total_epochs"
+        ]
         httpx.delete(f"{url}{job}")
     finally:
         stop(proc)
@@ -72,9 +83,12 @@ def main() -> None:
         f"\nmachine: {os.cpu_count()} cores, {cpu_name()}; MobileNetV2 224x224, "
         f"concurrency {args.concurrency}, {args.seconds:.0f} s per phase"
     )
+    settings = Settings()
     print(
         f"job during the second phase: {state['status']}, epoch "
-        f"{state['progress']['epoch']}/{state['progress']['total_epochs']}\n"
+        f"{state['progress']['epoch']}/{state['progress']['total_epochs']}; it trained "
+        f"{trained:.2f} epochs in those {args.seconds:.0f} s (CONVSERVE_JOB_THREADS="
+        f"{settings.job_threads}, CONVSERVE_JOB_NICE={settings.job_nice})\n"
     )
     print("| service | requests | errors | img/s | p50 ms | p99 ms |")
     print("|---|---:|---:|---:|---:|---:|")

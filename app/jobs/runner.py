@@ -15,9 +15,9 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from app.config import Settings
+from app.config import Settings, cores_available
 from app.errors import ConvserveError, disk_error
 from app.jobs.store import CANCELLED, CANCELLING, FAILED, JobStore
 from app.training import interrupt
@@ -63,7 +63,11 @@ def find_version_by_source(registry: Any, name: str, source: str) -> int | None:
     return None
 
 
-def limit_threads(threads: int) -> None:
+def limit_threads(setting: int | Literal["auto"], nice: int) -> None:
+    """TensorFlow's threads for a job process (``job_threads``), and a lower CPU priority
+    (``job_nice``): with a job using every core, predictions still get them first
+    (measured in the README's "Predictions while a job trains")."""
+    threads = cores_available() if setting == "auto" else setting
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(threads))
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
     import tensorflow as tf
@@ -71,7 +75,7 @@ def limit_threads(threads: int) -> None:
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     with contextlib.suppress(OSError):
-        os.nice(5)
+        os.nice(nice)
 
 
 class _Progress:
@@ -194,7 +198,7 @@ def run_job(job_id: str, settings: Settings, owner: str | None = None) -> int:
     if job is None:
         log.error("no job %s", job_id)
         return 2
-    limit_threads(settings.job_threads)
+    limit_threads(settings.job_threads, settings.job_nice)
 
     from app.jobs.files import job_files_for
     from app.registry import open_registry
