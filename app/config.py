@@ -102,7 +102,6 @@ class Settings(BaseSettings):
         return value
 
 
-@lru_cache
 def cores_available() -> int:
     """The cores this process may run on (a container's cpuset included)."""
     try:
@@ -111,5 +110,6 @@ def cores_available() -> int:
         return os.cpu_count() or 1
 
 
+@lru_cache
 def get_settings() -> Settings:
     return Settings()
