@@ -51,6 +51,25 @@ def test_each_architecture_trains_and_round_trips(tmp_path, base, size):
     np.testing.assert_allclose(probabilities.sum(), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_our_resnet50_trains_from_scratch_and_round_trips(tmp_path):
+    # The course's network from scratch, as `train --base resnet50 --from-scratch` runs it
+    # (BatchNorm statistics recomputed at the end); its accuracy on the real photos is
+    # bench/accuracy.py's resnet50_scratch run.
+    data = make_dataset(tmp_path / "data", classes=("hstripes", "vstripes"), per_class=12)
+    registry = ModelRegistry(tmp_path / "models")
+    params = TrainParams(base="resnet50", from_scratch=True, image_size=32, epochs=1, batch_size=8)
+    result = train(data, "scratch", params, registry, tmp_path / "ws", weights=None)
+    meta = registry.metadata("scratch", result.version)
+    assert meta["base"] == "resnet50" and meta["pretrained"] is None
+    assert "batchnorm" in meta["training"]["phases"][0]
+    model = load_classifier(registry.model_path("scratch", result.version))
+    image = Image.open(next((data / "vstripes").iterdir())).convert("RGB").resize((32, 32))
+    probabilities = np.asarray(model(np.asarray(image, "float32")[None]))
+    assert probabilities.shape == (1, 2)
+    np.testing.assert_allclose(probabilities.sum(), 1.0, atol=1e-5)
+
+
 def test_network_without_imagenet_weights_cannot_be_fine_tuned():
     with pytest.raises(ValueError, match="no ImageNet weights"):
         TrainParams(base="googlenet", from_scratch=False)
