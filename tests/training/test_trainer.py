@@ -171,6 +171,7 @@ class _Stop(BaseException):
     """Stands for the job's JobStopped (raised by its SIGTERM handler)."""
 
 
+@pytest.mark.slow  # two trainings; its teardown took 15 s in CI
 def test_a_stop_waits_for_the_epochs_files_and_a_broken_checkpoint_falls_back(tmp_path):
     import h5py
 
