@@ -6,6 +6,7 @@ one image per request, on the event loop, with no batching.
     python bench/naive_peer.py MODEL.keras IMAGE_SIZE PORT
 """
 
+import os
 import sys
 
 import keras
@@ -14,8 +15,14 @@ import uvicorn
 from fastapi import FastAPI, File, UploadFile
 
 sys.path.insert(0, ".")
-from app.data.images import load_image
-from app.nets import transfer  # noqa: F401  (registers our layers for loading)
+_ONEDNN = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+from app.data.images import load_image  # noqa: E402
+from app.nets import transfer  # noqa: E402, F401  (registers our layers for loading)
+
+# A tutorial's app runs TensorFlow's own defaults, not the oneDNN switch that importing
+# convserve sets (`app/__init__.py`).
+if _ONEDNN is None:
+    os.environ.pop("TF_ENABLE_ONEDNN_OPTS", None)
 
 MODEL_PATH, SIZE, PORT = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 model = keras.saving.load_model(MODEL_PATH, compile=False)

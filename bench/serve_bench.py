@@ -295,6 +295,9 @@ def start_naive(work: Path, model: str) -> tuple[str, Any]:
     size = registry.metadata(model, version)["image_size"]
     port = free_port()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # TensorFlow's defaults for this CPU, as a tutorial's app would run (this process
+    # imported convserve, which turns oneDNN on).
+    env.pop("TF_ENABLE_ONEDNN_OPTS", None)
     cmd = [
         sys.executable,
         "bench/naive_peer.py",
