@@ -17,7 +17,9 @@ from app.training.trainer import (
     Hooks,
     _BestEpoch,
     _BudgetDecay,
+    _Deadline,
     _fine_tune_choice,
+    _stop_reason,
     class_weights,
     train,
 )
@@ -112,6 +114,9 @@ def test_early_stopping_keeps_the_best_epoch_and_survives_a_restart(tmp_path):
     model.get_layer("d").kernel.assign(np.full((2, 1), 3.0, "float32"))
     again.on_epoch_end(3, {"val_loss": 0.6})
     assert model.stop_training and again.stopped_early
+    # What the version's metadata says of the phase.
+    assert _stop_reason(again, _Deadline(None), ran=4, max_epochs=10) == "early_stopping"
+    assert _stop_reason(again, _Deadline(None), ran=10, max_epochs=10) == "max_epochs"
     assert again.restore(model)
     assert np.all(keras.ops.convert_to_numpy(model.get_layer("d").kernel) == 1.0)
 
@@ -157,7 +162,14 @@ def test_a_fine_tuning_that_only_hurts_leaves_the_head_weights(tmp_path):
     head, fine = meta["training"]["phases"]
     assert head["phase"] == "head" and fine["phase"] == "fine_tune"
     assert fine["kept"] == "head" and fine["best_val_loss"] > head["best_val_loss"]
-    assert fine["stopped"] == "early_stopping" and head["stopped"] == "max_epochs"
+    assert head["stopped"] == "max_epochs"
+    # Early stopping counts within the phase (fine-tuning often starts worse than the head
+    # and overtakes it later), so whether a wrecked phase stops early depends on how its
+    # loss falls back from the wreck: with oneDNN kernels it falls every epoch but one.
+    if fine["stopped"] == "early_stopping":
+        assert fine["epochs_run"] < 6
+    else:
+        assert (fine["stopped"], fine["epochs_run"]) == ("max_epochs", 6)
     assert any("keeping the head's weights" in line for line in lines)
     # The version is the head's best epoch: its validation accuracy, not the wrecked one's.
     val_loss = [h["val_loss"] for h in meta["history"] if h["phase"] == "head"]
