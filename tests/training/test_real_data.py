@@ -17,10 +17,12 @@ ROOT = Path(__file__).resolve().parents[2]
 # 0.5%. The defaults on all 864 photos (0.977-0.986 in 9.3 min) are the benchmark's to
 # measure: a 10-minute run would be a quarter of this suite's time.
 HELD_OUT_FLOOR_30 = 0.80
-# Our ResNet-50 from scratch with the course's recipe (10 epochs at 64 px) is measured by
-# bench/accuracy.py (`--runs resnet50_scratch`), not here: it took 9.6 of this suite's 44
-# minutes on a 2-core AVX2-only machine. From scratch on the real photos is tested here with
-# LeNet-5, and ResNet-50's training and round trip in tests/training/test_architectures.py.
+# Measured 0.931 (bench, with the learning rate decayed over the 10 epochs); at a fixed
+# rate 0.84-0.92, ending wherever CPU thread scheduling left them (the seed fixes the
+# data, not the arithmetic). The floor says the recipe learns (chance is 0.17), not how
+# well: bench/accuracy.py measures that. About 3.5 minutes on a 2-core AVX2-only machine
+# with TensorFlow's oneDNN kernels on (9.6 without them).
+RESNET_HELD_OUT_FLOOR = 0.80
 # LeNet-5 from scratch at 64 px: measured 0.940 (bench/accuracy.py's split, 30 s).
 LENET_HELD_OUT_FLOOR = 0.88
 
@@ -74,6 +76,22 @@ def test_mobilenet_v2_with_the_defaults_on_30_photos_per_class_it_never_saw(tmp_
     assert training["fine_tune_at"]["value"] == 116  # 24 training photos per class
     assert result.seconds < 10 * 60
     assert accuracy >= HELD_OUT_FLOOR_30
+
+
+def test_our_resnet50_from_scratch_with_the_course_recipe(tmp_path):
+    # The course: inputs / 255, Adam at 1e-3, 10 epochs, batch 32, 64x64 photos, no
+    # augmentation (plus our early stopping and learning-rate schedule).
+    params = TrainParams(
+        base="resnet50",
+        from_scratch=True,
+        image_size=64,
+        epochs=10,
+        batch_size=32,
+        learning_rate=1e-3,
+        augment=False,
+    )
+    _, _, accuracy = _train_on_signs(tmp_path, params, name="signs-resnet")
+    assert accuracy >= RESNET_HELD_OUT_FLOOR
 
 
 def test_lenet5_from_scratch_on_photos_it_never_saw(tmp_path):
