@@ -20,7 +20,7 @@ HELD_OUT_FLOOR_30 = 0.80
 # Measured 0.931 (bench, with the learning rate decayed over the 10 epochs); at a fixed
 # rate 0.84-0.92, ending wherever CPU thread scheduling left them (the seed fixes the
 # data, not the arithmetic). The floor says the recipe learns (chance is 0.17), not how
-# well: bench/accuracy.py measures that. About 3.5 minutes on a 2-core AVX2-only machine
+# well: bench/accuracy.py measures that. 4.6 minutes on a 2-core AVX2-only machine
 # with TensorFlow's oneDNN kernels on (9.6 without them).
 RESNET_HELD_OUT_FLOOR = 0.80
 # LeNet-5 from scratch at 64 px: measured 0.940 (bench/accuracy.py's split, 30 s).
