@@ -268,6 +268,16 @@ def build_classifier(
 def unfreeze_from(model: keras.Model, fine_tune_at: int) -> None:
     """Make the base trainable from layer ``fine_tune_at`` on; the layers below stay frozen.
 
+    BatchNormalization layers stay frozen everywhere, so they keep normalising with their
+    ImageNet statistics while the layers around them train. Calling the base with
+    ``training=False`` is not enough for that in Keras 3: a functional model passes the
+    ``training`` of its own call (true in ``fit``) to every layer inside it, overriding the
+    value given where the base was called. An unfrozen BatchNormalization layer then
+    normalises each training batch with that batch's statistics and serving with its
+    moving ones: on SIGNS the features of the same photos differed by as much as their
+    mean, and the first fine-tuning epoch's training accuracy fell from 0.95 to 0.5. A
+    frozen one runs in inference mode whatever ``training`` says.
+
     The caller must compile the model again for the change to take effect.
     """
     base = model.get_layer(BASE_LAYER)
@@ -276,6 +286,16 @@ def unfreeze_from(model: keras.Model, fine_tune_at: int) -> None:
     base.trainable = True
     for layer in base.layers[:fine_tune_at]:
         layer.trainable = False
+    for layer in batchnorm_layers(base):
+        layer.trainable = False
+
+
+def batchnorm_layers(layer: keras.layers.Layer) -> list[keras.layers.BatchNormalization]:
+    """Every BatchNormalization layer in ``layer``, nested ones included."""
+    found = [layer] if isinstance(layer, keras.layers.BatchNormalization) else []
+    for inner in getattr(layer, "layers", []):
+        found += batchnorm_layers(inner)
+    return found
 
 
 def build_imagenet_classifier(arch: str, image_size: int, weights: str | None) -> keras.Model:

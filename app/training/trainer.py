@@ -748,13 +748,6 @@ def remove_workspace(workspace: Path) -> None:
     shutil.rmtree(workspace, ignore_errors=True)
 
 
-def _batchnorm_layers(layer: keras.layers.Layer) -> list[keras.layers.BatchNormalization]:
-    found = [layer] if isinstance(layer, keras.layers.BatchNormalization) else []
-    for inner in getattr(layer, "layers", []):
-        found += _batchnorm_layers(inner)
-    return found
-
-
 def recompute_batchnorm_statistics(model: keras.Model, dataset: Any) -> int:
     """Set every BatchNorm layer's moving mean and variance to their average over
     ``dataset`` (batches of `(images, labels)`) under the model's final weights ("precise
@@ -768,10 +761,10 @@ def recompute_batchnorm_statistics(model: keras.Model, dataset: Any) -> int:
     model will see when it serves); each layer normalises with its batch's statistics, as in
     training, while its own are averaged.
     """
-    from app.nets.transfer import inference_model
+    from app.nets.transfer import batchnorm_layers, inference_model
 
     net = inference_model(model)
-    layers = _batchnorm_layers(net)
+    layers = batchnorm_layers(net)
     if not layers:
         return 0
     momenta = [bn.momentum for bn in layers]

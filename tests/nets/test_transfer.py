@@ -64,9 +64,32 @@ def test_unfreeze_from_leaves_lower_layers_frozen():
     base = model.get_layer(BASE_LAYER)
     assert base.trainable
     assert not any(layer.trainable for layer in base.layers[:120])
-    assert all(layer.trainable for layer in base.layers[120:])
+    upper = base.layers[120:]
+    assert all(layer.trainable for layer in upper if not _is_batchnorm(layer))
+    assert any(_is_batchnorm(layer) for layer in upper)
     with pytest.raises(ValueError, match="fine_tune_at"):
         unfreeze_from(model, 154)
+
+
+def _is_batchnorm(layer: keras.layers.Layer) -> bool:
+    return isinstance(layer, keras.layers.BatchNormalization)
+
+
+@pytest.mark.parametrize("base", ["mobilenet_v2", "resnet50"])
+def test_fine_tuning_sees_the_features_serving_sees(base):
+    """An unfrozen base normalises a training batch as serving does (with its moving
+    statistics, not the batch's), and training leaves those statistics alone."""
+    model = build_classifier(base, 3, 64, weights=None, augmentation=None, dropout=0.0)
+    unfreeze_from(model, 0 if base == "resnet50" else 100)
+    features = keras.Model(model.input, model.get_layer("avg_pool").output)
+    x = np.random.default_rng(3).uniform(0, 255, (8, 64, 64, 3)).astype("float32")
+    np.testing.assert_allclose(features(x, training=True), features(x, training=False), atol=1e-5)
+    bn = [layer for layer in model.get_layer(BASE_LAYER).layers if _is_batchnorm(layer)]
+    before = [np.array(layer.moving_mean) for layer in bn]
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    model.fit(x, np.arange(8) % 3, epochs=2, verbose=0)
+    for layer, mean in zip(bn, before, strict=True):
+        np.testing.assert_array_equal(layer.moving_mean, mean)
 
 
 def test_pretrained_weights_file_loads_into_the_base(tmp_path):
