@@ -34,6 +34,7 @@ from accuracy import SIGNS, WEIGHTS, cli_env, split_signs
 from serve_bench import (
     ROOT,
     cpu_name,
+    decode_cost,
     load,
     process_cpu_seconds,
     raw_in_subprocess,
@@ -151,6 +152,8 @@ def main() -> None:
             report["served"]["naive"] = serve(url, proc, "resnet-signs", images, args.requests // 4)
         finally:
             stop(proc)
+        # What no serving change can skip: decoding and resizing the same photos alone.
+        report["decode_ms_img"] = decode_cost(images, 224)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -189,6 +192,12 @@ def main() -> None:
         fwd = f"{forward:.2f}" if forward is not None else ""
         print(f"| {label} | {r['requests']} | {r['errors']} | {r['img_s']:.1f} |"
               f" {r['server_cpu_ms_img']:.2f} | {fwd} | {outside} |")  # fmt: skip
+    decode = report["decode_ms_img"]
+    print(
+        "\ndecoding and resizing the photo mix alone (Pillow, as the service does it), CPU"
+        f" ms per image: {decode['all']:.2f} (SIGNS photos {decode['small']:.2f},"
+        f" large photos {decode['large']:.2f})"
+    )
     served = report["served"]
     print(
         f"\nauto ({chosen}) / f32: {served['auto']['img_s'] / served['f32']['img_s']:.2f}x;"
