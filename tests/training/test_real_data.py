@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # frozen); 216 held-out photos, so one photo is 0.5%. The defaults on all 864 photos
 # (0.986 in 8.9 min) are the benchmark's to measure: a 10-minute run would be a quarter
 # of this suite's time.
-HELD_OUT_FLOOR_30 = 0.85
+HELD_OUT_FLOOR_30 = 0.84
 # Measured 0.931 (bench, with the learning rate decayed over the 10 epochs); at a fixed
 # rate 0.84-0.92, ending wherever CPU thread scheduling left them (the seed fixes the
 # data, not the arithmetic). The floor says the recipe learns (chance is 0.17), not how
