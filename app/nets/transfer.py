@@ -69,9 +69,9 @@ def choose_fine_tune_at(base: str, images_per_class: float) -> FineTuneChoice:
     unfreeze the last stage, whose features are the most specific to the original task;
     with a lot, unfreeze more, then all of it. Measured on the SIGNS photos, fine-tuning the
     last stage already helps at 24 images per class (held-out accuracy 0.875 against 0.847
-    for the head alone, with BatchNorm frozen while fine-tuning), and the trainer keeps the head's weights when fine-tuning does
-    not beat them; only a handful of images per class, where a validation set cannot
-    tell better from worse, trains the head alone.
+    for the head alone, with BatchNorm frozen while fine-tuning), and the trainer keeps
+    the head's weights when fine-tuning does not beat them; only a handful of images per
+    class, where a validation set cannot tell better from worse, trains the head alone.
     """
     spec = BASES[base]
     n = images_per_class
