@@ -6,6 +6,7 @@ from app.nets.transfer import (
     BASE_LAYER,
     BASES,
     AugmentConfig,
+    batchnorm_layers,
     build_classifier,
     preprocessing_layer,
     unfreeze_from,
@@ -84,7 +85,8 @@ def test_fine_tuning_sees_the_features_serving_sees(base):
     features = keras.Model(model.input, model.get_layer("avg_pool").output)
     x = np.random.default_rng(3).uniform(0, 255, (8, 64, 64, 3)).astype("float32")
     np.testing.assert_allclose(features(x, training=True), features(x, training=False), atol=1e-5)
-    bn = [layer for layer in model.get_layer(BASE_LAYER).layers if _is_batchnorm(layer)]
+    bn = batchnorm_layers(model)
+    assert bn
     before = [np.array(layer.moving_mean) for layer in bn]
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
     model.fit(x, np.arange(8) % 3, epochs=2, verbose=0)
