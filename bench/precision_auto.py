@@ -42,6 +42,7 @@ from serve_bench import (
     start_service,
     stop,
     test_images,
+    thread_cpu_seconds,
     wait_ready,
 )
 
@@ -90,9 +91,12 @@ def heldout_accuracy(work: Path, model: str, held: Path) -> dict[str, float]:
 def serve(url: str, proc, model: str, images: list[bytes], requests: int) -> dict:
     wait_ready(url, proc)
     asyncio.run(load(url, model, images, 32, 64, 30))  # warm the path
-    cpu = process_cpu_seconds(proc.pid)
+    cpu, roles = process_cpu_seconds(proc.pid), thread_cpu_seconds(proc.pid)
     result = asyncio.run(load(url, model, images, 32, requests, 120))
-    result["server_cpu_ms_img"] = (process_cpu_seconds(proc.pid) - cpu) * 1000 / result["requests"]
+    done = result["requests"]
+    result["server_cpu_ms_img"] = (process_cpu_seconds(proc.pid) - cpu) * 1000 / done
+    after = thread_cpu_seconds(proc.pid)
+    result["threads_cpu_ms_img"] = {k: (after[k] - roles[k]) * 1000 / done for k in after}
     return result
 
 
@@ -198,6 +202,17 @@ def main() -> None:
         f" ms per image: {decode['all']:.2f} (SIGNS photos {decode['small']:.2f},"
         f" large photos {decode['large']:.2f})"
     )
+    print("\n| served ResNet-50, c=32: the server's CPU ms/img by thread | event loop (HTTP,"
+          " multipart, FastAPI, batching) | decode + resize | inference (runtime calls and"
+          " workers) | other | outside inference |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|")
+    for label, r in report["served"].items():
+        if label == "naive":  # another program: its threads are not convserve's
+            continue
+        t = r["threads_cpu_ms_img"]
+        outside = t["event loop"] + t["decode"] + t["other"]
+        print(f"| {label} | {t['event loop']:.2f} | {t['decode']:.2f} | {t['inference']:.2f} |"
+              f" {t['other']:.2f} | {outside:.2f} |")  # fmt: skip
     served = report["served"]
     print(
         f"\nauto ({chosen}) / f32: {served['auto']['img_s'] / served['f32']['img_s']:.2f}x;"

@@ -195,6 +195,28 @@ def process_cpu_seconds(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+# The server's threads by role (app.serving.manager names them): the event loop is the
+# process's first thread; the runtime's own worker threads start in the loader thread.
+THREAD_ROLES = {"cs-decode": "decode", "cs-infer": "inference", "cs-load": "inference"}
+
+
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds each role's threads of process ``pid`` have used: ``event loop``
+    (HTTP, multipart, FastAPI, batching), ``decode`` (decoding and resizing), ``inference``
+    (the runtime's calls and its worker threads) and ``other``."""
+    out = dict.fromkeys(("event loop", "decode", "inference", "other"), 0.0)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:  # the thread ended
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        role = "event loop" if task.name == str(pid) else THREAD_ROLES.get(name, "other")
+        out[role] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
 def decode_cost(images: list[bytes], size: int) -> dict[str, float]:
     """Milliseconds of CPU to decode and resize one image, as the service does it."""
     from app.data.images import load_image

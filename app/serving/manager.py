@@ -69,6 +69,8 @@ class ModelState:
 
 
 MAX_BOOTSTRAP_WAIT = 3600.0
+# What the operating system calls the service's threads (names are 15 characters at most).
+THREAD_PREFIX = "cs-"
 
 
 class InputSizeChanged(ConvserveError):
@@ -84,6 +86,21 @@ class InputSizeChanged(ConvserveError):
         self.current = current
 
 
+def _named_pool(workers: int, role: str) -> ThreadPoolExecutor:
+    """A thread pool whose threads the operating system knows as ``cs-<role>`` (``top -H``,
+    ``/proc/<pid>/task/*/comm``; the serving benchmark splits the server's CPU by them). A
+    runtime's own worker threads take the name of the thread that started them: OpenVINO's
+    are ``cs-load`` (they start while a version is compiled)."""
+    from setproctitle import setthreadtitle
+
+    return ThreadPoolExecutor(
+        workers,
+        thread_name_prefix=role,
+        initializer=setthreadtitle,
+        initargs=(f"{THREAD_PREFIX}{role}",),
+    )
+
+
 class ModelManager:
     MAX_EXTRA_VERSIONS = 2
 
@@ -97,10 +114,10 @@ class ModelManager:
         self.models: dict[str, ModelState] = {n: ModelState(n) for n in names}
         # Runtimes spread one batch over every core; two threads let the next batch be
         # handed over while one runs (a predictor's `parallelism` caps its own share).
-        self._infer = ThreadPoolExecutor(2, thread_name_prefix="infer")
-        self._loader = ThreadPoolExecutor(1, thread_name_prefix="load")
+        self._infer = _named_pool(2, "infer")
+        self._loader = _named_pool(1, "load")
         # Pillow releases the GIL while decoding and resizing, so these run in parallel.
-        self._decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        self._decoder = _named_pool(settings.decode_threads, "decode")
         self._poller: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------

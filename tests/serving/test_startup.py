@@ -73,3 +73,20 @@ def test_registry_lock_excludes_another_process(tmp_path):
         held = subprocess.run([sys.executable, "-c", probe, lock])
     free = subprocess.run([sys.executable, "-c", probe, lock])
     assert (held.returncode, free.returncode) == (3, 0)
+
+
+def test_serving_threads_are_named_for_their_role(settings_for):
+    """``top -H`` (and the serving benchmark) tell decoding from inference by name."""
+    from pathlib import Path
+
+    settings = settings_for(served_models=["mobilenet_v2"], default_model="mobilenet_v2")
+    png = image_bytes(pattern_image("checks", 50), "PNG")
+    with TestClient(create_app(settings)) as c:
+        assert c.post("/predict", files={"file": ("a.png", png)}).status_code == 200
+        names = set()
+        for task in Path("/proc/self/task").iterdir():
+            try:
+                names.add((task / "comm").read_text().strip())
+            except OSError:  # the thread ended meanwhile
+                continue
+    assert {"cs-decode", "cs-infer", "cs-load"} <= names
