@@ -8,7 +8,9 @@ speed at the serving batch size, and the choice. Each version is also scored on 
 bench's own held-out split (`bench/accuracy.py`'s 216 photos, never trained on) at each
 precision. Then the ResNet-50 version is served twice, at the precision `auto` picks and at
 f32, and the naive peer once, each loaded with the serving benchmark's photo mix at
-concurrency 32: images/s, errors and the server's CPU per image outside the forward pass.
+concurrency 32: images/s, errors and the server's CPU per image outside the forward pass,
+also split by the server's threads (event loop, decoding, inference). At `auto` the same
+photos are also sent as KServe V2 pixel tensors (decoded by the client).
 
     python bench/precision_auto.py [--max-minutes 10] [--resnet-minutes 25] [--requests 600]
                                    [--models mobilenet-signs,resnet-signs]
@@ -88,11 +90,11 @@ def heldout_accuracy(work: Path, model: str, held: Path) -> dict[str, float]:
     return out
 
 
-def serve(url: str, proc, model: str, images: list[bytes], requests: int) -> dict:
+def serve(url: str, proc, model: str, images: list, requests: int, protocol="predict") -> dict:
     wait_ready(url, proc)
-    asyncio.run(load(url, model, images, 32, 64, 30))  # warm the path
+    asyncio.run(load(url, model, images, 32, 64, 30, protocol))  # warm the path
     cpu, roles = process_cpu_seconds(proc.pid), thread_cpu_seconds(proc.pid)
-    result = asyncio.run(load(url, model, images, 32, requests, 120))
+    result = asyncio.run(load(url, model, images, 32, requests, 120, protocol))
     done = result["requests"]
     result["server_cpu_ms_img"] = (process_cpu_seconds(proc.pid) - cpu) * 1000 / done
     after = thread_cpu_seconds(proc.pid)
@@ -136,7 +138,10 @@ def main() -> None:
                 "bench_heldout": heldout_accuracy(work, model, held),
             }
             print(json.dumps(report["models"][model]), flush=True)
+        from app.data.images import load_image
+
         images = test_images(64)
+        pixels = [load_image(b, 224) for b in images]
         chosen = report["models"]["resnet-signs"]["study"]["chosen"]
         for precision in ("auto", "f32"):
             url, proc = start_service(work, ["resnet-signs"], "openvino", 224, precision=precision)
@@ -144,13 +149,21 @@ def main() -> None:
                 report["served"][precision] = serve(
                     url, proc, "resnet-signs", images, args.requests
                 )
+                if precision == "auto":
+                    # The same photos sent as pixel tensors (KServe V2, decoded and resized
+                    # by the client): what the service's own path costs without decoding.
+                    report["served"]["auto, V2 pixel tensors"] = serve(
+                        url, proc, "resnet-signs", pixels, args.requests, "v2"
+                    )
             finally:
                 stop(proc)
             # The forward pass alone at the batch size the service runs (4 on OpenVINO).
             raw = raw_in_subprocess(work / "models", "resnet-signs", "openvino", 5,
                                     chosen if precision == "auto" else "f32", (4,))  # fmt: skip
-            report["served"][precision]["raw_b4_cpu_ms_img"] = raw[4]["cpu_ms_img"]
-            report["served"][precision]["raw_b4_img_s"] = raw[4]["img_s"]
+            for label, r in report["served"].items():
+                if label.startswith(precision):
+                    r["raw_b4_cpu_ms_img"] = raw[4]["cpu_ms_img"]
+                    r["raw_b4_img_s"] = raw[4]["img_s"]
         url, proc = start_naive(work, "resnet-signs")
         try:
             report["served"]["naive"] = serve(url, proc, "resnet-signs", images, args.requests // 4)
