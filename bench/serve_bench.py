@@ -65,38 +65,18 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-def v2_binary_request(model: str, image: bytes) -> tuple[str, bytes, dict[str, str]]:
-    """A KServe V2 /infer request carrying one JPEG as binary BYTES, as tritonclient sends
-    it: the JSON header, then the element's 4-byte length and bytes."""
-    element = struct.pack("<I", len(image)) + image
+def _v2_request(
+    model: str, name: str, shape: list[int], datatype: str, data: bytes
+) -> tuple[str, bytes, dict[str, str]]:
+    """A KServe V2 /infer request with one input in binary form: the JSON header, then the
+    input's bytes, asking for the top class."""
     head = json.dumps(
         {
             "inputs": [
                 {
-                    "name": "image_bytes",
-                    "shape": [1],
-                    "datatype": "BYTES",
-                    "parameters": {"binary_data_size": len(element)},
-                }
-            ],
-            "outputs": [{"name": "probabilities", "parameters": {"classification": 1}}],
-        }
-    ).encode()
-    headers = {"Inference-Header-Content-Length": str(len(head))}
-    return f"/v2/models/{model}/infer", head + element, headers
-
-
-def v2_tensor_request(model: str, pixels: np.ndarray) -> tuple[str, bytes, dict[str, str]]:
-    """A KServe V2 /infer request carrying one image as a binary UINT8 pixel tensor
-    ``[1, S, S, 3]`` (decoded and resized by the client): the service decodes nothing."""
-    data = np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()
-    head = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "images",
-                    "shape": [1, *pixels.shape],
-                    "datatype": "UINT8",
+                    "name": name,
+                    "shape": shape,
+                    "datatype": datatype,
                     "parameters": {"binary_data_size": len(data)},
                 }
             ],
@@ -105,6 +85,20 @@ def v2_tensor_request(model: str, pixels: np.ndarray) -> tuple[str, bytes, dict[
     ).encode()
     headers = {"Inference-Header-Content-Length": str(len(head))}
     return f"/v2/models/{model}/infer", head + data, headers
+
+
+def v2_binary_request(model: str, image: bytes) -> tuple[str, bytes, dict[str, str]]:
+    """A KServe V2 /infer request carrying one JPEG as binary BYTES, as tritonclient sends
+    it: the element's 4-byte length, then its bytes."""
+    element = struct.pack("<I", len(image)) + image
+    return _v2_request(model, "image_bytes", [1], "BYTES", element)
+
+
+def v2_tensor_request(model: str, pixels: np.ndarray) -> tuple[str, bytes, dict[str, str]]:
+    """A KServe V2 /infer request carrying one image as a binary UINT8 pixel tensor
+    ``[1, S, S, 3]`` (decoded and resized by the client): the service decodes nothing."""
+    data = np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()
+    return _v2_request(model, "images", [1, *pixels.shape], "UINT8", data)
 
 
 async def load(
