@@ -209,13 +209,18 @@ def raw_throughput(
     return out
 
 
+def _stat_cpu_seconds(stat: str) -> float:
+    """User + system CPU time from a ``/proc/.../stat`` line (of a process or a thread)."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def process_cpu_seconds(pid: int | None = None) -> float:
     """User + system CPU time of a process (this one by default), all threads."""
     if pid is None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return usage.ru_utime + usage.ru_stime
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return _stat_cpu_seconds(Path(f"/proc/{pid}/stat").read_text())
 
 
 # The server's threads by role (app.serving.manager names them): the event loop is the
@@ -234,9 +239,8 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
         except OSError:  # the thread ended
             continue
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat.rsplit(")", 1)[1].split()
         role = "event loop" if task.name == str(pid) else THREAD_ROLES.get(name, "other")
-        out[role] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        out[role] += _stat_cpu_seconds(stat)
     return out
 
 

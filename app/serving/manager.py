@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from setproctitle import setthreadtitle
 
 from app.config import Settings
 from app.data.images import ImageError, load_image
@@ -91,8 +92,6 @@ def _named_pool(workers: int, role: str) -> ThreadPoolExecutor:
     ``/proc/<pid>/task/*/comm``; the serving benchmark splits the server's CPU by them). A
     runtime's own worker threads take the name of the thread that started them: OpenVINO's
     are ``cs-load`` (they start while a version is compiled)."""
-    from setproctitle import setthreadtitle
-
     return ThreadPoolExecutor(
         workers,
         thread_name_prefix=role,
