@@ -49,7 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from app.errors import ConvserveError
-    from app.registry import open_registry
+    from app.storage.factory import open_registry
     from app.training.params import TrainParams
     from app.training.trainer import train
 
@@ -103,8 +103,8 @@ def cmd_study(args: argparse.Namespace) -> int:
         read_heldout,
         study_or_fallback,
     )
-    from app.registry import open_registry
     from app.serving.openvino_backend import int8_ir_path
+    from app.storage.factory import open_registry
 
     settings = get_settings()
     registry = open_registry(settings)
@@ -153,7 +153,8 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from app.data.datasets import DatasetError
-    from app.registry import RegistryError, open_registry
+    from app.storage.factory import open_registry
+    from app.storage.registry import RegistryError
     from app.training.evaluate import evaluate_directory
 
     settings = get_settings()
@@ -172,7 +173,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from app.registry import open_registry
+    from app.storage.factory import open_registry
 
     registry = open_registry(get_settings())
     rows: list[dict[str, Any]] = []

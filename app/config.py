@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     max_archive_bytes: int = Field(4 * 1024**3, ge=1)  # uncompressed
     max_archive_files: int = Field(50_000, ge=1)
     min_images_per_class: int = Field(5, ge=1)
+    # Stored datasets (/datasets): the most images and image bytes one dataset may hold
+    # (413 past them).
+    max_dataset_images: int = Field(100_000, ge=1)
+    max_dataset_bytes: int = Field(20 * 1024**3, ge=1)
 
     @field_validator("served_models", mode="before")
     @classmethod

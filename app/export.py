@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from app.errors import ConvserveError, disk_error, writing_to
-from app.registry import ModelRegistry
+from app.storage.registry import ModelRegistry
 
 Format = Literal["keras", "savedmodel", "tflite", "onnx", "openvino"]
 FORMATS: tuple[Format, ...] = ("keras", "savedmodel", "tflite", "onnx", "openvino")

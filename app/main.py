@@ -17,10 +17,10 @@ from app.console import routes as console
 from app.jobs.runner import store_for
 from app.jobs.supervisor import JobSupervisor
 from app.protocols import kserve_v2, tfserving
-from app.registry import open_registry
 from app.serving.manager import ModelManager
 from app.serving.metrics import ServiceMetrics
 from app.shutdown import DrainMiddleware, DrainState
+from app.storage.factory import open_datasets, open_registry
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -33,6 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         registry = open_registry(settings)
         registry.clean_stale()
+        datasets = open_datasets(settings, registry)
         metrics = ServiceMetrics()
         manager = ModelManager(settings, registry, metrics)
         await manager.start()
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield {
                 "registry": registry,
+                "datasets": datasets,
                 "metrics": metrics,
                 "manager": manager,
                 "jobs": jobs,
@@ -61,13 +63,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limits={
             "/finetune": settings.max_upload_bytes + slack,
             "/datasets/check": settings.max_upload_bytes + slack,
+            "/datasets": settings.max_upload_bytes + slack,
             "/predict": settings.max_files_per_request * settings.max_image_bytes + slack,
         },
         # The protocols carry images as base64 (4/3 of their size) or as pixel tensors.
-        prefix_limits=dict.fromkeys(
-            ("/v1/models/", "/v2/models/"),
-            2 * settings.max_files_per_request * settings.max_image_bytes + slack,
-        ),
+        prefix_limits={
+            **dict.fromkeys(
+                ("/v1/models/", "/v2/models/"),
+                2 * settings.max_files_per_request * settings.max_image_bytes + slack,
+            ),
+            "/datasets/": settings.max_files_per_request * settings.max_image_bytes + slack,
+        },
     )
     # Outermost: while the service drains, new requests are answered before anything else.
     app.state.drain = DrainState()

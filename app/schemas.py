@@ -180,3 +180,104 @@ class ArchitectureInfo(BaseModel):
 
 class ArchitectureList(BaseModel):
     architectures: list[ArchitectureInfo]
+
+
+class DatasetVersionInfo(BaseModel):
+    version: int
+    created_at: str
+    parent: int | None = None
+    change: dict[str, Any] = {}  # what the change was: action, class, counts
+    classes: dict[str, int]  # images per class
+    images: int
+
+
+class DatasetInfo(BaseModel):
+    name: str
+    latest_version: int
+    classes: dict[str, int]  # images per class, latest version
+    images: int
+    bytes: int
+    created_at: str
+    updated_at: str
+    warnings: list[str] = []
+    versions: list[DatasetVersionInfo] = []
+
+
+class DatasetList(BaseModel):
+    datasets: list[DatasetInfo]
+
+
+class DuplicateImage(BaseModel):
+    filename: str
+    id: str
+    label: str  # the class the stored copy is in
+
+
+class DatasetChange(BaseModel):
+    """The answer to every change of a dataset: the version it made."""
+
+    name: str
+    version: int
+    changed: bool = True  # false: nothing new (every image was there already)
+    added: int = 0
+    added_ids: list[str] = []
+    duplicates: list[DuplicateImage] = []
+    skipped: list[SkippedFileInfo] = []
+
+
+class DatasetImage(BaseModel):
+    id: str
+    label: str
+    filename: str
+    bytes: int
+    source: str
+    added_at: str
+    url: str
+    thumbnail_url: str
+
+
+class DatasetImages(BaseModel):
+    name: str
+    version: int
+    label: str | None = None
+    total: int
+    offset: int
+    limit: int
+    items: list[DatasetImage]
+
+
+class DatasetImageRef(BaseModel):
+    id: str
+    label: str
+
+
+class DatasetRelabel(BaseModel):
+    id: str
+    to: str
+    # "from" is a keyword: the old class is `old`.
+    old: str
+
+
+class DatasetDiff(BaseModel):
+    name: str
+    old: int
+    new: int
+    added: list[DatasetImageRef]
+    removed: list[DatasetImageRef]
+    relabelled: list[DatasetRelabel]
+    classes_added: list[str]
+    classes_removed: list[str]
+
+
+class DatasetVersionDetail(DatasetVersionInfo):
+    name: str
+    diff: DatasetDiff | None = None  # from the parent version
+
+
+class Relabel(BaseModel):
+    label: str
+    create_class: bool = False  # make the class when the dataset has none by that name
+
+
+class NewClass(BaseModel):
+    label: str

@@ -67,8 +67,8 @@ def train(work: Path, pool: Path, model: str, extra: list[str]) -> dict:
 def heldout_accuracy(work: Path, model: str, held: Path) -> dict[str, float]:
     """Accuracy of each precision on the bench's own held-out photos."""
     from app.data.images import load_image
-    from app.registry import ModelRegistry
     from app.serving.predictor import make_predictor
+    from app.storage.registry import ModelRegistry
 
     registry = ModelRegistry(work / "models")
     meta = registry.metadata(model, 1)

@@ -78,10 +78,10 @@ def main() -> None:
         sys.exit("needs ../shared/data/signs and the ImageNet MobileNetV2 weights")
 
     from app.data.images import load_image
-    from app.registry import ModelRegistry
     from app.serving.bootstrap import bootstrap
     from app.serving.openvino_backend import convert_to_ir
     from app.serving.predictor import KerasPredictor
+    from app.storage.registry import ModelRegistry
     from app.training.params import TrainParams
     from app.training.trainer import Hooks, train
 

@@ -180,8 +180,8 @@ def raw_throughput(
 ) -> dict[int, dict[str, float]]:
     """Images/s and per-batch latency of the bare forward pass at each batch size (1 and 16
     by default): the same predictor the service uses, with no HTTP, decoding or batching."""
-    from app.registry import ModelRegistry
     from app.serving.predictor import make_predictor
+    from app.storage.registry import ModelRegistry
 
     registry = ModelRegistry(Path(models_dir))
     version = registry.active_version(name)
@@ -336,7 +336,7 @@ def start_service(
 
 
 def start_naive(work: Path, model: str) -> tuple[str, Any]:
-    from app.registry import ModelRegistry
+    from app.storage.registry import ModelRegistry
 
     registry = ModelRegistry(work / "models")
     version = registry.active_version(model)

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.main import create_app
-from app.registry import ModelRegistry
+from app.storage.registry import ModelRegistry
 from tests.helpers import write_toy_version
 
 

@@ -92,7 +92,7 @@ def write_toy_version(
     randomly initialised deep network whose frozen BatchNorm flattens everything."""
     import keras
 
-    from app.registry import MODEL_FILE
+    from app.storage.registry import MODEL_FILE
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((size, size, 3), name="image")
@@ -124,7 +124,7 @@ def write_toy_version(
 def toy_registry(root: Path, second_seed: int = 1):
     """A registry under ``root/models`` with "toy" versions 1 (active) and 2, for tests
     that promote and roll back between them."""
-    from app.registry import ModelRegistry
+    from app.storage.registry import ModelRegistry
 
     registry = ModelRegistry(root / "models")
     write_toy_version(registry, "toy", ["circle", "square"], seed=0)

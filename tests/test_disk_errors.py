@@ -9,7 +9,7 @@ import os
 import pytest
 
 from app.errors import ConvserveError, writing_to
-from app.registry import ModelRegistry
+from app.storage.registry import ModelRegistry
 
 
 @pytest.mark.parametrize(

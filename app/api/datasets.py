@@ -1,20 +1,72 @@
-"""``/datasets/check``: the dataset check a fine-tuning job runs, without the job."""
+"""``/datasets``: datasets the service keeps (create, grow, relabel, version, export), and
+the dataset check a fine-tuning job runs, without the job."""
 
 from __future__ import annotations
 
 import asyncio
+import io
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from fastapi.responses import FileResponse
+from PIL import Image
+from starlette.background import BackgroundTask
 
-from app.api.deps import Admin, SettingsDep
-from app.jobs.intake import check_only
-from app.schemas import DatasetReport
+from app.api.deps import Admin, Datasets, Jobs, SettingsDep
+from app.data.datasets import DatasetSummary, scan_dataset
+from app.errors import ConvserveError
+from app.jobs.intake import add_archive_to_dataset, add_files_to_dataset, check_only
+from app.schemas import (
+    DatasetChange,
+    DatasetDiff,
+    DatasetImages,
+    DatasetInfo,
+    DatasetList,
+    DatasetReport,
+    DatasetVersionDetail,
+    ErrorBody,
+    NewClass,
+    Relabel,
+)
+from app.storage.datasets import DatasetStore, check_name
 
-router = APIRouter(prefix="/datasets", tags=["finetune"])
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+THUMBNAIL_SIZE = 160
+MIME = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+    "WEBP": "image/webp",
+    "TIFF": "image/tiff",
+}
 
 
-@router.post("/check", response_model=DatasetReport, dependencies=[Admin])
+VersionQuery = Query(None, ge=1, description="a dataset version; default the latest")
+
+
+def _info(datasets: DatasetStore, name: str) -> DatasetInfo:
+    summary = datasets.summary(name)
+    warnings = DatasetSummary(list(summary["classes"]), summary["classes"]).warnings
+    return DatasetInfo(**summary, warnings=warnings)
+
+
+def _busy(jobs: Any, name: str, version: int | None = None) -> None:
+    """409 while a queued or running job reads the dataset (or that version of it)."""
+    for job in jobs.active_for_dataset(name):
+        if version is None or job["version"] == version:
+            raise ConvserveError(
+                "dataset_in_use",
+                f"job {job['id']} reads dataset {name!r} (version {job['version']});"
+                " cancel it or wait for it to end",
+                409,
+            )
+
+
+@router.post("/check", response_model=DatasetReport, dependencies=[Admin], tags=["finetune"])
 async def check_dataset(
     settings: SettingsDep,
     dataset: UploadFile = File(..., description=".zip, .tar or .tar.gz, one folder per class"),
@@ -24,3 +76,214 @@ async def check_dataset(
     images per class, skipped files with the reason, exact duplicates and warnings
     (imbalance, few images). Nothing is kept."""
     return await asyncio.to_thread(check_only, settings, dataset.file, validation_split)
+
+
+@router.post("", status_code=201, response_model=DatasetChange, dependencies=[Admin])
+def create_dataset(
+    response: Response,
+    settings: SettingsDep,
+    datasets: Datasets,
+    name: str = Form(..., description="1-64 letters, digits, '_', '-' or '.'"),
+    archive: UploadFile | None = File(
+        None, description="optional .zip, .tar or .tar.gz of class folders"
+    ),
+) -> Any:
+    """Create a dataset: empty, or from an archive of class folders (its version 1). Files
+    that are not usable images are skipped and listed; exact copies are stored once."""
+    check_name(name)
+    if archive is None:
+        change: dict[str, Any] = {**datasets.create(name).to_dict(), "skipped": []}
+    else:
+        change = add_archive_to_dataset(settings, datasets, name, archive.file, exists_ok=False)
+    response.headers["Location"] = f"/datasets/{name}"
+    return DatasetChange(name=name, **change)
+
+
+@router.get("", response_model=DatasetList)
+def list_datasets(datasets: Datasets) -> DatasetList:
+    """Every dataset, with its images per class in its latest version."""
+    return DatasetList(
+        datasets=[_info(datasets, n).model_copy(update={"versions": []}) for n in datasets.names()]
+    )
+
+
+@router.get("/{name}", response_model=DatasetInfo)
+def get_dataset(name: str, datasets: Datasets) -> DatasetInfo:
+    """A dataset: images per class (latest version), warnings, and every version."""
+    return _info(datasets, name)
+
+
+@router.delete("/{name}", status_code=204, dependencies=[Admin])
+def delete_dataset(name: str, datasets: Datasets, jobs: Jobs) -> Response:
+    """Delete a dataset and its images (refused while a job reads it). Model versions
+    trained on it keep their record of it."""
+    datasets.summary(name)  # 404 first
+    _busy(jobs, name)
+    datasets.delete(name)
+    return Response(status_code=204)
+
+
+@router.post("/{name}/images", status_code=201, response_model=DatasetChange, dependencies=[Admin])
+def add_images(
+    name: str,
+    settings: SettingsDep,
+    datasets: Datasets,
+    label: str = Query(..., description="the class; a new name makes a new class"),
+    file: list[UploadFile] = File(..., description="one or more images"),
+    source: str = Query("api", pattern="^(api|console)$", description="recorded per image"),
+) -> Any:
+    """Add images to class ``label`` (a new version). What is not a usable image is
+    skipped and listed; an image the dataset holds already is counted as a duplicate."""
+    if len(file) > settings.max_files_per_request:
+        raise ConvserveError(
+            "too_many_files",
+            f"{len(file)} files in one request; the limit is {settings.max_files_per_request}",
+            413,
+        )
+    datasets.summary(name)  # 404 before reading the files
+    files = [(f.filename or "image", f.file) for f in file]
+    change = add_files_to_dataset(settings, datasets, name, label, files, source)
+    return DatasetChange(name=name, **change)
+
+
+@router.get("/{name}/images", response_model=DatasetImages)
+def list_images(
+    name: str,
+    datasets: Datasets,
+    version: int | None = VersionQuery,
+    label: str | None = Query(None, description="only this class"),
+    offset: int = Query(0, ge=0),
+    limit: int = Query(50, ge=1, le=500),
+) -> DatasetImages:
+    """One page of a version's images, by class then file name, with their URLs."""
+    page = datasets.images(name, version, label, offset, limit)
+    for item in page["items"]:
+        item["url"] = f"/datasets/{name}/images/{item['id']}"
+        item["thumbnail_url"] = f"/datasets/{name}/images/{item['id']}?thumbnail=true"
+    return DatasetImages(name=name, **page)
+
+
+@router.get(
+    "/{name}/images/{image_id}",
+    response_class=Response,
+    responses={200: {"content": {"image/*": {}}, "description": "the image, or a thumbnail"}},
+)
+def get_image(
+    name: str,
+    image_id: str,
+    datasets: Datasets,
+    thumbnail: bool = Query(False, description=f"a JPEG of at most {THUMBNAIL_SIZE} px"),
+) -> Response:
+    """An image as stored (or a small JPEG of it), while a stored version lists it."""
+    data = datasets.image_bytes(name, image_id)
+    headers = {"Cache-Control": "private, max-age=86400, immutable"}  # ids are content hashes
+    with Image.open(io.BytesIO(data)) as img:
+        if not thumbnail:
+            return Response(data, media_type=MIME.get(img.format or "", "image/*"), headers=headers)
+        img.draft("RGB", (THUMBNAIL_SIZE, THUMBNAIL_SIZE))  # JPEG: decode small
+        small = img.convert("RGB")
+    small.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+    out = io.BytesIO()
+    small.save(out, format="JPEG", quality=80)
+    return Response(out.getvalue(), media_type="image/jpeg", headers=headers)
+
+
+@router.patch("/{name}/images/{image_id}", response_model=DatasetChange, dependencies=[Admin])
+def relabel_image(name: str, image_id: str, body: Relabel, datasets: Datasets) -> DatasetChange:
+    """Move an image to another class (a new version). A class the dataset does not have
+    is made only with ``create_class: true``."""
+    version = datasets.relabel(name, image_id, body.label, body.create_class)
+    return DatasetChange(name=name, version=version)
+
+
+@router.delete("/{name}/images/{image_id}", response_model=DatasetChange, dependencies=[Admin])
+def remove_image(name: str, image_id: str, datasets: Datasets) -> DatasetChange:
+    """Remove an image from the dataset (a new version; older versions keep it)."""
+    return DatasetChange(name=name, version=datasets.remove(name, image_id))
+
+
+@router.post("/{name}/classes", status_code=201, response_model=DatasetChange, dependencies=[Admin])
+def add_class(name: str, body: NewClass, datasets: Datasets) -> DatasetChange:
+    """Add an empty class (a new version)."""
+    return DatasetChange(name=name, version=datasets.add_class(name, body.label))
+
+
+@router.get("/{name}/versions/{version}", response_model=DatasetVersionDetail)
+def get_version(name: str, version: int, datasets: Datasets) -> DatasetVersionDetail:
+    """A version: images per class, the change that made it and its difference from the
+    version before it."""
+    info = datasets.version_info(name, version)
+    parent = info.get("parent")
+    diff = DatasetDiff(**datasets.diff(name, parent, version)) if parent else None
+    return DatasetVersionDetail(name=name, **info, diff=diff)
+
+
+@router.delete("/{name}/versions/{version}", status_code=204, dependencies=[Admin])
+def delete_version(name: str, version: int, datasets: Datasets, jobs: Jobs) -> Response:
+    """Delete an old version (not the latest). Images no other version lists are deleted
+    with it; model versions trained on it keep their record (name, version, counts, the
+    validation image ids)."""
+    datasets.manifest(name, version)  # 404 first
+    _busy(jobs, name, version)
+    datasets.delete_version(name, version)
+    return Response(status_code=204)
+
+
+@router.get("/{name}/diff", response_model=DatasetDiff)
+def diff_versions(
+    name: str,
+    datasets: Datasets,
+    old: int = Query(..., ge=1, description="the earlier version"),
+    new: int = Query(..., ge=1, description="the later version"),
+) -> DatasetDiff:
+    """What changed between two versions: images added, removed and relabelled."""
+    return DatasetDiff(**datasets.diff(name, old, new))
+
+
+@router.get(
+    "/{name}/versions/{version}/export",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/zip": {}}, "description": "class folders"}},
+)
+def export_version(name: str, version: int, settings: SettingsDep, datasets: Datasets) -> Any:
+    """A version as a .zip of class folders, the shape ``POST /datasets`` and
+    ``POST /finetune`` take."""
+    datasets.manifest(name, version)  # 404 first
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="export-", dir=settings.data_dir))
+    target = folder / f"{name}-v{version}.zip"
+    try:
+        datasets.export(name, version, target)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return FileResponse(
+        target,
+        media_type="application/zip",
+        filename=target.name,
+        background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True),
+    )
+
+
+@router.get(
+    "/{name}/versions/{version}/check",
+    response_model=DatasetReport,
+    responses={400: {"model": ErrorBody, "description": "the version cannot be trained on"}},
+)
+def check_version(
+    name: str,
+    version: int,
+    settings: SettingsDep,
+    datasets: Datasets,
+    validation_split: float = Query(0.2, ge=0.05, le=0.5),
+) -> Any:
+    """The dataset check of a stored version: the report ``POST /datasets/check`` gives
+    for an upload (same errors)."""
+    datasets.manifest(name, version)  # 404 first
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="check-", dir=settings.data_dir) as tmp:
+        datasets.materialize(name, version, Path(tmp))
+        report = scan_dataset(
+            Path(tmp), validation_split, settings.min_images_per_class, settings.max_image_pixels
+        ).to_dict()
+    return report

@@ -12,9 +12,10 @@ from app.config import Settings, get_settings
 from app.errors import ConvserveError
 from app.jobs.store import JobStore
 from app.jobs.supervisor import JobSupervisor
-from app.registry import ModelRegistry
 from app.serving.manager import ModelManager
 from app.serving.metrics import ServiceMetrics
+from app.storage.datasets import DatasetStore
+from app.storage.registry import ModelRegistry
 
 
 async def get_manager(request: Request) -> ModelManager:
@@ -25,6 +26,11 @@ async def get_manager(request: Request) -> ModelManager:
 async def get_registry(request: Request) -> ModelRegistry:
     registry: ModelRegistry = request.state.registry
     return registry
+
+
+async def get_datasets(request: Request) -> DatasetStore:
+    datasets: DatasetStore = request.state.datasets
+    return datasets
 
 
 async def get_metrics(request: Request) -> ServiceMetrics:
@@ -56,6 +62,7 @@ Supervisor = Annotated[JobSupervisor, Depends(get_supervisor)]
 Manager = Annotated[ModelManager, Depends(get_manager)]
 Registry = Annotated[ModelRegistry, Depends(get_registry)]
 Metrics = Annotated[ServiceMetrics, Depends(get_metrics)]
+Datasets = Annotated[DatasetStore, Depends(get_datasets)]
 
 
 # Declared as a security scheme, so the OpenAPI document marks the admin operations.

@@ -11,13 +11,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import ValidationError
 
-from app.api.deps import Admin, Jobs, Manager, Registry, SettingsDep, Supervisor
+from app.api.deps import Admin, Datasets, Jobs, Manager, Registry, SettingsDep, Supervisor
 from app.errors import ConvserveError
 from app.jobs.intake import queue_job
 from app.jobs.store import CANCELLED, DONE, PROGRESS, JobEvent
 from app.nets.catalog import ARCHITECTURES
-from app.registry import MODEL_NAME_RULE, NAME_PATTERN
 from app.schemas import ErrorBody, Job, JobCreated, JobList
+from app.storage.datasets import DATASET_NAME_RULE
+from app.storage.registry import MODEL_NAME_RULE, NAME_PATTERN
 from app.training.params import TrainParams
 
 router = APIRouter(prefix="/finetune", tags=["finetune"])
@@ -32,6 +33,33 @@ def _params(fields: dict[str, Any], default_base: str) -> TrainParams:
         raise RequestValidationError(
             [{**e, "loc": ("form", *e["loc"])} for e in exc.errors()]
         ) from None
+
+
+def _check_source(
+    upload: UploadFile | None, dataset_name: str | None, dataset_version: int | None
+) -> None:
+    """A job trains on an upload, a stored dataset, or an upload stored as one."""
+    problem = None
+    if upload is None and dataset_name is None:
+        problem = (
+            "dataset",
+            "send the images: a multipart file field 'dataset' (a .zip, .tar or .tar.gz"
+            " with one folder per class), or a form field 'dataset_name' naming a stored"
+            " dataset",
+        )
+    elif upload is not None and dataset_version is not None:
+        problem = (
+            "dataset_version",
+            "an uploaded archive becomes the dataset's next version: leave dataset_version out",
+        )
+    elif dataset_name is None and dataset_version is not None:
+        problem = ("dataset_version", "dataset_version needs dataset_name")
+    elif dataset_name is not None and not NAME_PATTERN.match(dataset_name):
+        problem = ("dataset_name", DATASET_NAME_RULE)
+    if problem is not None:
+        raise RequestValidationError(
+            [{"loc": ("form", problem[0]), "type": "value_error", "msg": problem[1]}]
+        )
 
 
 @router.post(
@@ -57,7 +85,19 @@ async def create_job(
     manager: Manager,
     registry: Registry,
     supervisor: Supervisor,
-    dataset: UploadFile = File(..., description=".zip, .tar or .tar.gz, one folder per class"),
+    datasets: Datasets,
+    dataset: UploadFile | None = File(
+        None,
+        description=".zip, .tar or .tar.gz, one folder per class; or none, with dataset_name",
+    ),
+    dataset_name: str | None = Form(
+        None,
+        description="train on this stored dataset; with an archive, the archive is stored"
+        " first as its next version (version 1 of a new dataset)",
+    ),
+    dataset_version: int | None = Form(
+        None, ge=1, description="the stored dataset's version; default the latest"
+    ),
     model: str | None = Form(None),
     base: str | None = Form(None),
     epochs: int | None = Form(None),
@@ -83,8 +123,10 @@ async def create_job(
     seed: int | None = Form(None),
     promote: bool = Form(True),
 ) -> JobCreated:
-    """Queue a fine-tuning job; the archive is checked before the job is queued. A
-    ``model`` that does not exist yet is created by the job."""
+    """Queue a fine-tuning job on an uploaded archive (checked before the job is queued)
+    or on a stored dataset version. A ``model`` that does not exist yet is created by the
+    job."""
+    _check_source(dataset, dataset_name, dataset_version)
     name = model or settings.default_model
     if not NAME_PATTERN.match(name):
         raise RequestValidationError(
@@ -121,7 +163,18 @@ async def create_job(
         ),
         architecture if architecture in ARCHITECTURES else "mobilenet_v2",
     )
-    row = await asyncio.to_thread(queue_job, settings, jobs, dataset.file, name, params, promote)
+    row = await asyncio.to_thread(
+        queue_job,
+        settings,
+        jobs,
+        dataset.file if dataset is not None else None,
+        name,
+        params,
+        promote,
+        datasets,
+        dataset_name,
+        dataset_version,
+    )
     await supervisor.submit(row["id"])
     response.headers["Location"] = f"/finetune/{row['id']}"
     return JobCreated(job_id=row["id"], status=row["status"])

@@ -10,7 +10,6 @@ from fastapi.responses import FileResponse
 from app.api.deps import Admin, Jobs, Manager, Registry, SettingsDep
 from app.errors import ConvserveError
 from app.export import Format, export_version
-from app.registry import ModelRegistry
 from app.schemas import (
     ErrorBody,
     ModelDetail,
@@ -21,6 +20,7 @@ from app.schemas import (
     VersionInfo,
 )
 from app.serving.manager import ModelState
+from app.storage.registry import ModelRegistry
 
 router = APIRouter(prefix="/models", tags=["models"])
 

@@ -50,9 +50,9 @@ _HEADERS = {
     "503": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "string"}}},
     "401": {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
 }
-_PATH_NAMES = ("{name}", "{version}", "{label}", "{job_id}", "{file}")
+_PATH_NAMES = ("{name}", "{version}", "{label}", "{job_id}", "{file}", "{image_id}")
 _NAMING_PARAMETERS = {"model", "version"}  # /predict?model=&version=, /console/train?model=
-_WRITES = ("/finetune", "/datasets/check", "/models/")
+_WRITES = ("/finetune", "/datasets", "/models/")
 
 
 def _is_page(path: str) -> bool:

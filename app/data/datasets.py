@@ -249,6 +249,46 @@ def _header_problem(data: bytes, max_pixels: int) -> str | None:
     return None
 
 
+def image_problem(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
+    """Why ``data`` is not an image a dataset can hold (from its header), or None."""
+    if not data:
+        return "an empty file"
+    return _header_problem(data, max_pixels)
+
+
+def usable_files(
+    source: Path, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[list[tuple[str, Path]], list[SkippedFile]]:
+    """The class (folder name) and path of every usable image under ``source`` (one
+    folder per class, as `scan_dataset` reads it), and the files skipped with why."""
+    root, class_dirs = _class_dirs(Path(source))
+    found: list[tuple[str, Path]] = []
+    skipped: list[SkippedFile] = []
+    for class_dir in class_dirs:
+        for path in _class_files(class_dir):
+            relative = str(path.relative_to(root))
+            try:
+                reason = image_problem(path.read_bytes(), max_pixels)
+            except OSError as exc:
+                reason = f"cannot be read: {exc.strerror or exc}"
+            if reason is None:
+                found.append((class_dir.name, path))
+            else:
+                skipped.append(SkippedFile(relative, reason))
+    return found, skipped
+
+
+def check_counts(counts: dict[str, int], validation_split: float, min_images: int) -> None:
+    """Raise `DatasetError` unless every class has enough images for the split, and
+    there are at least two classes."""
+    if len(counts) < 2:
+        raise DatasetError(
+            "too_few_classes",
+            f"the dataset has {len(counts)} class(es); at least two are needed",
+        )
+    _check_counts(counts, validation_split, min_images)
+
+
 def scan_dataset(
     source: Path,
     validation_split: float = 0.2,

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from app.config import Settings
-from app.s3registry import MISSING, error_code, parse_registry_url
+from app.storage.s3 import MISSING, error_code, parse_s3_url
 
 log = logging.getLogger("convserve.jobs")
 
@@ -41,7 +41,7 @@ NOT_SAVED = ("images",)
 
 class JobFiles:
     def __init__(self, url: str, client: Any = None) -> None:
-        self.bucket, self.prefix = parse_registry_url(url)
+        self.bucket, self.prefix = parse_s3_url(url)
         if client is None:
             import boto3
 

@@ -15,12 +15,15 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from app.config import Settings, cores_available
-from app.errors import ConvserveError, disk_error
+from app.errors import ConvserveError, disk_error, writing_to
 from app.jobs.store import CANCELLED, CANCELLING, FAILED, JobStore
 from app.training import interrupt
+
+if TYPE_CHECKING:
+    from app.training.trainer import StoredDataset
 
 log = logging.getLogger("convserve.job")
 
@@ -201,7 +204,7 @@ def run_job(job_id: str, settings: Settings, owner: str | None = None) -> int:
     limit_threads(settings.job_threads, settings.job_nice)
 
     from app.jobs.files import job_files_for
-    from app.registry import open_registry
+    from app.storage.factory import open_registry
     from app.training.params import TrainParams
     from app.training.trainer import Hooks, TrainingCancelled, train
 
@@ -213,6 +216,9 @@ def run_job(job_id: str, settings: Settings, owner: str | None = None) -> int:
         if version is None:
             params = TrainParams(**job["params"])
             progress = _Progress(store, job_id, params.total_epochs, folder / "workspace", owner)
+            stored: StoredDataset | None = None
+            if (job.get("dataset") or {}).get("name"):  # a stored dataset version
+                stored = _lay_out_stored_dataset(settings, registry, job["dataset"], folder)
             files = job_files_for(settings)
             if files is not None:
                 files.fetch(job_id, folder)  # the dataset, and an earlier attempt's state
@@ -237,6 +243,7 @@ def run_job(job_id: str, settings: Settings, owner: str | None = None) -> int:
                 # version serves at f32 as soon as it is written, and the training keeps
                 # its whole time budget.
                 study=False,
+                stored=stored,
             )
             version = result.version
             skipped = job["skipped"] + result.dataset["skipped"]
@@ -277,6 +284,28 @@ def run_job(job_id: str, settings: Settings, owner: str | None = None) -> int:
             )
             return EXIT_STOPPED
         return _fail(job_id, exc, settings, store)
+
+
+def _lay_out_stored_dataset(
+    settings: Settings, registry: Any, dataset: dict[str, Any], folder: Path
+) -> StoredDataset:
+    """Write the job's stored dataset version into its folder as class folders (once: a
+    resumed job finds it there), from the dataset store every host shares."""
+    from app.storage.factory import open_datasets
+    from app.training import trainer
+
+    store = open_datasets(settings, registry)
+    name, version = dataset["name"], int(dataset["version"])
+    target = folder / "dataset"
+    if target.is_dir():
+        return trainer.StoredDataset(name, version, store.file_ids(name, version))
+    staging = folder / f".dataset-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    with writing_to("the service's data folder"):
+        staging.mkdir(parents=True)
+        ids = store.materialize(name, version, staging)
+        os.rename(staging, target)
+    return trainer.StoredDataset(name, version, ids)
 
 
 def _fail(job_id: str, exc: Exception, settings: Settings, store: JobStore) -> int:

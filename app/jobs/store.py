@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
-from app.registry import utc_now
+from app.storage.objects import utc_now
 
 QUEUED, RUNNING, CANCELLING = "queued", "running", "cancelling"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
@@ -257,6 +257,21 @@ class JobStore:
                 .order_by(jobs.c.seq)
             ).all()
         return [r[0] for r in rows]
+
+    def active_for_dataset(self, name: str) -> list[dict[str, Any]]:
+        """The queued or running jobs that read stored dataset ``name`` (id and version)."""
+        with self._read() as db:
+            rows = db.execute(
+                sa.select(jobs.c.id, jobs.c.dataset)
+                .where(jobs.c.status.in_(ACTIVE_STATES))
+                .order_by(jobs.c.seq)
+            ).all()
+        found = []
+        for job_id, text in rows:
+            dataset = json.loads(text) if text else {}
+            if isinstance(dataset, dict) and dataset.get("name") == name:
+                found.append({"id": job_id, "version": dataset.get("version")})
+        return found
 
     def count(self, status: str) -> int:
         with self._read() as db:

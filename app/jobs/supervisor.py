@@ -23,10 +23,10 @@ from app.config import Settings
 from app.errors import ConvserveError
 from app.jobs.runner import EXIT_STOPPED, remove_job_files, study_command
 from app.jobs.store import CANCELLING, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
-from app.registry import ModelRegistry
 from app.serving.manager import ModelManager
 from app.serving.metrics import ServiceMetrics
 from app.shutdown import DrainState
+from app.storage.registry import ModelRegistry
 
 log = logging.getLogger("convserve.jobs")
 

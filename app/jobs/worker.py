@@ -35,7 +35,7 @@ from dramatiq.brokers.redis import RedisBroker
 from app.config import Settings
 from app.jobs.runner import EXIT_STOPPED, remove_job_files, store_for, study_command
 from app.jobs.store import CANCELLED, CANCELLING, FINAL_STATES, QUEUED, RUNNING, SUCCEEDED
-from app.registry import open_registry
+from app.storage.factory import open_registry
 
 log = logging.getLogger("convserve.worker")
 

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from app.registry import MODEL_FILE, ModelRegistry
+from app.storage.registry import MODEL_FILE, ModelRegistry
 
 BOOTSTRAP_MODELS = ("resnet50", "mobilenet_v2")
 # Keras' own copy of the ImageNet class index (what decode_predictions downloads).

@@ -78,7 +78,7 @@ def write_validation_samples(
     cell, the least confident first (the ones worth looking at). Returns how many."""
     from PIL import Image
 
-    from app.registry import SAMPLES_DIR, SAMPLES_FILE
+    from app.storage.registry import SAMPLES_DIR, SAMPLES_FILE
 
     out = folder / SAMPLES_DIR
     out.mkdir()

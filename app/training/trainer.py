@@ -31,7 +31,8 @@ from app.data.datasets import (
 )
 from app.nets.transfer import build_classifier, choose_fine_tune_at, unfreeze_from
 from app.precision import heldout_from_prepared, study_or_fallback
-from app.registry import MODEL_FILE, ModelRegistry, write_text_atomic
+from app.storage.objects import write_text_atomic
+from app.storage.registry import MODEL_FILE, ModelRegistry
 from app.training import interrupt
 from app.training.evaluate import (
     classification_metrics,
@@ -464,6 +465,7 @@ def train(
     activate: bool = False,
     hooks: Hooks | None = None,
     study: bool = False,
+    stored: StoredDataset | None = None,
 ) -> TrainResult:
     """Train a classifier on ``data_dir`` and write it as a new version of ``name``.
 
@@ -489,6 +491,8 @@ def train(
         hooks: logging, progress and cancellation.
         study: run the precision study on the new version (`app.precision`); its held-out
             set is kept either way.
+        stored: the stored dataset version ``data_dir`` holds, recorded in the version's
+            metadata with the ids of the images that were validation.
 
     Returns:
         The new version, its validation metrics and the per-epoch history.
@@ -696,6 +700,8 @@ def train(
         "max_minutes": params.max_minutes or None,
         "seconds": round(time.perf_counter() - started, 1),
     }
+    sources_file = images_dir / SOURCES_FILE
+    sources = json.loads(sources_file.read_text()) if sources_file.exists() else {}
     metadata = {
         "source": source,
         "architecture": params.base,
@@ -707,11 +713,9 @@ def train(
         "training": training,
         "history": history,
         "metrics": metrics,
-        "dataset": summary.to_dict(),
+        "dataset": _dataset_record(summary, stored, val_files, sources),
         **hooks.extra_metadata,
     }
-    sources_file = images_dir / SOURCES_FILE
-    sources = json.loads(sources_file.read_text()) if sources_file.exists() else {}
 
     def save(folder: Path) -> None:
         model.save(folder / MODEL_FILE)
@@ -734,6 +738,41 @@ def train(
     return TrainResult(
         name, version, metrics, history, summary.to_dict(), time.perf_counter() - started
     )
+
+
+@dataclass
+class StoredDataset:
+    """A stored dataset version laid out for training: ``ids`` maps each file (relative
+    to the folder, ``<class>/<file>``) to its image id."""
+
+    name: str
+    version: int
+    ids: dict[str, str]
+
+
+def _dataset_record(
+    summary: DatasetSummary,
+    stored: StoredDataset | None,
+    val_files: list[str],
+    sources: dict[str, str],
+) -> dict[str, Any]:
+    """What the version trained on: the check's summary, and for a stored dataset its
+    name, version and the ids of the validation images (the rest trained it)."""
+    record: dict[str, Any] = {
+        **summary.to_dict(),
+        "name": None,
+        "version": None,
+        "per_class": summary.counts,
+    }
+    if stored is not None:
+        # Prepared images are <class index>/<n>.png, keys of ``sources``.
+        validation = (sources.get(f"{Path(f).parent.name}/{Path(f).name}") for f in val_files)
+        record.update(
+            name=stored.name,
+            version=stored.version,
+            validation=sorted(stored.ids[s] for s in validation if s in stored.ids),
+        )
+    return record
 
 
 def _training_files(images_dir: Path, val_files: list[str]) -> list[str]:

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from app.data.images import load_image
 from app.main import create_app
 from app.nets.transfer import BASE_LAYER, CaffePreprocess, build_augmentation
-from app.registry import MODEL_FILE, ModelRegistry
+from app.storage.registry import MODEL_FILE, ModelRegistry
 from tests.helpers import pattern_image
 
 KEY = "export-key"

@@ -212,7 +212,7 @@ def test_no_built_in_model_serves_what_the_registry_holds(registry, settings_for
 def test_validation_images_of_a_confusion_matrix_cell(registry, client, tmp_path):
     import numpy as np
 
-    from app.registry import MODEL_FILE
+    from app.storage.registry import MODEL_FILE
     from app.training.evaluate import write_validation_samples
 
     # Four prepared validation images: circles 0, 1 (one taken for a square), squares 2, 3.

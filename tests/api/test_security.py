@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.registry import ModelRegistry
+from app.storage.registry import ModelRegistry
 from tests.helpers import toy_registry, toy_settings, write_toy_version
 
 API_KEY = "k"

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.registry import ModelRegistry
+from app.storage.registry import ModelRegistry
 from app.training.evaluate import classification_metrics, write_validation_samples
 from tests.helpers import (
     SIGNS_DIR,

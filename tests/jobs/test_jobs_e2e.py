@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from app.registry import ModelRegistry
+from app.storage.registry import ModelRegistry
 from tests.helpers import image_bytes, pattern_image, zip_directory
 from tests.jobs.service import Service, upload_job, wait_for
 

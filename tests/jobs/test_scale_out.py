@@ -22,7 +22,8 @@ import httpx
 import pytest
 
 from app.jobs.store import JobStore
-from app.s3registry import S3Registry, parse_registry_url
+from app.storage.s3 import parse_s3_url
+from app.storage.s3registry import S3Registry
 from tests.helpers import SIGNS_DIR, image_bytes, pattern_image, write_toy_version, zip_directory
 from tests.jobs.service import ROOT, Service, upload_job, wait_for
 from tests.servers import RedisServer, empty_job_store, new_s3_place, start_redis
@@ -285,7 +286,7 @@ def test_a_killed_worker_s_job_resumes_on_the_other_and_replicas_follow(cluster,
         assert all(h["ended_at"] < killed_wall for h in job["history"][:epochs_done])
         # The upload left the API's disk for the bucket, and left the bucket with the job.
         assert not (cluster.folder / "var-api-1" / "jobs" / job_id / "dataset").exists()
-        bucket, prefix = parse_registry_url(_env_jobs_url(registry))
+        bucket, prefix = parse_s3_url(_env_jobs_url(registry))
         _until(
             lambda: (
                 not boto3.client("s3")

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.registry import ModelRegistry
+from app.storage.registry import ModelRegistry
 from tests.helpers import image_bytes, pattern_image
 from tests.jobs.service import Service, dataset_zip, upload_job, wait_for
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from app.data.images import load_image
-from app.registry import ModelRegistry
 from app.serving.openvino_backend import OpenVINOPredictor
 from app.serving.predictor import KerasPredictor
+from app.storage.registry import ModelRegistry
 from app.training.params import TrainParams
 from app.training.trainer import Hooks, train
 from tests.helpers import MOBILENET_WEIGHTS, SIGNS_DIR

@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 from app.data.datasets import load_directory, prepare_dataset
 from app.data.images import load_image
 from app.main import create_app
-from app.registry import ModelRegistry
+from app.storage.registry import ModelRegistry
 from tests.helpers import image_bytes, make_dataset, pattern_image, run_cli
 
 

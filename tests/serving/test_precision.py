@@ -18,9 +18,9 @@ from app.precision import (
     study_or_fallback,
     wilson_upper,
 )
-from app.registry import ModelRegistry
 from app.serving.openvino_backend import bf16_supported, int8_ir_path
 from app.serving.predictor import KerasPredictor
+from app.storage.registry import ModelRegistry
 from app.training.params import TrainParams
 from app.training.trainer import Hooks, train
 from tests.helpers import image_bytes, last_json, make_dataset, pattern_image, run_cli
@@ -276,7 +276,7 @@ def test_int8_tries_keeping_the_sensitive_layers_in_f32_when_it_fails(
     import openvino as ov
 
     import app.precision as precision
-    from app.registry import MODEL_FILE
+    from app.storage.registry import MODEL_FILE
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((32, 32, 3), name="image")

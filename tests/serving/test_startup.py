@@ -5,8 +5,8 @@ from concurrent.futures import ThreadPoolExecutor
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.registry import LOCK_FILE, ModelRegistry
 from app.serving.bootstrap import bootstrap
+from app.storage.registry import LOCK_FILE, ModelRegistry
 from tests.helpers import image_bytes, pattern_image
 
 
@@ -37,7 +37,7 @@ def test_fresh_registry_bootstraps_both_imagenet_models(settings_for):
 def test_bootstrapped_resnet_is_our_network_from_its_blocks(settings_for, tmp_path):
     import keras
 
-    from app.registry import ModelRegistry
+    from app.storage.registry import ModelRegistry
 
     settings = settings_for(served_models=["resnet50"], default_model="resnet50")
     with TestClient(create_app(settings)):

@@ -9,7 +9,7 @@ from PIL import Image
 
 from app.nets.catalog import ARCHITECTURES
 from app.nets.transfer import load_classifier
-from app.registry import ModelRegistry
+from app.storage.registry import ModelRegistry
 from app.training.params import Base, TrainParams
 from app.training.trainer import train
 from tests.helpers import make_dataset

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from app.registry import ModelRegistry
+from app.storage.registry import ModelRegistry
 from app.training.evaluate import evaluate_directory
 from app.training.params import TrainParams
 from app.training.trainer import Hooks, train

@@ -10,7 +10,7 @@ import pytest
 
 from app.data.datasets import DatasetSummary
 from app.nets.transfer import BASES, build_augmentation, choose_fine_tune_at
-from app.registry import ModelRegistry
+from app.storage.registry import ModelRegistry
 from app.training.params import TrainParams
 from app.training.trainer import (
     MIN_RATE_FRACTION,

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from app.data.images import load_image
-from app.registry import ModelRegistry
+from app.storage.registry import ModelRegistry
 from app.training.evaluate import classification_metrics
 from app.training.params import TrainParams
 from app.training.trainer import Hooks, TrainingCancelled, train

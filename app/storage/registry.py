@@ -22,11 +22,11 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from app.errors import ConvserveError, writing_to
+from app.storage.objects import NAME_PATTERN, fsync_dir, name_rule, utc_now, write_text_atomic
 
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
@@ -36,10 +36,7 @@ LOCK_FILE = ".lock"
 SAMPLES_DIR = "validation"
 SAMPLES_FILE = "validation.json"
 SAMPLE_NAME = re.compile(r"^[0-9]{1,4}-[0-9]{1,4}-[0-9]{1,4}\.jpg$")
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-MODEL_NAME_RULE = (
-    "a model name is 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
-)
+MODEL_NAME_RULE = name_rule("model")
 
 
 class RegistryError(ConvserveError):
@@ -53,27 +50,6 @@ def activation_conflict(name: str) -> RegistryError:
         f"another activation of {name!r} happened at the same time; look at /models and try again",
         409,
     )
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ModelRegistry:
@@ -197,7 +173,7 @@ class ModelRegistry:
             save(tmp)
             meta = {"name": name, "created_at": utc_now(), **metadata}
             write_text_atomic(tmp / METADATA_FILE, json.dumps(meta, indent=2, default=str))
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             while True:
                 existing = [
                     int(p.name) for p in folder.iterdir() if (p.name.isascii() and p.name.isdigit())
@@ -211,7 +187,7 @@ class ModelRegistry:
                 except OSError:
                     if not (folder / str(version)).exists():
                         raise
-            _fsync_dir(folder)
+            fsync_dir(folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -322,13 +298,3 @@ class ModelRegistry:
                 stale = now - p.stat().st_mtime > older_than_seconds
                 if p.is_dir() and p.name.startswith((".tmp-", ".trash-")) and stale:
                     shutil.rmtree(p, ignore_errors=True)
-
-
-def open_registry(settings: Any) -> ModelRegistry:
-    """The registry the settings name: the bucket of ``registry_url`` (``s3://...``, with
-    ``models_dir`` as its local cache), or the ``models_dir`` folder."""
-    if getattr(settings, "registry_url", None):
-        from app.s3registry import S3Registry
-
-        return S3Registry(settings.registry_url, settings.models_dir)
-    return ModelRegistry(settings.models_dir)

@@ -29,22 +29,19 @@ in the cache.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import logging
 import os
 import shutil
-import socket
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from app.errors import writing_to
-from app.registry import (
+from app.storage.objects import utc_now, write_text_atomic
+from app.storage.registry import (
     ACTIVE_FILE,
     METADATA_FILE,
     MODEL_NAME_RULE,
@@ -52,41 +49,17 @@ from app.registry import (
     ModelRegistry,
     RegistryError,
     activation_conflict,
-    utc_now,
-    write_text_atomic,
 )
+from app.storage.s3 import CONFLICT, MISSING, S3Objects, error_code
 
 log = logging.getLogger("convserve.registry")
 
 CLAIM_FILE = ".claim"
-LOCKS_DIR = ".locks"
-# A lock is held while a model's first version or a version's OpenVINO IR is built (a
-# minute or two for ResNet-50 on a small machine); older than this, its holder died.
-LOCK_STALE_SECONDS = 600.0
-LOCK_POLL_SECONDS = 0.5
-
-# S3 error codes: an object or bucket that is not there, and a conditional write refused.
-MISSING = ("404", "NoSuchKey", "NoSuchBucket", "NotFound")
-CONFLICT = ("412", "PreconditionFailed", "ConditionalRequestConflict")
-
-
-def error_code(exc: Exception) -> str:
-    """The S3 error code of a botocore ``ClientError`` ("" for anything else)."""
-    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
-
 
 # What a version's folder gains on one host and is not shared: models compiled for this
 # host's CPU, and exports. (The OpenVINO IR and the int8 model of the precision study are
 # uploaded with the version, so other hosts fetch them rather than build them again.)
 LOCAL_ONLY = ("openvino/compiled/", "exports/")
-
-
-def parse_registry_url(url: str) -> tuple[str, str]:
-    """``s3://bucket/some/prefix`` as (bucket, prefix without slashes at either end)."""
-    parsed = urlparse(url)
-    if parsed.scheme != "s3" or not parsed.netloc:
-        raise ValueError(f"a registry URL is s3://bucket[/prefix], not {url!r}")
-    return parsed.netloc, parsed.path.strip("/")
 
 
 class S3Registry(ModelRegistry):
@@ -96,42 +69,21 @@ class S3Registry(ModelRegistry):
     def __init__(self, url: str, cache: Path, client: Any = None) -> None:
         super().__init__(cache)
         self.url = url
-        self.bucket, self.prefix = parse_registry_url(url)
-        if client is None:
-            import boto3
-
-            client = boto3.client("s3")
-        self.s3 = client
-        self._ensure_bucket()
+        self.objects = S3Objects.from_url(url, client, where="the model registry")
+        self.bucket, self.prefix, self.s3 = (
+            self.objects.bucket,
+            self.objects.prefix,
+            self.objects.s3,
+        )
         self._pointers: dict[str, tuple[str, int | None]] = {}  # name -> (ETag, version)
         self._metadata: dict[str, tuple[str, dict[str, Any]]] = {}  # key -> (ETag, data)
         self._lock = threading.Lock()
 
-    def _ensure_bucket(self) -> None:
-        """Create the bucket when the server has none by that name (a fresh self-hosted
-        S3 server); a bucket that exists, or that these keys may not create, is left be."""
-        try:
-            self.s3.head_bucket(Bucket=self.bucket)
-        except Exception as exc:
-            if error_code(exc) not in MISSING:
-                raise
-            with contextlib.suppress(Exception):
-                self.s3.create_bucket(Bucket=self.bucket)
-
     def _key(self, *parts: str | int) -> str:
-        return "/".join([p for p in (self.prefix,) if p] + [str(p) for p in parts])
+        return self.objects.key(*parts)
 
     def _list(self, prefix: str, delimiter: str | None = None) -> tuple[list[str], list[str]]:
-        """Keys and common prefixes under ``prefix`` (every page)."""
-        keys: list[str] = []
-        prefixes: list[str] = []
-        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
-        if delimiter:
-            args["Delimiter"] = delimiter
-        for page in self.s3.get_paginator("list_objects_v2").paginate(**args):
-            keys += [o["Key"] for o in page.get("Contents", [])]
-            prefixes += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
-        return keys, prefixes
+        return self.objects.list_keys(prefix, delimiter)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -235,33 +187,9 @@ class S3Registry(ModelRegistry):
     @contextlib.contextmanager
     def locked(self, name: str, version: int | None = None) -> Iterator[None]:
         """Hold ``name``'s lock (or its ``version``'s) across every host sharing the
-        bucket: the lock object ``<prefix>/.locks/<name>/{model,<version>}``, made with a
-        create-only write and deleted after. A lock older than ``LOCK_STALE_SECONDS``
-        belonged to a process that died holding it and is taken over."""
-        key = self._key(LOCKS_DIR, name, "model" if version is None else version)
-        while True:
-            try:
-                self._put(key, f"{socket.gethostname()}:{os.getpid()}".encode(), IfNoneMatch="*")
-                break
-            except Exception as exc:
-                if error_code(exc) not in CONFLICT:
-                    raise
-            try:
-                held = self.s3.head_object(Bucket=self.bucket, Key=key)
-            except Exception as exc:
-                if error_code(exc) in MISSING:
-                    continue  # released meanwhile
-                raise
-            age = datetime.datetime.now(datetime.UTC) - held["LastModified"]
-            if age.total_seconds() > LOCK_STALE_SECONDS:
-                log.warning("taking over the lock of %s, held for %s", name, age)
-                self.s3.delete_object(Bucket=self.bucket, Key=key)
-            else:
-                time.sleep(LOCK_POLL_SECONDS)
-        try:
+        bucket (`S3Objects.locked`)."""
+        with self.objects.locked(f"{name}/{'model' if version is None else version}"):
             yield
-        finally:
-            self.s3.delete_object(Bucket=self.bucket, Key=key)
 
     def build_once(
         self, name: str, version: int, relative: str, build: Callable[[], object]
@@ -321,10 +249,7 @@ class S3Registry(ModelRegistry):
     # -- writing ---------------------------------------------------------------------------
 
     def _put(self, key: str, body: bytes, **conditions: str) -> str:
-        with writing_to("the model registry"):
-            return str(
-                self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, **conditions)["ETag"]
-            )
+        return self.objects.put(key, body, **conditions)
 
     def write_version(
         self,
@@ -429,11 +354,7 @@ class S3Registry(ModelRegistry):
         if first in keys:  # readers stop seeing the version before its files go
             keys.remove(first)
             self.s3.delete_object(Bucket=self.bucket, Key=first)
-        for i in range(0, len(keys), 1000):
-            self.s3.delete_objects(
-                Bucket=self.bucket,
-                Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]], "Quiet": True},
-            )
+        self.objects.delete_keys(keys)
 
     def delete_version(self, name: str, version: int) -> None:
         self.check_deletable(name, version)

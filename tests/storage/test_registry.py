@@ -12,8 +12,9 @@ from pathlib import Path
 import boto3
 import pytest
 
-from app.registry import METADATA_FILE, MODEL_FILE, ModelRegistry, RegistryError
-from app.s3registry import S3Registry, parse_registry_url
+from app.storage.registry import METADATA_FILE, MODEL_FILE, ModelRegistry, RegistryError
+from app.storage.s3 import parse_s3_url
+from app.storage.s3registry import S3Registry
 
 BACKENDS = ["local", pytest.param("s3", marks=pytest.mark.services)]
 
@@ -114,7 +115,7 @@ def test_two_activations_at_once_one_wins_the_other_gets_409(open_replica) -> No
 def test_a_half_written_version_is_invisible_and_host_files_stay_local(s3_bucket, tmp_path) -> None:
     registry = S3Registry(s3_bucket, tmp_path / "cache")
     registry.write_version("owls", _save(b"w1"), {})
-    bucket, prefix = parse_registry_url(s3_bucket)
+    bucket, prefix = parse_s3_url(s3_bucket)
     s3 = boto3.client("s3")
     # A writer that died after its model file, before its metadata.
     s3.put_object(Bucket=bucket, Key=f"{prefix}/owls/2/{MODEL_FILE}", Body=b"half")
@@ -139,7 +140,7 @@ def test_a_file_built_from_a_version_is_built_by_one_host_and_fetched_by_the_oth
     for replica in replicas:
         shutil.rmtree(replica.version_dir("newts", 1) / "openvino")
     boto3.client("s3").delete_object(
-        Bucket=parse_registry_url(s3_bucket)[0],
+        Bucket=parse_s3_url(s3_bucket)[0],
         Key=replicas[0]._key("newts", 1, "openvino/model.xml"),
     )
     builds: list[int] = []
@@ -175,13 +176,13 @@ def test_a_file_built_from_a_version_is_built_by_one_host_and_fetched_by_the_oth
 
 @pytest.mark.services
 def test_a_lock_left_by_a_dead_host_is_taken_over(s3_bucket, tmp_path, monkeypatch) -> None:
-    import app.s3registry
+    import app.storage.s3
 
     registry = S3Registry(s3_bucket, tmp_path / "cache")
-    bucket, _ = parse_registry_url(s3_bucket)
-    key = registry._key(app.s3registry.LOCKS_DIR, "moles", "model")
+    bucket, _ = parse_s3_url(s3_bucket)
+    key = registry._key(app.storage.s3.LOCKS_DIR, "moles", "model")
     boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=b"dead-host:1")
-    monkeypatch.setattr(app.s3registry, "LOCK_STALE_SECONDS", 1.0)
+    monkeypatch.setattr(app.storage.s3, "LOCK_STALE_SECONDS", 1.0)
     with registry.locked("moles"):
         held = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
         assert held != b"dead-host:1"
