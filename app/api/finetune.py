@@ -40,7 +40,9 @@ def _check_source(
 ) -> None:
     """A job trains on an upload, a stored dataset, or an upload stored as one."""
     problem = None
-    if upload is None and dataset_name is None:
+    if dataset_name is None and dataset_version is not None:
+        problem = ("dataset_version", "dataset_version needs dataset_name")
+    elif upload is None and dataset_name is None:
         problem = (
             "dataset",
             "send the images: a multipart file field 'dataset' (a .zip, .tar or .tar.gz"
@@ -52,8 +54,6 @@ def _check_source(
             "dataset_version",
             "an uploaded archive becomes the dataset's next version: leave dataset_version out",
         )
-    elif dataset_name is None and dataset_version is not None:
-        problem = ("dataset_version", "dataset_version needs dataset_name")
     elif dataset_name is not None and not NAME_PATTERN.match(dataset_name):
         problem = ("dataset_name", DATASET_NAME_RULE)
     if problem is not None:
