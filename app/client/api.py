@@ -29,7 +29,12 @@ from pydantic import BaseModel
 
 from app.schemas import (
     ArchitectureList,
+    DatasetChange,
+    DatasetImages,
+    DatasetInfo,
+    DatasetList,
     DatasetReport,
+    DatasetVersionDetail,
     Job,
     JobCreated,
     JobList,
@@ -128,6 +133,11 @@ def _finetune_form(model: str | None, promote: bool, params: dict[str, Any]) -> 
     return form
 
 
+def _dataset_form(name: str | None, version: int | None) -> dict[str, str]:
+    form = {"dataset_name": name, "dataset_version": version}
+    return {k: str(v) for k, v in form.items() if v is not None}
+
+
 def _event(sse: Any) -> Event:
     return Event(int(sse.id), sse.event, sse.json())
 
@@ -217,10 +227,14 @@ class Client(_Base):
         path = Path(target)
         if path.is_dir():
             path = path / f"{name}-v{version}-{format}.zip"
-        partial = path.with_name(f".{path.name}.part")
         url = f"/models/{name}/versions/{version}/export"
+        return self._download(url, path, params={"format": format})
+
+    def _download(self, url: str, path: Path, **kwargs: Any) -> Path:
+        """Stream a GET into ``path``, which appears whole or not at all."""
+        partial = path.with_name(f".{path.name}.part")
         try:
-            with self.http.stream("GET", url, params={"format": format}) as response:
+            with self.http.stream("GET", url, **kwargs) as response:
                 if response.is_error:
                     response.read()
                     _raise_for(response)
@@ -245,17 +259,85 @@ class Client(_Base):
 
     def finetune(
         self,
-        dataset: DatasetInput,
+        dataset: DatasetInput | None = None,
         model: str | None = None,
         promote: bool = True,
+        dataset_name: str | None = None,
+        dataset_version: int | None = None,
         **params: Any,
     ) -> JobCreated:
-        """Upload a dataset (a folder of class folders, an archive path, or an open
-        archive) and queue a job; ``params`` are the training parameters."""
+        """Queue a job on an uploaded dataset (a folder of class folders, an archive path,
+        or an open archive), on a stored one (``dataset_name``, ``dataset_version``), or
+        on an upload stored as ``dataset_name``'s next version; ``params`` are the
+        training parameters."""
         form = _finetune_form(model, promote, params)
+        form.update(_dataset_form(dataset_name, dataset_version))
+        if dataset is None:
+            return self._get(JobCreated, "POST", "/finetune", data=form)
         with open_dataset(dataset) as (name, fh):
             files = {"dataset": (name, fh)}
             return self._get(JobCreated, "POST", "/finetune", files=files, data=form)
+
+    # -- datasets --------------------------------------------------------------------------
+
+    def datasets(self) -> DatasetList:
+        return self._get(DatasetList, "GET", "/datasets")
+
+    def dataset(self, name: str) -> DatasetInfo:
+        return self._get(DatasetInfo, "GET", f"/datasets/{name}")
+
+    def create_dataset(self, name: str, archive: DatasetInput | None = None) -> DatasetChange:
+        """A new dataset, empty or from a folder of class folders or an archive."""
+        if archive is None:
+            return self._get(DatasetChange, "POST", "/datasets", data={"name": name})
+        with open_dataset(archive) as (filename, fh):
+            files = {"archive": (filename, fh)}
+            return self._get(DatasetChange, "POST", "/datasets", data={"name": name}, files=files)
+
+    def add_images(
+        self, name: str, label: str, images: Sequence[ImageInput], source: str = "api"
+    ) -> DatasetChange:
+        """Add images (paths, bytes, PIL images ...) to class ``label`` of ``name``."""
+        files = [_image_part(im, n) for n, im in enumerate(images)]
+        params = {"label": label, "source": source}
+        return self._get(
+            DatasetChange, "POST", f"/datasets/{name}/images", params=params, files=files
+        )
+
+    def dataset_images(
+        self,
+        name: str,
+        version: int | None = None,
+        label: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> DatasetImages:
+        params = {"version": version, "label": label, "offset": offset, "limit": limit}
+        params = {k: v for k, v in params.items() if v is not None}
+        return self._get(DatasetImages, "GET", f"/datasets/{name}/images", params=params)
+
+    def remove_image(self, name: str, image_id: str) -> DatasetChange:
+        return self._get(DatasetChange, "DELETE", f"/datasets/{name}/images/{image_id}")
+
+    def relabel_image(
+        self, name: str, image_id: str, label: str, create_class: bool = False
+    ) -> DatasetChange:
+        body = {"label": label, "create_class": create_class}
+        return self._get(DatasetChange, "PATCH", f"/datasets/{name}/images/{image_id}", json=body)
+
+    def dataset_version(self, name: str, version: int) -> DatasetVersionDetail:
+        return self._get(DatasetVersionDetail, "GET", f"/datasets/{name}/versions/{version}")
+
+    def delete_dataset(self, name: str) -> None:
+        self._send("DELETE", f"/datasets/{name}")
+
+    def export_dataset(self, name: str, version: int, target: str | os.PathLike[str]) -> Path:
+        """Download a dataset version as a zip of class folders to ``target`` (a file, or a
+        folder to put ``NAME-vVERSION.zip`` in)."""
+        path = Path(target)
+        if path.is_dir():
+            path = path / f"{name}-v{version}.zip"
+        return self._download(f"/datasets/{name}/versions/{version}/export", path)
 
     def job(self, job_id: str) -> Job:
         return self._get(Job, "GET", f"/finetune/{job_id}")
@@ -367,12 +449,17 @@ class AsyncClient(_Base):
 
     async def finetune(
         self,
-        dataset: DatasetInput,
+        dataset: DatasetInput | None = None,
         model: str | None = None,
         promote: bool = True,
+        dataset_name: str | None = None,
+        dataset_version: int | None = None,
         **params: Any,
     ) -> JobCreated:
         form = _finetune_form(model, promote, params)
+        form.update(_dataset_form(dataset_name, dataset_version))
+        if dataset is None:
+            return await self._get(JobCreated, "POST", "/finetune", data=form)
         with open_dataset(dataset) as (name, fh):
             # httpx's async multipart wants bytes for a file it cannot read asynchronously.
             files = {"dataset": (name, fh.read())}

@@ -5,7 +5,9 @@
 ``CONVSERVE_URL`` with the key from ``--api-key`` / ``CONVSERVE_API_KEY``:
 
     convserve predict PATH... [--model M] [--version V] [--top-k K] [--json | --csv FILE]
-    convserve finetune DIR|ARCHIVE --model M [training options] [--no-promote] [--wait]
+    convserve finetune [DIR|ARCHIVE] [--dataset NAME[:VERSION]] --model M [training options]
+                       [--no-promote] [--wait]
+    convserve datasets list|show|create|add|images|remove|relabel|export|delete ...
     convserve jobs [ID] [--follow] [--cancel]
     convserve models [NAME]
     convserve activate NAME VERSION
@@ -282,9 +284,36 @@ class _ReadProgress:
         return getattr(self.fh, name)
 
 
+def _dataset_ref(value: str) -> tuple[str, int | None]:
+    """``NAME`` or ``NAME:VERSION`` (an argparse type)."""
+    name, _, version = value.partition(":")
+    if not name or (version and not (version.isascii() and version.isdigit())):
+        raise argparse.ArgumentTypeError(f"{value!r} is not NAME or NAME:VERSION")
+    return name, int(version) if version else None
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     from app.__main__ import train_fields
 
+    stored, version = args.stored if args.stored else (None, None)
+    form = dict(
+        model=args.model,
+        promote=not args.no_promote,
+        dataset_name=stored,
+        dataset_version=version,
+        **train_fields(args),
+    )
+    if args.dataset is None:
+        if stored is None:
+            raise Failure(
+                "name a folder or archive to upload, or a stored --dataset NAME[:VERSION]"
+            )
+        with Client(args.url, args.api_key) as client:
+            return _started(client, client.finetune(None, **form), args)
+    if version is not None:
+        raise Failure(
+            "an upload becomes the dataset's next version: give --dataset NAME without :VERSION"
+        )
     source = Path(args.dataset)
     if source.is_dir():
         check_folder(source, args.validation_split or 0.2)
@@ -304,20 +333,19 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         with archive, Progress(*columns, console=err, disable=not err.is_terminal) as progress:
             task = progress.add_task("upload", total=size)
             upload = _ReadProgress(archive, progress, task)
-            created = client.finetune(
-                (name, upload),  # type: ignore[arg-type]
-                model=args.model,
-                promote=not args.no_promote,
-                **train_fields(args),
-            )
-        job_id = created.job_id
-        err.print(f"job {job_id} {created.status}")
-        if args.json and not args.wait:
-            print(json.dumps(created.model_dump()))
-        if not args.wait:
-            err.print(f"follow it with: convserve jobs {job_id} --follow")
-            return 0
-        return follow(client, job_id, args)
+            created = client.finetune((name, upload), **form)  # type: ignore[arg-type]
+        return _started(client, created, args)
+
+
+def _started(client: Client, created: Any, args: argparse.Namespace) -> int:
+    job_id = created.job_id
+    err.print(f"job {job_id} {created.status}")
+    if args.json and not args.wait:
+        print(json.dumps(created.model_dump()))
+    if not args.wait:
+        err.print(f"follow it with: convserve jobs {job_id} --follow")
+        return 0
+    return follow(client, job_id, args)
 
 
 def follow(client: Client, job_id: str, args: argparse.Namespace) -> int:
@@ -561,6 +589,192 @@ def cmd_delete(args: argparse.Namespace) -> int:
         return 0
 
 
+# -- datasets -------------------------------------------------------------------------------
+
+# Images per request when adding to a dataset (the service's default limit is 32).
+DATASET_IMAGES_PER_REQUEST = 16
+
+
+def _print_change(args: argparse.Namespace, change: Any, what: str) -> None:
+    if args.json:
+        print(json.dumps(change.model_dump()))
+        return
+    err.print(f"{args.name}: {what}; now version {change.version}")
+    for dup in change.duplicates[:10]:
+        err.print(f"  already stored: {escape(dup.filename)} (in class {escape(dup.label)})")
+    for skipped in change.skipped[:10]:
+        err.print(f"  skipped {escape(skipped.path)}: {escape(skipped.reason)}")
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    with Client(args.url, args.api_key) as client:
+        return int(DATASET_COMMANDS[args.action](client, args))
+
+
+def _datasets_list(client: Client, args: argparse.Namespace) -> int:
+    found = client.datasets().datasets
+    if args.json:
+        print(json.dumps([d.model_dump() for d in found]))
+        return 0
+    table = _table("dataset", "version", "classes", "images", "updated")
+    for d in found:
+        classes = ", ".join(f"{c} {n}" for c, n in d.classes.items())
+        table.add_row(d.name, str(d.latest_version), classes, str(d.images), d.updated_at)
+    out.print(table)
+    return 0
+
+
+def _datasets_show(client: Client, args: argparse.Namespace) -> int:
+    if args.version is not None:
+        detail = client.dataset_version(args.name, args.version)
+        if args.json:
+            print(json.dumps(detail.model_dump()))
+            return 0
+        out.print(f"{detail.name} version {detail.version} ({detail.created_at}): {detail.change}")
+        counts = detail.classes
+    else:
+        info = client.dataset(args.name)
+        if args.json:
+            print(json.dumps(info.model_dump()))
+            return 0
+        out.print(f"{info.name}: version {info.latest_version}, {info.images} images")
+        counts = info.classes
+        for warning in info.warnings:
+            err.print(f"[yellow]warning[/yellow]: {escape(warning)}")
+    table = _table("class", "images")
+    for label, n in counts.items():
+        table.add_row(label, str(n))
+    out.print(table)
+    if args.version is None:
+        versions = _table("version", "created", "change", "images")
+        for v in info.versions:
+            change = " ".join(f"{k}={v}" for k, v in v.change.items())
+            versions.add_row(str(v.version), v.created_at, change, str(v.images))
+        out.print(versions)
+    return 0
+
+
+def _datasets_create(client: Client, args: argparse.Namespace) -> int:
+    source = None
+    if args.path is not None:
+        source = Path(args.path)
+        if not source.exists():
+            raise Failure(f"{args.path}: no such file or folder")
+    change = client.create_dataset(args.name, source)
+    _print_change(args, change, f"created with {change.added} images")
+    return 0
+
+
+def _datasets_add(client: Client, args: argparse.Namespace) -> int:
+    files = image_files(args.paths)
+    if not files:
+        raise Failure("no image files in the paths given")
+    added, change = 0, None
+    for i in range(0, len(files), DATASET_IMAGES_PER_REQUEST):
+        change = client.add_images(args.name, args.label, files[i : i + DATASET_IMAGES_PER_REQUEST])
+        added += change.added
+    assert change is not None
+    if not args.json:
+        err.print(f"{added} of {len(files)} images added to class {escape(args.label)}")
+    _print_change(args, change, f"class {args.label}")
+    return 0
+
+
+def _datasets_images(client: Client, args: argparse.Namespace) -> int:
+    page = client.dataset_images(args.name, args.version, args.label, args.offset, args.limit)
+    if args.json:
+        print(json.dumps(page.model_dump()))
+        return 0
+    table = _table("id", "class", "file", "source", "added")
+    for item in page.items:
+        table.add_row(item.id, item.label, item.filename, item.source, item.added_at)
+    out.print(table)
+    err.print(f"{len(page.items)} of {page.total} (offset {page.offset})")
+    return 0
+
+
+def _datasets_remove(client: Client, args: argparse.Namespace) -> int:
+    _print_change(args, client.remove_image(args.name, args.image_id), "image removed")
+    return 0
+
+
+def _datasets_relabel(client: Client, args: argparse.Namespace) -> int:
+    change = client.relabel_image(args.name, args.image_id, args.label, args.create_class)
+    _print_change(args, change, f"image moved to class {args.label}")
+    return 0
+
+
+def _datasets_export(client: Client, args: argparse.Namespace) -> int:
+    version = args.version or client.dataset(args.name).latest_version
+    target = Path(args.output or ".")
+    if args.output and not target.parent.is_dir():
+        raise Failure(f"no folder {str(target.parent)!r} to write {target.name!r} in")
+    path = client.export_dataset(args.name, version, target)
+    if args.json:
+        print(json.dumps({"path": str(path), "version": version, "bytes": path.stat().st_size}))
+    else:
+        err.print(f"wrote {path} (version {version}, {path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def _datasets_delete(client: Client, args: argparse.Namespace) -> int:
+    if not args.yes:
+        raise Failure(f"this deletes dataset {args.name!r} and its images; add --yes to do it")
+    client.delete_dataset(args.name)
+    err.print(f"deleted dataset {args.name}")
+    return 0
+
+
+DATASET_COMMANDS = {
+    "list": _datasets_list,
+    "show": _datasets_show,
+    "create": _datasets_create,
+    "add": _datasets_add,
+    "images": _datasets_images,
+    "remove": _datasets_remove,
+    "relabel": _datasets_relabel,
+    "export": _datasets_export,
+    "delete": _datasets_delete,
+}
+
+
+def add_dataset_commands(sub: Any, remote: argparse.ArgumentParser) -> None:
+    ds = sub.add_parser("datasets", help="stored datasets: list, show, create, add, relabel ...")
+    actions = ds.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ds.set_defaults(func=cmd_datasets)
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = actions.add_parser(name, parents=[remote], help=help)
+        if name != "list":
+            p.add_argument("name", metavar="NAME")
+        return p
+
+    action("list", "every dataset, with its images per class")
+    p = action("show", "a dataset's classes and versions, or one version")
+    p.add_argument("--version", type=int, help="show this version and what changed in it")
+    p = action("create", "a new dataset, empty or from a folder of class folders or an archive")
+    p.add_argument("path", nargs="?", metavar="PATH")
+    p = action("add", "add image files (or the images in folders) to a class")
+    p.add_argument("label", metavar="CLASS", help="the class; a new name makes a new class")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p = action("images", "list images with their ids")
+    p.add_argument("--label", help="only this class")
+    p.add_argument("--version", type=int, help="default the latest")
+    p.add_argument("--offset", type=int, default=0)
+    p.add_argument("--limit", type=int, default=50)
+    p = action("remove", "remove an image (a new version)")
+    p.add_argument("image_id", metavar="IMAGE_ID")
+    p = action("relabel", "move an image to another class (a new version)")
+    p.add_argument("image_id", metavar="IMAGE_ID")
+    p.add_argument("label", metavar="CLASS")
+    p.add_argument("--create-class", action="store_true", help="make CLASS if it is new")
+    p = action("export", "download a version as a zip of class folders")
+    p.add_argument("version", type=int, nargs="?", metavar="VERSION", help="default the latest")
+    p.add_argument("-o", "--output", help="the zip to write, or a folder (default .)")
+    p = action("delete", "delete a dataset and its images")
+    p.add_argument("--yes", action="store_true", help="confirm")
+
+
 # -- parser ---------------------------------------------------------------------------------
 
 
@@ -602,7 +816,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     f = sub.add_parser("finetune", parents=[remote], help="train a new version on a dataset")
-    f.add_argument("dataset", help="a folder of class folders, or a .zip/.tar/.tar.gz")
+    f.add_argument(
+        "dataset", nargs="?", help="a folder of class folders, or a .zip/.tar/.tar.gz to upload"
+    )
+    f.add_argument(
+        "--dataset",
+        dest="stored",
+        type=_dataset_ref,
+        metavar="NAME[:VERSION]",
+        help="train on this stored dataset (default its latest version); with an upload,"
+        " the upload is stored as its next version",
+    )
     f.add_argument("--model", help="model to train; a new name creates a model")
     add_train_options(f)
     f.add_argument("--no-promote", action="store_true", help="do not activate the new version")
@@ -653,6 +877,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("version", type=int, nargs="?", metavar="VERSION")
     d.add_argument("--yes", action="store_true", help="confirm deleting a whole model")
     d.set_defaults(func=cmd_delete)
+
+    add_dataset_commands(sub, remote)
     return parser
 
 
