@@ -48,7 +48,7 @@ MIME = {
 VersionQuery = Query(None, ge=1, description="a dataset version; default the latest")
 
 
-def _info(datasets: DatasetStore, name: str) -> DatasetInfo:
+def dataset_info(datasets: DatasetStore, name: str) -> DatasetInfo:
     summary = datasets.summary(name)
     warnings = DatasetSummary(list(summary["classes"]), summary["classes"]).warnings
     return DatasetInfo(**summary, warnings=warnings)
@@ -103,14 +103,16 @@ def create_dataset(
 def list_datasets(datasets: Datasets) -> DatasetList:
     """Every dataset, with its images per class in its latest version."""
     return DatasetList(
-        datasets=[_info(datasets, n).model_copy(update={"versions": []}) for n in datasets.names()]
+        datasets=[
+            dataset_info(datasets, n).model_copy(update={"versions": []}) for n in datasets.names()
+        ]
     )
 
 
 @router.get("/{name}", response_model=DatasetInfo)
 def get_dataset(name: str, datasets: Datasets) -> DatasetInfo:
     """A dataset: images per class (latest version), warnings, and every version."""
-    return _info(datasets, name)
+    return dataset_info(datasets, name)
 
 
 @router.delete("/{name}", status_code=204, dependencies=[Admin])

@@ -18,7 +18,8 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from app import __version__
-from app.api.deps import Jobs, Manager, Registry, SettingsDep
+from app.api.datasets import dataset_info
+from app.api.deps import Datasets, Jobs, Manager, Registry, SettingsDep
 from app.api.models import model_detail, model_info
 from app.data.datasets import FEW_IMAGES_WARNING
 from app.errors import ConvserveError
@@ -31,6 +32,30 @@ STATIC_URL = "/console/static"
 templates = Jinja2Templates(directory=HERE / "templates")  # autoescapes
 # A version's source is a job id when a fine-tuning job wrote it (else "cli", "bootstrap").
 templates.env.tests["job_id"] = lambda value: bool(re.fullmatch(r"[0-9a-f]{16}", value or ""))
+
+
+def describe_change(change: dict[str, Any]) -> str:
+    """A dataset version's change, in words."""
+    action = change.get("action")
+    if action == "create":
+        return f"created with {change.get('added', 0)} images"
+    if action == "add":
+        labels = ", ".join(change.get("labels", []))
+        dup = change.get("duplicates", 0)
+        return f"added {change.get('added', 0)} images to {labels}" + (
+            f" ({dup} already there)" if dup else ""
+        )
+    if action == "relabel":
+        return f"relabelled an image: {change.get('from')} → {change.get('to')}"
+    if action == "remove":
+        return f"removed an image from {change.get('label')}"
+    if action == "add_class":
+        return f"added the class {change.get('label')}"
+    return str(action or "")
+
+
+templates.env.globals["describe"] = describe_change
+DATASET_PAGE_SIZE = 24
 
 # Pages load only their own files: no inline script, nothing from another origin. Styles
 # set from script (chart sizes, heat-map colours) go through the CSSOM, which this allows.
@@ -164,18 +189,89 @@ def model_page(
 
 
 @router.get("/console/train", response_class=HTMLResponse)
-def train_page(request: Request, manager: Manager, registry: Registry, model: str | None = None):
+def train_page(
+    request: Request,
+    manager: Manager,
+    registry: Registry,
+    datasets: Datasets,
+    model: str | None = None,
+    dataset: str | None = None,
+    dataset_version: int | None = None,
+):
     models = [model_info(s, registry) for s in manager.models.values()]
+    stored = [datasets.version_info(n, datasets.latest(n)) | {"name": n} for n in datasets.names()]
     return _page(
         request,
         "train.html",
         "Train",
         models=models,
         chosen=model,
+        datasets=stored,
+        chosen_dataset=dataset,
+        chosen_version=dataset_version,
         fields=train_fields(),
         bases=list(ARCHITECTURES.values()),
         few_images=FEW_IMAGES_WARNING,
     )
+
+
+@router.get("/console/datasets", response_class=HTMLResponse)
+def datasets_page(request: Request, datasets: Datasets):
+    found = [dataset_info(datasets, n) for n in datasets.names()]
+    return _page(
+        request, "datasets.html", "Datasets", datasets=found, few_images=FEW_IMAGES_WARNING
+    )
+
+
+@router.get("/console/datasets/{name}", response_class=HTMLResponse)
+def dataset_page(
+    request: Request,
+    name: str,
+    datasets: Datasets,
+    manager: Manager,
+    registry: Registry,
+    version: int | None = None,
+):
+    try:
+        info = dataset_info(datasets, name)
+        shown = version if version is not None else info.latest_version
+        manifest = datasets.manifest(name, shown)
+    except ConvserveError as exc:
+        return _not_found(request, exc)
+    everything = datasets.images(name, shown, None, 0, len(manifest["images"]))["items"]
+    pages: dict[str, list[dict[str, Any]]] = {c: [] for c in manifest["classes"]}
+    for item in everything:
+        if len(pages[item["label"]]) < DATASET_PAGE_SIZE:
+            pages[item["label"]].append(item)
+    per_class = dict.fromkeys(manifest["classes"], 0)
+    for item in everything:
+        per_class[item["label"]] += 1
+    return _page(
+        request,
+        "dataset.html",
+        name,
+        dataset=info,
+        shown=shown,
+        classes=manifest["classes"],
+        per_class=per_class,
+        pages=pages,
+        images_total=len(everything),
+        page_size=DATASET_PAGE_SIZE,
+        trained=_trained_on(name, manager, registry),
+    )
+
+
+def _trained_on(dataset: str, manager: Any, registry: Any) -> list[dict[str, Any]]:
+    """The served models' versions that a version of ``dataset`` trained."""
+    found = []
+    for model in manager.models:
+        for version in registry.versions(model):
+            record = registry.metadata(model, version).get("dataset") or {}
+            if record.get("name") == dataset:
+                found.append(
+                    {"model": model, "version": version, "dataset_version": record["version"]}
+                )
+    return found
 
 
 @router.get("/console/jobs", response_class=HTMLResponse)

@@ -28,6 +28,7 @@ from tests.helpers import (
     pattern_image,
     toy_registry,
     write_toy_version,
+    zip_directory,
 )
 from tests.jobs.service import ROOT, Service
 
@@ -294,6 +295,7 @@ def test_pages_fit_the_width(browser, service, width):
         "/console/models/signs",
         "/console/train",
         "/console/jobs",
+        "/console/datasets",
     ):
         tab.goto(path)
         tab.wait_for_load_state("load")
@@ -467,3 +469,60 @@ def test_download_a_version_for_another_runtime(page, service, tmp_path):
     with zipfile.ZipFile(saved) as archive:
         names = sorted(archive.namelist())
     assert names == ["toy-v2-onnx/README.md", "toy-v2-onnx/labels.txt", "toy-v2-onnx/model.onnx"]
+
+
+def test_grow_a_dataset_relabel_train_from_it_and_trace_the_version(page, service, tmp_path):
+    folder = make_dataset(tmp_path / "stripes", classes=("hstripes", "checks"), per_class=10)
+    with api(service) as c:
+        archive = zip_directory(folder)
+        r = c.post("/datasets", data={"name": "stripes"}, files={"archive": ("s.zip", archive)})
+        assert r.status_code == 201, r.text
+    page.goto("/console/datasets")
+    sync_api.expect(page.locator("#datasets-table")).to_contain_text("hstripes 10")
+    page.click("text=stripes")
+    use_key(page)
+    checks = page.locator(".class-section[data-class=checks]")
+    sync_api.expect(checks.locator("[data-count]")).to_have_text("10")
+
+    # Add a photo to a class with the picker: a new version, the page shows it.
+    photo = tmp_path / "new-check.png"
+    photo.write_bytes(image_bytes(pattern_image("checks", 32, seed=77)))
+    checks.locator("input.add-files").set_input_files(str(photo))
+    sync_api.expect(page.locator("#flash")).to_contain_text(
+        "Added 1 image(s) to checks (version 2)"
+    )
+    sync_api.expect(checks.locator("[data-count]")).to_have_text("11")
+    assert checks.locator("li[data-image] span", has_text="new-check.png").count() == 1
+
+    # Relabel another: it moves to the other class, a third version.
+    first = page.locator(".class-section[data-class=hstripes] li[data-image]").first
+    image_id = first.get_attribute("data-image")
+    first.locator("select.relabel").select_option("checks")
+    sync_api.expect(page.locator("#flash")).to_contain_text("Moved to checks (version 3)")
+    sync_api.expect(checks.locator("[data-count]")).to_have_text("12")
+    assert checks.locator(f"li[data-image='{image_id}']").count() == 1
+    sync_api.expect(page.locator("#shown-version")).to_have_text("3 (latest)")
+    page.screenshot(path=str(ARTIFACTS / "dataset-page.png"), full_page=True)
+
+    # Train from it: the Train page comes pre-filled with the stored dataset.
+    page.click("#train-from")
+    page.wait_for_url("**/console/train?dataset=stripes*")
+    assert page.locator("input[name=source][value=stored]").is_checked()
+    assert page.locator("#stored-dataset").input_value() == "stripes"
+    page.check("input[name=target][value=new]")
+    page.fill("#new-model", "stripes-net")
+    page.select_option("#base", "lenet5")
+    page.click("#check")
+    sync_api.expect(page.locator("#report h3")).to_contain_text("21 images in 2 classes")
+    page.fill("#p-epochs", "2")
+    page.click("#start")
+    page.wait_for_url("**/console/jobs/*")
+    page.wait_for_selector('body[data-job-done="succeeded"]', timeout=120_000)
+
+    # The new model version links back to the dataset version it learned from.
+    page.goto("/console/models/stripes-net")
+    link = page.locator("#versions a.dataset-link")
+    sync_api.expect(link).to_have_text("stripes v3")
+    link.click()
+    page.wait_for_url("**/console/datasets/stripes?version=3")
+    sync_api.expect(page.locator("#trained")).to_contain_text("stripes-net version 1")

@@ -1,6 +1,7 @@
-// Train page: pick a folder (zipped here, uncompressed, with fflate) or an archive, check it
-// with POST /datasets/check, then start POST /finetune and go to the job's page.
-import { el, flash, upload } from "./common.js";
+// Train page: pick a stored dataset version (checked with GET .../check), or a folder
+// (zipped here, uncompressed, with fflate) or an archive (checked with POST
+// /datasets/check), then start POST /finetune and go to the job's page.
+import { api, el, flash, upload } from "./common.js";
 
 const form = document.getElementById("train-form");
 const folder = document.getElementById("folder");
@@ -17,6 +18,40 @@ const existing = document.getElementById("existing-model");
 
 let dataset = null; // {blob, name}: what both the check and the job upload
 let checked = false;
+const storedSelect = document.getElementById("stored-dataset");
+const storedVersion = document.getElementById("stored-version");
+const keepAs = document.getElementById("keep-as");
+
+function source() {
+  return form.querySelector("input[name=source]:checked")?.value || "upload";
+}
+
+function stored() {
+  const option = storedSelect.selectedOptions[0];
+  if (!option) return null;
+  return { name: option.value, version: storedVersion.value || option.dataset.latest };
+}
+
+function sourceChanged() {
+  checked = false;
+  report.hidden = true;
+  startButton.disabled = true;
+  checkButton.disabled = source() === "stored" ? !stored() : !dataset;
+}
+
+for (const radio of form.querySelectorAll("input[name=source]")) radio.addEventListener("change", sourceChanged);
+for (const input of [storedSelect, storedVersion]) {
+  input.addEventListener("focus", () => {
+    const radio = form.querySelector("input[name=source][value=stored]");
+    if (!radio.disabled) radio.checked = true;
+  });
+  input.addEventListener("change", sourceChanged);
+}
+for (const input of [folder, archive]) {
+  input.addEventListener("focus", () => {
+    form.querySelector("input[name=source][value=upload]").checked = true;
+  });
+}
 
 function target() {
   return form.querySelector("input[name=target]:checked")?.value || "new";
@@ -146,14 +181,17 @@ checkButton.addEventListener("click", async () => {
   flash("");
   checkButton.disabled = true;
   try {
-    showReport(await send("/datasets/check", {}, "Uploading for the check"));
+    if (source() === "stored") {
+      const { name, version } = stored();
+      showReport(await api(`/datasets/${encodeURIComponent(name)}/versions/${version}/check`));
+    } else showReport(await send("/datasets/check", {}, "Uploading for the check"));
     checked = true;
     startButton.disabled = false;
   } catch (err) {
     report.hidden = true;
     flash(err.message);
   } finally {
-    checkButton.disabled = !dataset;
+    checkButton.disabled = source() === "stored" ? !stored() : !dataset;
   }
 });
 
@@ -174,7 +212,8 @@ function params() {
 form.addEventListener("submit", async (e) => {
   e.preventDefault();
   flash("");
-  if (!dataset || !checked) return flash("Pick a dataset and check it first.");
+  const fromStore = source() === "stored";
+  if ((!fromStore && !dataset) || !checked) return flash("Pick a dataset and check it first.");
   const fields = params();
   if (target() === "new") {
     if (!newName.value) return flash("Name the new model (or train a new version of one).");
@@ -186,7 +225,17 @@ form.addEventListener("submit", async (e) => {
   fields.promote = document.getElementById("promote").checked ? "true" : "false";
   startButton.disabled = true;
   try {
-    const job = await send("/finetune", fields, "Uploading the dataset");
+    let job;
+    if (fromStore) {
+      const { name, version } = stored();
+      const body = new FormData();
+      for (const [k, v] of Object.entries({ ...fields, dataset_name: name, dataset_version: version }))
+        body.append(k, v);
+      job = await upload("/finetune", body, () => {});
+    } else {
+      if (keepAs.value) fields.dataset_name = keepAs.value;
+      job = await send("/finetune", fields, "Uploading the dataset");
+    }
     location.assign(`/console/jobs/${job.job_id}`);
   } catch (err) {
     flash(err.message);
@@ -196,3 +245,4 @@ form.addEventListener("submit", async (e) => {
 
 const wanted = new URLSearchParams(location.search).get("model");
 if (!wanted && !existing.options.length) newName.focus();
+sourceChanged();
