@@ -245,6 +245,7 @@ def diff_versions(
 @router.get(
     "/{name}/versions/{version}/export",
     response_class=FileResponse,
+    dependencies=[Admin],  # hands out every image, as a model export hands out its weights
     responses={200: {"content": {"application/zip": {}}, "description": "class folders"}},
 )
 def export_version(name: str, version: int, settings: SettingsDep, datasets: Datasets) -> Any:
