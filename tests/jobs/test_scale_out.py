@@ -24,7 +24,14 @@ import pytest
 from app.jobs.store import JobStore
 from app.storage.s3 import parse_s3_url
 from app.storage.s3registry import S3Registry
-from tests.helpers import SIGNS_DIR, image_bytes, pattern_image, write_toy_version, zip_directory
+from tests.helpers import (
+    SIGNS_DIR,
+    image_bytes,
+    make_dataset,
+    pattern_image,
+    write_toy_version,
+    zip_directory,
+)
 from tests.jobs.service import ROOT, Service, upload_job, wait_for
 from tests.servers import RedisServer, empty_job_store, new_s3_place, start_redis
 
@@ -354,3 +361,63 @@ def test_two_activations_at_once_on_two_replicas_one_wins_the_other_gets_409(clu
     # The replica that lost follows the winner, as every replica does.
     for api in (api1, api2):
         _until(lambda u=api.url: _active_version(u) == winner, POLL_SECONDS * 5 + 30, api.url)
+
+
+def test_a_dataset_made_on_one_replica_is_trained_by_a_worker_and_seen_by_the_other(
+    cluster, tmp_path
+):
+    api1, api2 = cluster.apis
+    folder = make_dataset(tmp_path / "shapes", per_class=6, size=32)
+    with api1.client() as one, api2.client() as two:
+        r = one.post(
+            "/datasets",
+            data={"name": "shared"},
+            files={"archive": ("d.zip", zip_directory(folder))},
+        )
+        assert r.status_code == 201, r.text
+        # Two adds at once, one through each replica: both land in the bucket.
+        answers: list[httpx.Response] = []
+
+        def add(client: httpx.Client, label: str, kind: str) -> None:
+            files = [
+                ("file", (f"{kind}{i}.png", image_bytes(pattern_image(kind, 32, 40 + i))))
+                for i in range(5)
+            ]
+            answers.append(
+                client.post("/datasets/shared/images", params={"label": label}, files=files)
+            )
+
+        threads = [
+            threading.Thread(target=add, args=(one, "hstripes", "hstripes")),
+            threading.Thread(target=add, args=(two, "dark", "dark")),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert sorted(a.status_code for a in answers) == [201, 201], [a.text for a in answers]
+        shown = two.get("/datasets/shared").json()
+        assert shown["latest_version"] == 3
+        assert shown["classes"] == {"dark": 5, "hstripes": 11, "vstripes": 6}
+
+        # Trained by a worker (another process and data folder; the API processes never
+        # train with a broker) from the bucket's copy.
+        r = two.post(
+            "/finetune",
+            data={
+                "dataset_name": "shared",
+                "promote": "false",
+                "epochs": "1",
+                "fine_tune_epochs": "0",
+                "image_size": "32",
+                "batch_size": "8",
+            },
+        )
+        assert r.status_code == 202, r.text
+        job = wait_for(one, r.json()["job_id"], lambda j: j["status"] in FINAL)
+        assert job["status"] == "succeeded", job
+        version = job["result"]["version"]
+        details = {v["version"]: v for v in one.get("/models/toy").json()["version_details"]}
+        record = details[version]["dataset"]
+        assert (record["name"], record["version"]) == ("shared", 3)
+        assert record["per_class"] == {"dark": 5, "hstripes": 11, "vstripes": 6}
