@@ -68,6 +68,7 @@ def _check_source(
     response_model=JobCreated,
     dependencies=[Admin],
     responses={
+        404: {"model": ErrorBody, "description": "no such stored dataset, or version of it"},
         202: {
             "headers": {
                 "Location": {
