@@ -25,6 +25,8 @@ from app.data.datasets import FEW_IMAGES_WARNING
 from app.errors import ConvserveError
 from app.nets.catalog import ARCHITECTURES
 from app.schemas import Job
+from app.storage.datasets import not_found
+from app.storage.objects import NAME_PATTERN
 from app.training.params import TrainParams
 
 HERE = Path(__file__).parent
@@ -233,6 +235,8 @@ def dataset_page(
     version: int | None = None,
 ):
     try:
+        if not NAME_PATTERN.match(name):  # no such dataset: the page's 404, not a 422
+            raise not_found(name)
         info = dataset_info(datasets, name)
         shown = version if version is not None else info.latest_version
         manifest = datasets.manifest(name, shown)
