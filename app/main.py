@@ -54,7 +54,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await supervisor.stop()
             await manager.stop()
 
-    app = FastAPI(title="convserve", version="0.1.0", lifespan=lifespan)
+    # /docs and /redoc come from app.api.openapi, with Swagger UI and ReDoc served locally.
+    app = FastAPI(
+        title="convserve", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.settings = settings
     # Multipart framing adds a little to the files themselves.
     slack = 1024 * 1024

@@ -76,7 +76,7 @@ def _check_source(
                     "schema": {"type": "string"},
                 }
             }
-        }
+        },
     },
 )
 async def create_job(

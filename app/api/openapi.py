@@ -26,7 +26,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse
 
 from app.api.errors import PROTOCOL_PREFIXES
 from app.shutdown import DRAIN_EXEMPT
@@ -124,3 +126,49 @@ def install(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    _reference_pages(app)
+
+
+# Swagger UI and ReDoc from the package's own copies (app/console/static/vendor), so the
+# reference works offline, as the console does; the app is made with docs_url=None.
+VENDOR = "/console/static/vendor"
+
+
+# Nothing loaded from elsewhere: ReDoc's sidebar asks a CDN for its logo, which this
+# refuses. (Swagger UI starts from an inline script, ReDoc's styles are injected inline.)
+_CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+    "script-src 'self' 'unsafe-inline'; worker-src 'self' blob:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+def _reference_pages(app: FastAPI) -> None:
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui() -> HTMLResponse:
+        return _no_elsewhere(
+            get_swagger_ui_html(
+                openapi_url="/openapi.json",
+                title=f"{app.title} API",
+                swagger_js_url=f"{VENDOR}/swagger-ui-bundle.js",
+                swagger_css_url=f"{VENDOR}/swagger-ui.css",
+                swagger_favicon_url="/console/static/icon.svg",
+            )
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return _no_elsewhere(
+            get_redoc_html(
+                openapi_url="/openapi.json",
+                title=f"{app.title} API",
+                redoc_js_url=f"{VENDOR}/redoc.standalone.js",
+                redoc_favicon_url="/console/static/icon.svg",
+                with_google_fonts=False,
+            )
+        )
+
+
+def _no_elsewhere(page: HTMLResponse) -> HTMLResponse:
+    page.headers["Content-Security-Policy"] = _CSP
+    return page

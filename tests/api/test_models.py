@@ -1,3 +1,4 @@
+import re
 import time
 
 import pytest
@@ -288,3 +289,13 @@ def test_a_version_written_in_non_ascii_digits_is_not_found_not_a_server_error(c
         assert r.status_code == 404, r.text
     r = client.get("/finetune/nope/events", headers={"Last-Event-ID": b"\xb2"})
     assert r.status_code == 404, r.text
+
+
+def test_the_api_reference_pages_load_their_assets_from_the_service(client):
+    for path in ("/docs", "/redoc"):
+        page = client.get(path)
+        assert page.status_code == 200
+        assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+        assert assets and all(a.startswith("/") for a in assets), assets
+        for asset in assets:
+            assert client.get(asset).status_code == 200, asset

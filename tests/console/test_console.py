@@ -526,3 +526,32 @@ def test_grow_a_dataset_relabel_train_from_it_and_trace_the_version(page, servic
     link.click()
     page.wait_for_url("**/console/datasets/stripes?version=3")
     sync_api.expect(page.locator("#trained")).to_contain_text("stripes-net version 1")
+
+
+@pytest.mark.parametrize(
+    ("path", "ready"), [("/docs", ".opblock"), ("/redoc", "[data-section-id]")]
+)
+def test_the_api_reference_works_offline(browser, service, path, ready):
+    """Swagger UI and ReDoc come from the package, and their pages' Content-Security-Policy
+    stops any request to another host (ReDoc's sidebar asks a CDN for a logo)."""
+    context = browser.new_context(base_url=service.url)
+    tab = context.new_page()
+    elsewhere: list[str] = []
+    blocked: list[str] = []
+    tab.on(
+        "request",
+        lambda req: elsewhere.append(req.url) if not req.url.startswith(service.url) else None,
+    )
+    tab.on(
+        "requestfailed",
+        lambda req: blocked.append(req.url) if "csp" in (req.failure or "").lower() else None,
+    )
+    tab.goto(path)
+    tab.wait_for_selector(ready, timeout=30_000)
+    assert tab.locator(ready).count() > 20  # every operation of the API
+    assert "/datasets/{name}/images" in tab.content()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    tab.screenshot(path=str(ARTIFACTS / f"reference{path.replace('/', '-')}.png"))
+    context.close()
+    sent = [u for u in elsewhere if not u.startswith(("data:", "blob:")) and u not in blocked]
+    assert sent == []
