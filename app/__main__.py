@@ -97,13 +97,9 @@ def _model_version(registry: Any, text: str) -> tuple[str, int | None]:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from app.precision import (
-        HeldOut,
-        heldout_from_directory,
-        read_heldout,
-        study_or_fallback,
-    )
+    from app.data.heldout import HeldOut, heldout_from_directory, read_heldout
     from app.serving.openvino_backend import int8_ir_path
+    from app.serving.precision import study_or_fallback
     from app.storage.factory import open_registry
 
     settings = get_settings()

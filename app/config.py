@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     api_key: str | None = None
     backend: Literal["auto", "keras", "openvino"] = "auto"
     # OpenVINO's inference precision. "auto": each version's own choice, the fastest that
-    # keeps its held-out accuracy (its precision study, app.precision), f32 for a version
+    # keeps its held-out accuracy (its precision study, app.serving.precision), f32 for a version
     # without one; "f32", "bf16" or "int8" force one for every version.
     inference_precision: Literal["auto", "f32", "bf16", "int8"] = "auto"
     # Run the precision study when a version is written (training jobs, `train`).

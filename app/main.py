@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from app.api import architectures, datasets, finetune, health, models, openapi, predict
+from app.api.drain import DrainMiddleware
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.config import Settings, get_settings
@@ -19,7 +20,7 @@ from app.jobs.supervisor import JobSupervisor
 from app.protocols import kserve_v2, tfserving
 from app.serving.manager import ModelManager
 from app.serving.metrics import ServiceMetrics
-from app.shutdown import DrainMiddleware, DrainState
+from app.shutdown import DrainState
 from app.storage.factory import open_datasets, open_registry
 
 

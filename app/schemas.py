@@ -42,7 +42,7 @@ class VersionInfo(BaseModel):
     dataset: dict[str, Any] | None = None
     params: dict[str, Any] | None = None
     history: list[dict[str, Any]] = []
-    # Accuracy and speed at each inference precision, and the one chosen (app.precision).
+    # Accuracy and speed at each inference precision, and the one chosen (app.serving.precision).
     precision_study: dict[str, Any] | None = None
     heldout: dict[str, int] | None = None  # images kept to measure it
 

@@ -21,16 +21,12 @@ import time
 from types import FrameType
 
 import uvicorn
-from starlette.types import ASGIApp, Receive, Scope, Send
-
-from app.api.errors import error_response
 
 log = logging.getLogger("convserve.shutdown")
 
 # Answered normally while draining: liveness and metrics describe the process, not whether
 # it takes work.
 DRAIN_EXEMPT = frozenset({"/healthz", "/metrics"})
-DRAIN_RETRY_AFTER_SECONDS = 5
 
 
 class DrainState:
@@ -46,28 +42,6 @@ class DrainState:
     def start(self) -> None:
         if self.since is None:
             self.since = time.monotonic()
-
-
-class DrainMiddleware:
-    """Answers 503 ``shutting_down`` to requests that arrive while the service drains."""
-
-    def __init__(self, app: ASGIApp, state: DrainState) -> None:
-        self.app = app
-        self.state = state
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.state.draining and scope["path"] not in DRAIN_EXEMPT:
-            response = error_response(
-                503,
-                "shutting_down",
-                "the service is shutting down; send the request again (to another replica, "
-                "or after the restart)",
-                {"Retry-After": str(DRAIN_RETRY_AFTER_SECONDS), "Connection": "close"},
-                scope["path"],
-            )
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
 
 
 class DrainingServer(uvicorn.Server):

@@ -2,7 +2,7 @@
 
 Trains MobileNetV2 (ImageNet weights, the defaults) and ResNet-50 (from scratch: this
 machine has no ImageNet ResNet-50 weights) on the SIGNS photos at 224x224 through
-`python -m app train`, which runs the precision study on each new version (app.precision):
+`python -m app train`, which runs the precision study on each new version (app.serving.precision):
 accuracy on the version's held-out images of Keras f32, OpenVINO f32, bf16 and int8, its
 speed at the serving batch size, and the choice. Each version is also scored on the
 bench's own held-out split (`bench/accuracy.py`'s 216 photos, never trained on) at each

@@ -23,11 +23,11 @@ from setproctitle import setthreadtitle
 from app.config import Settings
 from app.data.images import ImageError, load_image
 from app.errors import ConvserveError
-from app.precision import serving_precision
 from app.serving.batcher import Batcher, BatcherClosed, QueueFull
 from app.serving.bootstrap import BOOTSTRAP_MODELS, bootstrap
 from app.serving.metrics import ServiceMetrics
 from app.serving.openvino_backend import IR_DIR, IR_FILE, convert_to_ir
+from app.serving.precision import serving_precision
 from app.serving.predictor import Predictor, make_predictor, warm_up
 from app.serving.tta import VIEWS, combine, decode_size, expand
 from app.storage.registry import ModelRegistry

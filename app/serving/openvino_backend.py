@@ -9,7 +9,7 @@ latency and the highest throughput per batch (measured in bench/). Two infer req
 the next batch be handed over while one runs, so there is no gap between batches.
 
 A version can also be served in int8: its IR quantized by NNCF's post-training quantization,
-calibrated on the version's calibration images (``app.precision``), is kept beside the f32
+calibrated on the version's calibration images (``app.serving.precision``), is kept beside the f32
 IR as ``model-int8.xml``.
 """
 

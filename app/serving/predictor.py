@@ -101,10 +101,10 @@ def make_predictor(
 ) -> Predictor:
     """The predictor for ``backend`` (``keras``, ``openvino``, or ``auto``) at
     ``precision`` (``f32``, ``bf16`` or ``int8``; Keras always runs f32). int8 quantizes a
-    version that has no int8 model yet with its calibration images (`app.precision`)."""
+    version that has no int8 model yet with its calibration images (`app.serving.precision`)."""
     backend = resolve_backend(backend)
     if backend == "openvino":
-        from app.precision import read_heldout
+        from app.data.heldout import read_heldout
         from app.serving.openvino_backend import OpenVINOPredictor
 
         def calibration() -> np.ndarray | None:

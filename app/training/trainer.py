@@ -29,8 +29,9 @@ from app.data.datasets import (
     load_datasets,
     prepare_dataset,
 )
+from app.data.heldout import heldout_from_prepared
 from app.nets.transfer import build_classifier, choose_fine_tune_at, unfreeze_from
-from app.precision import heldout_from_prepared, study_or_fallback
+from app.serving.precision import study_or_fallback
 from app.storage.objects import write_text_atomic
 from app.storage.registry import MODEL_FILE, ModelRegistry
 from app.training import interrupt
@@ -489,7 +490,7 @@ def train(
         source: recorded as the version's source (``"cli"`` or a job id).
         activate: make the new version the active one.
         hooks: logging, progress and cancellation.
-        study: run the precision study on the new version (`app.precision`); its held-out
+        study: run the precision study on the new version (`app.serving.precision`); its held-out
             set is kept either way.
         stored: the stored dataset version ``data_dir`` holds, recorded in the version's
             metadata with the ids of the images that were validation.
@@ -721,7 +722,7 @@ def train(
         model.save(folder / MODEL_FILE)
         write_validation_samples(folder, val_files, y_true, y_pred, scores, sources)
         # The held-out set and the precision study go with the version, so serving can use
-        # the fastest precision that keeps its accuracy (app.precision).
+        # the fastest precision that keeps its accuracy (app.serving.precision).
         heldout = heldout_from_prepared(
             val_files, _training_files(images_dir, val_files), params.image_size
         )

@@ -57,5 +57,5 @@ def test_openvino_agrees_with_keras_on_signs(tmp_path):
             f"photos, largest probability difference {worst:.4f}"
         )
     # f32 must agree: it is what a version serves when no lower precision passes its
-    # study (app.precision), and the reference the study measures against.
+    # study (app.serving.precision), and the reference the study measures against.
     assert agreement["f32"] >= 0.99

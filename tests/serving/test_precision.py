@@ -1,4 +1,4 @@
-"""Each version served at the fastest precision that keeps its accuracy (app.precision)."""
+"""Each version served at the fastest precision that keeps its accuracy (app.serving.precision)."""
 
 import hashlib
 import sys
@@ -7,18 +7,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from app.data.heldout import HELDOUT_FILE, HeldOut, read_heldout
 from app.data.images import load_image
 from app.main import create_app
-from app.precision import (
-    HELDOUT_FILE,
-    HeldOut,
-    choose,
-    read_heldout,
-    study,
-    study_or_fallback,
-    wilson_upper,
-)
 from app.serving.openvino_backend import bf16_supported, int8_ir_path
+from app.serving.precision import choose, study, study_or_fallback, wilson_upper
 from app.serving.predictor import KerasPredictor
 from app.storage.registry import ModelRegistry
 from app.training.params import TrainParams
@@ -275,7 +268,7 @@ def test_int8_tries_keeping_the_sensitive_layers_in_f32_when_it_fails(
     import keras
     import openvino as ov
 
-    import app.precision as precision
+    import app.serving.precision as precision
     from app.storage.registry import MODEL_FILE
 
     keras.utils.set_random_seed(0)
