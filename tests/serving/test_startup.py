@@ -22,6 +22,8 @@ def test_fresh_registry_bootstraps_both_imagenet_models(settings_for):
             assert m["status"] == "ready" and m["active_version"] == 1
             assert len(m["class_names"]) == 1000 and m["input_size"] == 32
             assert m["trained"] is False  # CONVSERVE_PRETRAINED=none: random weights
+            # ... with the real ImageNet labels, shipped with the package (no download).
+            assert m["class_names"][281] == "tabby" and m["class_names"][999] == "toilet_tissue"
         detail = c.get("/models/resnet50").json()["version_details"][0]
         assert detail["source"] == "bootstrap"
         png = image_bytes(pattern_image("checks", 50), "PNG")
