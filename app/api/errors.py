@@ -56,12 +56,33 @@ async def _convserve_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status, exc.code, exc.message, exc.headers, request.url.path)
 
 
+# Multipart file fields, and how to send each.
+_FILE_FIELDS = {
+    "file": "one or more image parts named 'file' (curl -F file=@photo.jpg)",
+    "dataset": "the archive as a part named 'dataset' (curl -F dataset=@photos.zip)",
+}
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     problems = []
+    missing_files = []
     for err in exc.errors():
+        loc = tuple(err.get("loc", ()))
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-        problems.append(f"{_field(tuple(err.get('loc', ())))}: {msg}")
+        if err.get("type") == "missing" and loc[:1] == ("body",) and loc[-1] in _FILE_FIELDS:
+            missing_files.append(str(loc[-1]))
+            msg = f"missing: send multipart/form-data with {_FILE_FIELDS[str(loc[-1])]}"
+        problems.append(f"{_field(loc)}: {msg}")
+    content_type = request.headers.get("content-type", "")
+    if missing_files and not content_type.startswith("multipart/form-data"):
+        # A raw image or JSON body where the route takes multipart files.
+        sent = content_type.split(";")[0] or "no Content-Type"
+        detail = (
+            f"this endpoint takes multipart/form-data, not {sent}: send "
+            + "; ".join(_FILE_FIELDS[f] for f in missing_files)
+        )
+        return error_response(415, "unsupported_media_type", detail, None, request.url.path)
     return error_response(422, "invalid_parameters", "; ".join(problems), None, request.url.path)
 
 

@@ -128,3 +128,16 @@ def test_exif_orientation_changes_what_the_model_sees(client):
         "/predict", files={"file": ("a.jpg", image_bytes(img, "JPEG", exif=exif))}
     ).json()
     assert plain["predictions"][0]["top"] != rotated["predictions"][0]["top"]
+
+
+def test_an_image_sent_the_wrong_way_gets_told_how_to_send_it(client):
+    PNG = image_bytes(pattern_image("checks", 32))
+    raw = client.post("/predict", content=PNG, headers={"Content-Type": "image/png"})
+    assert raw.status_code == 415 and raw.json()["code"] == "unsupported_media_type"
+    assert "multipart/form-data, not image/png" in raw.json()["detail"]
+    assert "curl -F file=@photo.jpg" in raw.json()["detail"]
+    renamed = client.post("/predict", files={"image": ("a.png", PNG)})
+    assert renamed.status_code == 422 and renamed.json()["code"] == "invalid_parameters"
+    assert "image parts named 'file'" in renamed.json()["detail"]
+    archive = client.post("/finetune", content=b"PK", headers={"Content-Type": "application/zip"})
+    assert archive.status_code in (415, 422), archive.text
