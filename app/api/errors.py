@@ -78,9 +78,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     if missing_files and not content_type.startswith("multipart/form-data"):
         # A raw image or JSON body where the route takes multipart files.
         sent = content_type.split(";")[0] or "no Content-Type"
-        detail = (
-            f"this endpoint takes multipart/form-data, not {sent}: send "
-            + "; ".join(_FILE_FIELDS[f] for f in missing_files)
+        detail = f"this endpoint takes multipart/form-data, not {sent}: send " + "; ".join(
+            _FILE_FIELDS[f] for f in missing_files
         )
         return error_response(415, "unsupported_media_type", detail, None, request.url.path)
     return error_response(422, "invalid_parameters", "; ".join(problems), None, request.url.path)

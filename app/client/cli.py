@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import argcomplete
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -43,6 +44,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from app import __version__
 from app.client.api import DEFAULT_URL, APIError, AsyncClient, Client, Event, zip_folder
 from app.schemas import Job
 
@@ -53,17 +55,42 @@ IMAGES_PER_REQUEST = 8
 # Status codes after which a multi-image request is sent again image by image, to find
 # the bad file(s) and still classify the others.
 BAD_INPUT = {400, 413, 415, 422}
+# Codes of those that are about the request, not a file in it: said once.
+REQUEST_ERRORS = {"invalid_parameters", "unknown_tta"}
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def _table(*columns: str, title: str | None = None) -> Table:
-    """A table whose cells wrap rather than being cut (piped output is 80 columns)."""
-    table = Table(title=title)
-    for name in columns:
-        table.add_column(name, overflow="fold")
-    return table
+class Rows:
+    """A table: drawn for a terminal, tab-separated lines (a header, then a line per row)
+    when standard output is a pipe or a file, so nothing wraps mid-word and ``cut``,
+    ``sort`` and ``awk`` can read it."""
+
+    def __init__(self, *columns: str, title: str | None = None) -> None:
+        self.columns, self.title = columns, title
+        self.rows: list[tuple[str, ...]] = []
+
+    def add_row(self, *cells: str) -> None:
+        self.rows.append(tuple(cells))
+
+    def show(self) -> None:
+        if out.is_terminal:
+            table = Table(title=self.title)
+            for name in self.columns:
+                table.add_column(name, overflow="fold")
+            for row in self.rows:
+                table.add_row(*row)
+            out.print(table)
+            return
+        if self.title:
+            print(f"\n{self.title}")
+        for row in (self.columns, *self.rows):
+            print("\t".join(str(c).replace("\t", " ").replace("\n", " ") for c in row))
+
+
+def _table(*columns: str, title: str | None = None) -> Rows:
+    return Rows(*columns, title=title)
 
 
 class Failure(Exception):
@@ -96,7 +123,10 @@ def image_files(paths: list[str]) -> list[Path]:
 @dataclass
 class PredictRun:
     results: dict[Path, dict[str, Any]] = field(default_factory=dict)
-    errors: dict[Path, APIError] = field(default_factory=dict)
+    errors: dict[Path, APIError] = field(default_factory=dict)  # a file the service refused
+    # An error that is not about one file (unknown model, no key, service down): the run
+    # stops at the first, and it is said once.
+    fatal: APIError | None = None
 
 
 async def _predict_group(
@@ -110,12 +140,14 @@ async def _predict_group(
             if exc.status == 503 and attempt < 3:  # queue full or model swapping: wait
                 await asyncio.sleep(0.5 * 2**attempt)
                 continue
-            if exc.status in BAD_INPUT and len(group) > 1:
-                for path in group:  # find the bad one(s); the others still get answers
-                    await _predict_group(client, [path], args, run)
+            if exc.status in BAD_INPUT and exc.code not in REQUEST_ERRORS:
+                if len(group) > 1:
+                    for path in group:  # find the bad one(s); the others still get answers
+                        await _predict_group(client, [path], args, run)
+                    return
+                run.errors[group[0]] = exc
                 return
-            for path in group:
-                run.errors[path] = exc
+            run.fatal = run.fatal or exc
             return
         for path, item in zip(group, answer.predictions, strict=True):
             run.results[path] = {
@@ -139,6 +171,8 @@ async def _predict_all(
 
         async def worker() -> None:
             for group in pending:
+                if run.fatal is not None:
+                    return
                 await _predict_group(client, group, args, run)
                 progress.advance(task, len(group))
 
@@ -162,6 +196,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         progress_rate = _RateProgress(progress)
         run = asyncio.run(_predict_all(args, files, progress_rate))
     seconds = time.perf_counter() - started
+    if run.fatal is not None:
+        raise run.fatal  # said once by main(), whatever the number of files
     _show_predictions(args, files, run)
     for path, exc in run.errors.items():
         detail = exc.detail.removeprefix(f"{path}: ")  # the service names the file too
@@ -229,7 +265,7 @@ def _show_predictions(args: argparse.Namespace, files: list[Path], run: PredictR
         others = ", ".join(f"{r['label']} {r['score']:.3f}" for r in rest[:2])
         model = f"{result['model']}:{result['version']}"
         table.add_row(str(path), model, best["label"], f"{best['score']:.3f}", others)
-    out.print(table)
+    table.show()
 
 
 class _open_output:
@@ -438,12 +474,12 @@ def show_job(job: Job) -> None:
             f"{row['f1']:.3f}",
             str(row["support"]),
         )
-    out.print(per_class)
+    per_class.show()
     names = metrics.get("class_names", [])
     matrix = _table("true \\ predicted", *names, title="confusion matrix")
     for name, row in zip(names, metrics.get("confusion_matrix", []), strict=False):
         matrix.add_row(name, *map(str, row))
-    out.print(matrix)
+    matrix.show()
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
@@ -467,12 +503,14 @@ def cmd_jobs(args: argparse.Namespace) -> int:
                     "" if accuracy is None else f"{accuracy:.4f}",
                     str(result.get("version", "")),
                 )
-            out.print(table)
+            table.show()
             return 0
         if args.cancel:
             job = client.cancel(args.job_id)
             err.print(f"job {job.job_id} {job.status}")
             if not args.follow:
+                if args.json:
+                    print(json.dumps(job.model_dump()))
                 return 0
         if args.follow:
             return follow(client, args.job_id, args)
@@ -485,6 +523,13 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 # -- models ---------------------------------------------------------------------------------
+
+
+def _classes(names: list[str], shown: int = 10) -> str:
+    """A model's classes in a line: all of a few, the first ones of many."""
+    if len(names) <= shown:
+        return f"classes: {', '.join(names)}"
+    return f"{len(names)} classes: {', '.join(names[:shown])}, ... (all of them: --json)"
 
 
 def _accuracy(metrics: dict[str, Any] | None) -> str:
@@ -511,7 +556,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                     str(len(m.class_names)),
                     _accuracy(m.metrics),
                 )
-            out.print(table)
+            table.show()
             return 0
         detail = client.model(args.name)
     if args.json:
@@ -519,7 +564,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     out.print(
         f"{detail.name}: {detail.status}, version {detail.active_version} serves"
-        f" ({detail.backend}), classes: {', '.join(detail.class_names)}"
+        f" ({detail.backend}), {_classes(detail.class_names)}"
     )
     table = _table("version", "active", "created", "source", "base", "classes", "accuracy")
     for v in detail.version_details:
@@ -532,7 +577,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             str(len(v.class_names)),
             _accuracy(v.metrics),
         )
-    out.print(table)
+    table.show()
     return 0
 
 
@@ -548,7 +593,7 @@ def cmd_architectures(args: argparse.Namespace) -> int:
         if a.pretrained:
             weights = "cached" if a.weights_cached else "download"
         table.add_row(a.name, a.title, str(a.year), str(a.input_size), f"{a.parameters:,}", weights)
-    out.print(table)
+    table.show()
     return 0
 
 
@@ -569,6 +614,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_activate(args: argparse.Namespace) -> int:
     with Client(args.url, args.api_key) as client:
         detail = client.activate(args.name, args.version)
+    if args.json:
+        print(json.dumps(detail.model_dump()))
     err.print(f"{detail.name} now serves version {detail.active_version}")
     return 0
 
@@ -576,7 +623,9 @@ def cmd_activate(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     with Client(args.url, args.api_key) as client:
         if args.version is not None:
-            client.delete_version(args.name, args.version)
+            detail = client.delete_version(args.name, args.version)
+            if args.json:
+                print(json.dumps(detail.model_dump()))
             err.print(f"deleted version {args.version} of {args.name}")
             return 0
         if not args.yes:
@@ -585,6 +634,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
                 " (or name a VERSION)"
             )
         client.delete_model(args.name)
+        if args.json:
+            print(json.dumps({"deleted": args.name}))
         err.print(f"deleted model {args.name}")
         return 0
 
@@ -620,7 +671,7 @@ def _datasets_list(client: Client, args: argparse.Namespace) -> int:
     for d in found:
         classes = ", ".join(f"{c} {n}" for c, n in d.classes.items())
         table.add_row(d.name, str(d.latest_version), classes, str(d.images), d.updated_at)
-    out.print(table)
+    table.show()
     return 0
 
 
@@ -644,13 +695,13 @@ def _datasets_show(client: Client, args: argparse.Namespace) -> int:
     table = _table("class", "images")
     for label, n in counts.items():
         table.add_row(label, str(n))
-    out.print(table)
+    table.show()
     if args.version is None:
         versions = _table("version", "created", "change", "images")
         for v in info.versions:
             change = " ".join(f"{k}={v}" for k, v in v.change.items())
             versions.add_row(str(v.version), v.created_at, change, str(v.images))
-        out.print(versions)
+        versions.show()
     return 0
 
 
@@ -688,7 +739,7 @@ def _datasets_images(client: Client, args: argparse.Namespace) -> int:
     table = _table("id", "class", "file", "source", "added")
     for item in page.items:
         table.add_row(item.id, item.label, item.filename, item.source, item.added_at)
-    out.print(table)
+    table.show()
     err.print(f"{len(page.items)} of {page.total} (offset {page.offset})")
     return 0
 
@@ -721,6 +772,8 @@ def _datasets_delete(client: Client, args: argparse.Namespace) -> int:
     if not args.yes:
         raise Failure(f"this deletes dataset {args.name!r} and its images; add --yes to do it")
     client.delete_dataset(args.name)
+    if args.json:
+        print(json.dumps({"deleted": args.name}))
     err.print(f"deleted dataset {args.name}")
     return 0
 
@@ -778,37 +831,56 @@ def add_dataset_commands(sub: Any, remote: argparse.ArgumentParser) -> None:
 # -- parser ---------------------------------------------------------------------------------
 
 
+def positive(value: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not 1 or more")
+    return number
+
+
+def _remote_options(
+    parser: argparse.ArgumentParser, url: Any, key: Any, flag: Any, url_default: str
+) -> None:
+    parser.add_argument(
+        "--url",
+        default=url,
+        help=f"the service (default $CONVSERVE_URL or {url_default})",
+    )
+    parser.add_argument("--api-key", default=key, help="admin key (default $CONVSERVE_API_KEY)")
+    parser.add_argument("--json", action="store_true", default=flag, help="print JSON for scripts")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from app.__main__ import add_service_commands, add_train_options
 
     parser = argparse.ArgumentParser(
         prog="convserve", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"convserve {__version__}")
+    # The client options go before or after the command: given before, they are the
+    # defaults; the subcommands' copies set nothing unless given (SUPPRESS).
+    url = os.environ.get("CONVSERVE_URL", DEFAULT_URL)
+    key = os.environ.get("CONVSERVE_API_KEY")
+    _remote_options(parser, url, key, False, url_default=url)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_service_commands(sub)
 
     remote = argparse.ArgumentParser(add_help=False)
-    remote.add_argument(
-        "--url",
-        default=os.environ.get("CONVSERVE_URL", DEFAULT_URL),
-        help="the service (default $CONVSERVE_URL or %(default)s)",
-    )
-    remote.add_argument(
-        "--api-key",
-        default=os.environ.get("CONVSERVE_API_KEY"),
-        help="admin key (default $CONVSERVE_API_KEY)",
-    )
-    remote.add_argument("--json", action="store_true", help="print JSON for scripts")
+    _remote_options(remote, argparse.SUPPRESS, argparse.SUPPRESS, argparse.SUPPRESS, url)
 
     p = sub.add_parser("predict", parents=[remote], help="classify images and folders")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (recursive)")
     p.add_argument("--model", help="model name (default: the service's default model)")
     p.add_argument("--version", type=int, help="version (default: the active one)")
-    p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
+    p.add_argument("--top-k", type=positive, default=5, help="classes per image (default 5)")
+    p.add_argument("--concurrency", type=positive, default=4, help="requests in flight (default 4)")
     p.add_argument(
         "--per-request",
-        type=int,
+        type=positive,
         default=IMAGES_PER_REQUEST,
         help=f"images per request (default {IMAGES_PER_REQUEST})",
     )
@@ -827,7 +899,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="train on this stored dataset (default its latest version); with an upload,"
         " the upload is stored as its next version",
     )
-    f.add_argument("--model", help="model to train; a new name creates a model")
+    f.add_argument(
+        "--model",
+        required=True,
+        help="model to train: a new version of it, or a new model of that name",
+    )
     add_train_options(f)
     f.add_argument("--no-promote", action="store_true", help="do not activate the new version")
     f.add_argument("--wait", action="store_true", help="follow the job to its end")
@@ -837,7 +913,7 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("job_id", nargs="?", metavar="ID")
     j.add_argument("-f", "--follow", action="store_true", help="follow the job to its end")
     j.add_argument("--cancel", action="store_true", help="cancel the job")
-    j.add_argument("--limit", type=int, default=20)
+    j.add_argument("--limit", type=positive, default=20)
     j.set_defaults(func=cmd_jobs)
 
     m = sub.add_parser("models", parents=[remote], help="the served models, or one in detail")
@@ -883,7 +959,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argcomplete.autocomplete(parser)  # shell completion: register-python-argcomplete convserve
+    args = parser.parse_args(argv)
+    if getattr(args, "csv", None) and args.json:
+        parser.error("--json and --csv each say how to print the results: choose one")
     try:
         return int(args.func(args))
     except APIError as exc:
