@@ -17,6 +17,7 @@ from app.storage.objects import (
     check_key,
     fsync_dir,
     write_bytes_atomic,
+    write_synced,
 )
 
 LOCKS_DIR = ".locks"
@@ -49,10 +50,7 @@ class LocalObjects(ObjectStore):
                 return
             tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
             try:
-                with open(tmp, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                write_synced(tmp, data)
                 try:
                     os.link(tmp, path)
                 except FileExistsError:
@@ -84,15 +82,20 @@ class LocalObjects(ObjectStore):
         with writing_to(self.where):
             self._path(key).unlink(missing_ok=True)
 
-    @contextlib.contextmanager
-    def locked(self, key: str) -> Iterator[None]:
-        path = self.root / LOCKS_DIR / check_key(key)
-        with writing_to(self.where):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(path, "a")  # noqa: SIM115 (closed below)
-        with handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    def locked(self, key: str) -> contextlib.AbstractContextManager[None]:
+        return file_lock(self.root / LOCKS_DIR / check_key(key), self.where)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, where: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (made if missing), across threads and
+    processes sharing the folder."""
+    with writing_to(where):  # a full or read-only disk: 507 / 503
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a")  # noqa: SIM115 (closed below)
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -29,14 +29,19 @@ def write_text_atomic(path: Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def write_synced(path: Path, data: bytes) -> None:
+    """Write ``path`` and wait until the disk has it."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write ``path`` whole or not at all: a temporary file, flushed, renamed into place."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        write_synced(tmp, data)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

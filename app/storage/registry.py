@@ -14,7 +14,6 @@ read-only) raises ``storage_full`` or ``storage_not_writable`` and leaves nothin
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import ConvserveError, writing_to
+from app.storage.local import file_lock
 from app.storage.objects import NAME_PATTERN, fsync_dir, name_rule, utc_now, write_text_atomic
 
 MODEL_FILE = "model.keras"
@@ -197,16 +197,8 @@ class ModelRegistry:
     def locked(self, name: str) -> Iterator[None]:
         """Hold ``name``'s lock (an exclusive ``flock`` on ``<name>/.lock``) for a step that
         must not run twice at once, across threads and processes sharing this folder."""
-        folder = self.root / name
-        with writing_to("the model registry"):  # a full or read-only disk: 507 / 503
-            folder.mkdir(parents=True, exist_ok=True)
-            handle = open(folder / LOCK_FILE, "a")  # noqa: SIM115 (closed below)
-        with handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with file_lock(self.root / name / LOCK_FILE, "the model registry"):
+            yield
 
     def build_once(
         self, name: str, version: int, relative: str, build: Callable[[], object]
