@@ -75,9 +75,9 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
             msg = f"missing: send multipart/form-data with {_FILE_FIELDS[str(loc[-1])]}"
         problems.append(f"{_field(loc)}: {msg}")
     content_type = request.headers.get("content-type", "")
-    if missing_files and not content_type.startswith("multipart/form-data"):
+    if missing_files and content_type and not content_type.startswith("multipart/form-data"):
         # A raw image or JSON body where the route takes multipart files.
-        sent = content_type.split(";")[0] or "no Content-Type"
+        sent = content_type.split(";")[0]
         detail = f"this endpoint takes multipart/form-data, not {sent}: send " + "; ".join(
             _FILE_FIELDS[f] for f in missing_files
         )
