@@ -532,6 +532,16 @@ def _classes(names: list[str], shown: int = 10) -> str:
     return f"{len(names)} classes: {', '.join(names[:shown])}, ... (all of them: --json)"
 
 
+def _dataset(record: dict[str, Any] | None) -> str:
+    """What a version trained on: ``NAME:VERSION (N images)``, or the image count."""
+    if not record:
+        return ""
+    images = f"{record.get('images', '?')} images"
+    if record.get("name"):
+        return f"{record['name']}:{record['version']} ({images})"
+    return images
+
+
 def _accuracy(metrics: dict[str, Any] | None) -> str:
     value = (metrics or {}).get("accuracy")
     return "" if value is None else f"{value:.4f}"
@@ -566,7 +576,9 @@ def cmd_models(args: argparse.Namespace) -> int:
         f"{detail.name}: {detail.status}, version {detail.active_version} serves"
         f" ({detail.backend}), {_classes(detail.class_names)}"
     )
-    table = _table("version", "active", "created", "source", "base", "classes", "accuracy")
+    table = _table(
+        "version", "active", "created", "source", "base", "classes", "accuracy", "dataset"
+    )
     for v in detail.version_details:
         table.add_row(
             str(v.version),
@@ -576,6 +588,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             v.base or "",
             str(len(v.class_names)),
             _accuracy(v.metrics),
+            _dataset(v.dataset),
         )
     table.show()
     return 0

@@ -73,6 +73,14 @@ def test_upload_once_grow_relabel_retrain_and_trace_each_version(service, tmp_pa
         ids = {item["id"] for item in stored["items"]}
         assert two["dataset"]["validation"] and set(two["dataset"]["validation"]) <= ids
 
+        # The command answers "what trained version 2?" too.
+        from tests.client.test_command import convserve
+
+        listed = convserve(service, "models", "shapes")
+        rows = {line.split("\t")[0]: line.split("\t") for line in listed.stdout.splitlines()}
+        assert rows[str(second["result"]["version"])][-1] == "shapes:3 (24 images)"
+        assert rows[str(first["result"]["version"])][-1] == "shapes:1 (20 images)"
+
         exported = c.get("/datasets/shapes/versions/1/export")
         with zipfile.ZipFile(io.BytesIO(exported.content)) as zf:
             files = {n: zf.read(n) for n in zf.namelist() if not n.endswith("/")}
