@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class ErrorBody(BaseModel):
@@ -275,9 +275,9 @@ class DatasetVersionDetail(DatasetVersionInfo):
 
 
 class Relabel(BaseModel):
-    label: str
+    label: str = Field(min_length=1, max_length=100)
     create_class: bool = False  # make the class when the dataset has none by that name
 
 
 class NewClass(BaseModel):
-    label: str
+    label: str = Field(min_length=1, max_length=100)

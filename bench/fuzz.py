@@ -10,7 +10,7 @@ with all its phases (examples, coverage, fuzzing, stateful), valid and invalid d
 the model names and versions taken from the ones that exist, and prints its summary. Exit
 status is schemathesis' own: 0 when nothing was found.
 
-    python bench/fuzz.py [--max-examples 300] [--seed 20261126] [--workers 1]
+    python bench/fuzz.py [--max-examples 300] [--seed 20261126] [--workers 1] [--checks all]
 """
 
 from __future__ import annotations
@@ -56,6 +56,9 @@ def main() -> None:
     # One worker: with two, hypothesis' own lambda-description cache raced once (a runtime
     # error inside schemathesis, not an answer of the service).
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--checks", default=CHECKS, help="schemathesis' checks (default the suite's; 'all')"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="convserve-fuzz-"))
     port = free_port()
@@ -90,7 +93,7 @@ def main() -> None:
                 "run",
                 f"{url}/openapi.json",
                 "--checks",
-                CHECKS,
+                args.checks,
                 "--max-examples",
                 str(args.max_examples),
                 "--seed",

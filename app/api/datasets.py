@@ -8,9 +8,10 @@ import io
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from PIL import Image
 from starlette.background import BackgroundTask
@@ -32,6 +33,12 @@ from app.schemas import (
     Relabel,
 )
 from app.storage.datasets import DatasetStore, check_name
+from app.storage.objects import NAME_PATTERN
+
+# A dataset name in a path: the rule is in the document, so a bad one is 422 up front.
+DatasetName = Annotated[
+    str, PathParam(pattern=NAME_PATTERN.pattern, description="the dataset's name")
+]
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 THUMBNAIL_SIZE = 160
@@ -110,13 +117,13 @@ def list_datasets(datasets: Datasets) -> DatasetList:
 
 
 @router.get("/{name}", response_model=DatasetInfo)
-def get_dataset(name: str, datasets: Datasets) -> DatasetInfo:
+def get_dataset(name: DatasetName, datasets: Datasets) -> DatasetInfo:
     """A dataset: images per class (latest version), warnings, and every version."""
     return dataset_info(datasets, name)
 
 
 @router.delete("/{name}", status_code=204, dependencies=[Admin])
-def delete_dataset(name: str, datasets: Datasets, jobs: Jobs) -> Response:
+def delete_dataset(name: DatasetName, datasets: Datasets, jobs: Jobs) -> Response:
     """Delete a dataset and its images (refused while a job reads it). Model versions
     trained on it keep their record of it."""
     datasets.summary(name)  # 404 first
@@ -127,10 +134,12 @@ def delete_dataset(name: str, datasets: Datasets, jobs: Jobs) -> Response:
 
 @router.post("/{name}/images", status_code=201, response_model=DatasetChange, dependencies=[Admin])
 def add_images(
-    name: str,
+    name: DatasetName,
     settings: SettingsDep,
     datasets: Datasets,
-    label: str = Query(..., description="the class; a new name makes a new class"),
+    label: str = Query(
+        ..., min_length=1, max_length=100, description="the class; a new name makes a new class"
+    ),
     file: list[UploadFile] = File(..., description="one or more images"),
     source: str = Query("api", pattern="^(api|console)$", description="recorded per image"),
 ) -> Any:
@@ -150,7 +159,7 @@ def add_images(
 
 @router.get("/{name}/images", response_model=DatasetImages)
 def list_images(
-    name: str,
+    name: DatasetName,
     datasets: Datasets,
     version: int | None = VersionQuery,
     label: str | None = Query(None, description="only this class"),
@@ -171,7 +180,7 @@ def list_images(
     responses={200: {"content": {"image/*": {}}, "description": "the image, or a thumbnail"}},
 )
 def get_image(
-    name: str,
+    name: DatasetName,
     image_id: str,
     datasets: Datasets,
     thumbnail: bool = Query(False, description=f"a JPEG of at most {THUMBNAIL_SIZE} px"),
@@ -191,7 +200,9 @@ def get_image(
 
 
 @router.patch("/{name}/images/{image_id}", response_model=DatasetChange, dependencies=[Admin])
-def relabel_image(name: str, image_id: str, body: Relabel, datasets: Datasets) -> DatasetChange:
+def relabel_image(
+    name: DatasetName, image_id: str, body: Relabel, datasets: Datasets
+) -> DatasetChange:
     """Move an image to another class (a new version). A class the dataset does not have
     is made only with ``create_class: true``."""
     version = datasets.relabel(name, image_id, body.label, body.create_class)
@@ -199,19 +210,19 @@ def relabel_image(name: str, image_id: str, body: Relabel, datasets: Datasets) -
 
 
 @router.delete("/{name}/images/{image_id}", response_model=DatasetChange, dependencies=[Admin])
-def remove_image(name: str, image_id: str, datasets: Datasets) -> DatasetChange:
+def remove_image(name: DatasetName, image_id: str, datasets: Datasets) -> DatasetChange:
     """Remove an image from the dataset (a new version; older versions keep it)."""
     return DatasetChange(name=name, version=datasets.remove(name, image_id))
 
 
 @router.post("/{name}/classes", status_code=201, response_model=DatasetChange, dependencies=[Admin])
-def add_class(name: str, body: NewClass, datasets: Datasets) -> DatasetChange:
+def add_class(name: DatasetName, body: NewClass, datasets: Datasets) -> DatasetChange:
     """Add an empty class (a new version)."""
     return DatasetChange(name=name, version=datasets.add_class(name, body.label))
 
 
 @router.get("/{name}/versions/{version}", response_model=DatasetVersionDetail)
-def get_version(name: str, version: int, datasets: Datasets) -> DatasetVersionDetail:
+def get_version(name: DatasetName, version: int, datasets: Datasets) -> DatasetVersionDetail:
     """A version: images per class, the change that made it and its difference from the
     version before it."""
     info = datasets.version_info(name, version)
@@ -221,7 +232,7 @@ def get_version(name: str, version: int, datasets: Datasets) -> DatasetVersionDe
 
 
 @router.delete("/{name}/versions/{version}", status_code=204, dependencies=[Admin])
-def delete_version(name: str, version: int, datasets: Datasets, jobs: Jobs) -> Response:
+def delete_version(name: DatasetName, version: int, datasets: Datasets, jobs: Jobs) -> Response:
     """Delete an old version (not the latest). Images no other version lists are deleted
     with it; model versions trained on it keep their record (name, version, counts, the
     validation image ids)."""
@@ -233,7 +244,7 @@ def delete_version(name: str, version: int, datasets: Datasets, jobs: Jobs) -> R
 
 @router.get("/{name}/diff", response_model=DatasetDiff)
 def diff_versions(
-    name: str,
+    name: DatasetName,
     datasets: Datasets,
     old: int = Query(..., ge=1, description="the earlier version"),
     new: int = Query(..., ge=1, description="the later version"),
@@ -248,7 +259,9 @@ def diff_versions(
     dependencies=[Admin],  # hands out every image, as a model export hands out its weights
     responses={200: {"content": {"application/zip": {}}, "description": "class folders"}},
 )
-def export_version(name: str, version: int, settings: SettingsDep, datasets: Datasets) -> Any:
+def export_version(
+    name: DatasetName, version: int, settings: SettingsDep, datasets: Datasets
+) -> Any:
     """A version as a .zip of class folders, the shape ``POST /datasets`` and
     ``POST /finetune`` take."""
     datasets.manifest(name, version)  # 404 first
@@ -274,7 +287,7 @@ def export_version(name: str, version: int, settings: SettingsDep, datasets: Dat
     responses={400: {"model": ErrorBody, "description": "the version cannot be trained on"}},
 )
 def check_version(
-    name: str,
+    name: DatasetName,
     version: int,
     settings: SettingsDep,
     datasets: Datasets,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
@@ -88,7 +89,39 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, code, str(exc.detail), exc.headers, request.url.path)
+    headers = exc.headers
+    if exc.status_code == 405:
+        # Starlette names the methods of the first route that matched the path; a path
+        # served by several routes (GET and DELETE /models/{name}) allows all of theirs.
+        headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+    return error_response(exc.status_code, code, str(exc.detail), headers, request.url.path)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods the OpenAPI document lists for the request's path (every route that
+    serves it)."""
+    app = request.app
+    table = getattr(app.state, "allowed_methods", None)
+    if table is None:
+        table = [
+            (
+                re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(path)) + "$"),
+                len(re.sub(r"\{[^/]+?\}", "", path)),  # literal characters: specificity
+                {m.upper() for m in operations},
+            )
+            for path, operations in app.openapi().get("paths", {}).items()
+        ]
+        app.state.allowed_methods = table
+    # The most specific templates that match (/datasets/check over /datasets/{name}).
+    matching = [
+        (literal, allowed) for pattern, literal, allowed in table if pattern.match(request.url.path)
+    ]
+    most = max((literal for literal, _ in matching), default=0)
+    methods: set[str] = set()
+    for literal, allowed in matching:
+        if literal == most:
+            methods |= allowed
+    return sorted(methods)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -311,3 +311,13 @@ def test_a_model_with_random_weights_says_so_in_the_api_and_the_console(tmp_path
         listing = c.get("/console/models").text
         assert "random weights: its answers mean nothing" in listing
         assert "random (CONVSERVE_PRETRAINED=none)" in c.get("/console/models/toy").text
+
+
+def test_a_method_not_allowed_names_every_method_the_path_takes(client):
+    r = client.put("/models/toy")
+    assert r.status_code == 405 and r.json()["code"] == "method_not_allowed"
+    assert set(r.headers["allow"].split(", ")) >= {"GET", "DELETE"}
+    r = client.put("/v1/models/toy:predict")
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    r = client.put("/datasets/check")  # not taken for /datasets/{name}
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
