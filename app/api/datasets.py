@@ -17,9 +17,14 @@ from PIL import Image
 from starlette.background import BackgroundTask
 
 from app.api.deps import Admin, Datasets, Jobs, SettingsDep
-from app.data.datasets import DatasetSummary, scan_dataset
+from app.data.datasets import DatasetSummary
 from app.errors import ConvserveError
-from app.jobs.intake import add_archive_to_dataset, add_files_to_dataset, check_only
+from app.jobs.intake import (
+    add_archive_to_dataset,
+    add_files_to_dataset,
+    check_only,
+    stored_dataset_summary,
+)
 from app.schemas import (
     DatasetChange,
     DatasetDiff,
@@ -55,8 +60,8 @@ MIME = {
 VersionQuery = Query(None, ge=1, description="a dataset version; default the latest")
 
 
-def dataset_info(datasets: DatasetStore, name: str) -> DatasetInfo:
-    summary = datasets.summary(name)
+def dataset_info(datasets: DatasetStore, name: str, with_versions: bool = True) -> DatasetInfo:
+    summary = datasets.summary(name, with_versions)
     warnings = DatasetSummary(list(summary["classes"]), summary["classes"]).warnings
     return DatasetInfo(**summary, warnings=warnings)
 
@@ -110,9 +115,7 @@ def create_dataset(
 def list_datasets(datasets: Datasets) -> DatasetList:
     """Every dataset, with its images per class in its latest version."""
     return DatasetList(
-        datasets=[
-            dataset_info(datasets, n).model_copy(update={"versions": []}) for n in datasets.names()
-        ]
+        datasets=[dataset_info(datasets, n, with_versions=False) for n in datasets.names()]
     )
 
 
@@ -126,7 +129,7 @@ def get_dataset(name: DatasetName, datasets: Datasets) -> DatasetInfo:
 def delete_dataset(name: DatasetName, datasets: Datasets, jobs: Jobs) -> Response:
     """Delete a dataset and its images (refused while a job reads it). Model versions
     trained on it keep their record of it."""
-    datasets.summary(name)  # 404 first
+    datasets.latest(name)  # 404 first
     _busy(jobs, name)
     datasets.delete(name)
     return Response(status_code=204)
@@ -151,7 +154,7 @@ def add_images(
             f"{len(file)} files in one request; the limit is {settings.max_files_per_request}",
             413,
         )
-    datasets.summary(name)  # 404 before reading the files
+    datasets.latest(name)  # 404 before reading the files
     files = [(f.filename or "image", f.file) for f in file]
     change = add_files_to_dataset(settings, datasets, name, label, files, source)
     return DatasetChange(name=name, **change)
@@ -294,12 +297,6 @@ def check_version(
     validation_split: float = Query(0.2, ge=0.05, le=0.5),
 ) -> Any:
     """The dataset check of a stored version: the report ``POST /datasets/check`` gives
-    for an upload (same errors)."""
-    datasets.manifest(name, version)  # 404 first
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="check-", dir=settings.data_dir) as tmp:
-        datasets.materialize(name, version, Path(tmp))
-        report = scan_dataset(
-            Path(tmp), validation_split, settings.min_images_per_class, settings.max_image_pixels
-        ).to_dict()
-    return report
+    for an upload, and the errors a job on this version would get. (Its images were
+    checked when they were added, and it holds no two copies of one image.)"""
+    return stored_dataset_summary(settings, datasets, name, version, validation_split)

@@ -239,27 +239,24 @@ def dataset_page(
             raise not_found(name)
         info = dataset_info(datasets, name)
         shown = version if version is not None else info.latest_version
-        manifest = datasets.manifest(name, shown)
+        listing = datasets.images(name, shown, limit=None)
     except ConvserveError as exc:
         return _not_found(request, exc)
-    everything = datasets.images(name, shown, None, 0, len(manifest["images"]))["items"]
-    pages: dict[str, list[dict[str, Any]]] = {c: [] for c in manifest["classes"]}
-    for item in everything:
+    pages: dict[str, list[dict[str, Any]]] = {c: [] for c in listing["classes"]}
+    for item in listing["items"]:
         if len(pages[item["label"]]) < DATASET_PAGE_SIZE:
             pages[item["label"]].append(item)
-    per_class = dict.fromkeys(manifest["classes"], 0)
-    for item in everything:
-        per_class[item["label"]] += 1
+    per_class = next(v.classes for v in info.versions if v.version == shown)
     return _page(
         request,
         "dataset.html",
         name,
         dataset=info,
         shown=shown,
-        classes=manifest["classes"],
+        classes=listing["classes"],
         per_class=per_class,
         pages=pages,
-        images_total=len(everything),
+        images_total=listing["total"],
         page_size=DATASET_PAGE_SIZE,
         trained=_trained_on(name, manager, registry),
     )

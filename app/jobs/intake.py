@@ -149,7 +149,6 @@ def add_archive_to_dataset(
     datasets: DatasetStore,
     name: str,
     upload: IO[bytes],
-    create: bool = True,
     exists_ok: bool = True,
 ) -> dict[str, Any]:
     """Extract an uploaded archive (checked as for a job) and store its usable images as
@@ -172,7 +171,7 @@ def add_archive_to_dataset(
         if not exists_ok:
             change = datasets.create(name, images)
         else:
-            change = datasets.add(name, images, create=create)
+            change = datasets.add(name, images, create=True)
         return {**change.to_dict(), "skipped": [asdict(s) for s in skipped]}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -218,10 +217,10 @@ def stored_dataset_summary(
     version: int | None,
     validation_split: float,
 ) -> dict[str, Any]:
-    """What a job records of the stored dataset version it will train on, after the
-    checks a job's upload gets (classes, images per class)."""
+    """The check of a stored dataset version, and what a job records of the version it
+    will train on: the counts rules a job's upload gets (classes, images per class)."""
     manifest = datasets.manifest(name, version)
-    counts = {label: n for label, n in per_class(manifest).items()}
+    counts = per_class(manifest)
     check_counts(counts, validation_split, settings.min_images_per_class)
     summary = DatasetSummary(sorted(counts), counts).to_dict()
     summary.pop("skipped")

@@ -155,6 +155,18 @@ def diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _version_info(manifest: dict[str, Any]) -> dict[str, Any]:
+    counts = per_class(manifest)
+    return {
+        "version": manifest["version"],
+        "created_at": manifest["created_at"],
+        "parent": manifest.get("parent"),
+        "change": manifest.get("change", {}),
+        "classes": counts,
+        "images": sum(counts.values()),
+    }
+
+
 def _empty(name: str) -> dict[str, Any]:
     return {"name": name, "version": 0, "classes": [], "images": {}}
 
@@ -178,7 +190,7 @@ class DatasetStore:
     # -- reading ---------------------------------------------------------------------------
 
     def names(self) -> list[str]:
-        found = {k.split("/", 1)[0] for k in self.objects.keys("")}
+        found = self.objects.children("")
         return sorted(n for n in found if NAME_PATTERN.match(n) and self.versions(n))
 
     def versions(self, name: str) -> list[int]:
@@ -210,46 +222,29 @@ class DatasetStore:
             ) from None
         return data
 
-    def summary(self, name: str) -> dict[str, Any]:
-        """The dataset as ``GET /datasets/{name}`` shows it."""
+    def summary(self, name: str, with_versions: bool = True) -> dict[str, Any]:
+        """The dataset as ``GET /datasets/{name}`` shows it; ``with_versions=False`` reads
+        only the first and the latest manifests (a listing of every dataset)."""
         versions = self.versions(name)
         if not versions:
             raise not_found(name)
-        latest = self.manifest(name, versions[-1])
+        read = versions if with_versions else sorted({versions[0], versions[-1]})
+        manifests = {v: self.manifest(name, v) for v in read}
+        latest = manifests[versions[-1]]
         counts = per_class(latest)
         return {
             "name": name,
             "latest_version": versions[-1],
-            "versions": [self.version_info(name, v) for v in versions],
+            "versions": [_version_info(manifests[v]) for v in versions] if with_versions else [],
             "classes": counts,
             "images": sum(counts.values()),
             "bytes": sum(r["bytes"] for r in latest["images"].values()),
-            "created_at": self.manifest(name, versions[0])["created_at"],
+            "created_at": manifests[versions[0]]["created_at"],
             "updated_at": latest["created_at"],
         }
 
     def version_info(self, name: str, version: int) -> dict[str, Any]:
-        manifest = self.manifest(name, version)
-        counts = per_class(manifest)
-        return {
-            "version": version,
-            "created_at": manifest["created_at"],
-            "parent": manifest.get("parent"),
-            "change": manifest.get("change", {}),
-            "classes": counts,
-            "images": sum(counts.values()),
-        }
-
-    def image_record(self, name: str, image_id: str, version: int | None = None) -> dict[str, Any]:
-        manifest = self.manifest(name, version)
-        record = manifest["images"].get(image_id)
-        if record is None:
-            raise DatasetStoreError(
-                "image_not_found",
-                f"version {manifest['version']} of dataset {name!r} has no image {image_id!r}",
-                404,
-            )
-        return {"id": image_id, **record}
+        return _version_info(self.manifest(name, version))
 
     def image_bytes(self, name: str, image_id: str) -> bytes:
         """An image's bytes, as long as a stored version lists it."""
@@ -269,9 +264,10 @@ class DatasetStore:
         version: int | None = None,
         label: str | None = None,
         offset: int = 0,
-        limit: int = 50,
+        limit: int | None = 50,
     ) -> dict[str, Any]:
-        """One page of a version's images (of one class, or all), by class then file name."""
+        """One page of a version's images (of one class, or all), by class then file name;
+        ``limit=None``: all of them from ``offset``."""
         manifest = self.manifest(name, version)
         if label is not None and label not in manifest["classes"]:
             raise DatasetStoreError(
@@ -289,11 +285,12 @@ class DatasetStore:
         )
         return {
             "version": manifest["version"],
+            "classes": manifest["classes"],
             "label": label,
             "total": len(rows),
             "offset": offset,
             "limit": limit,
-            "items": rows[offset : offset + limit],
+            "items": rows[offset:] if limit is None else rows[offset : offset + limit],
         }
 
     def diff(self, name: str, old: int, new: int) -> dict[str, Any]:

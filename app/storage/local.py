@@ -78,6 +78,12 @@ class LocalObjects(ObjectStore):
                     found.append(key)
         return sorted(found)
 
+    def children(self, prefix: str) -> list[str]:
+        folder = self.root / prefix if prefix else self.root
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
     def delete(self, key: str) -> None:
         with writing_to(self.where):
             self._path(key).unlink(missing_ok=True)

@@ -91,6 +91,11 @@ class ObjectStore(ABC):
         """Every key that starts with ``prefix`` (sorted)."""
 
     @abstractmethod
+    def children(self, prefix: str) -> list[str]:
+        """The names one level below ``prefix`` (``""``, or ending in ``/``) that hold
+        objects: folders or objects, without listing what is further down."""
+
+    @abstractmethod
     def delete(self, key: str) -> None:
         """Delete an object; one that is not there is no error."""
 

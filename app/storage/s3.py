@@ -149,6 +149,12 @@ class S3Objects(ObjectStore):
         found, _ = self.list_keys(base + prefix)
         return sorted(k[len(base) :] for k in found)
 
+    def children(self, prefix: str) -> list[str]:
+        base = self.key("") + prefix
+        keys, prefixes = self.list_keys(base, "/")
+        names = [p[len(base) :].rstrip("/") for p in prefixes] + [k[len(base) :] for k in keys]
+        return sorted(n for n in names if n and not n.startswith("."))
+
     def delete(self, key: str) -> None:
         with writing_to(self.where):
             self.s3.delete_object(Bucket=self.bucket, Key=self.key(check_key(key)))
