@@ -1,28 +1,17 @@
-"""What the foreign protocols share: decoding their inputs and running them through the
-same model manager, batcher, version resolution, limits and metrics as ``/predict``."""
+"""What the foreign protocols share: decoding their inputs and naming versions. They run
+the images through `app.serving.inference`, as ``/predict`` does."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
-import numpy as np
-
-from app.config import Settings
 from app.errors import ConvserveError
-from app.serving.manager import LoadedVersion, ModelManager
-from app.serving.metrics import ServiceMetrics
+from app.serving.inference import bad_input
+from app.serving.manager import ModelManager
 
 # Version labels a client may use instead of a number (TF Serving's labels/...).
 LABELS = ("active", "latest")
-
-
-def bad_input(message: str, code: str = "invalid_input") -> ConvserveError:
-    return ConvserveError(code, message, 400)
 
 
 def b64decode(text: object, where: str) -> bytes:
@@ -51,112 +40,3 @@ def parse_version(manager: ModelManager, name: str, text: str | None) -> int | N
         f"model {name!r} has no version or label {text!r} (labels: {', '.join(LABELS)})",
         404,
     )
-
-
-def pixels(array: np.ndarray, size: int, where: str) -> list[np.ndarray]:
-    """A pixel tensor ``[N, size, size, 3]`` of raw RGB 0-255 values as the uint8 images
-    the model is served (float values are rounded)."""
-    if array.ndim != 4 or array.shape[1:] != (size, size, 3):
-        raise bad_input(
-            f"{where}: shape {list(array.shape)} given; this model takes [N, {size}, {size}, 3]"
-            " raw RGB pixels (0-255), or encoded images",
-            "invalid_shape",
-        )
-    if array.shape[0] == 0:
-        raise bad_input(f"{where}: no images")
-    if not np.isfinite(array).all() or array.min() < 0 or array.max() > 255:
-        raise bad_input(f"{where}: pixel values must be within 0-255", "invalid_pixels")
-    if array.dtype != np.uint8:
-        array = np.rint(array).astype(np.uint8)
-    return list(array)
-
-
-@dataclass
-class Outcome:
-    loaded: LoadedVersion
-    rows: list[np.ndarray]
-
-    @property
-    def probabilities(self) -> np.ndarray:
-        return np.stack(self.rows).astype(np.float32)
-
-
-class Inference:
-    """Runs a protocol request's images through the manager and counts it in the metrics
-    with its protocol."""
-
-    def __init__(
-        self,
-        manager: ModelManager,
-        metrics: ServiceMetrics,
-        settings: Settings,
-        protocol: str,
-        name: str,
-    ) -> None:
-        self.manager, self.metrics, self.settings = manager, metrics, settings
-        self.protocol, self.name = protocol, name
-        self.status, self.served = 500, "none"
-
-    @asynccontextmanager
-    async def counted(self) -> AsyncIterator[Inference]:
-        label = self.name if self.name in self.manager.models else "unknown"
-        started = time.perf_counter()
-        try:
-            yield self
-            self.status = 200
-        except ConvserveError as exc:
-            self.status = exc.status
-            raise
-        finally:
-            labels = (label, self.served, str(self.status), self.protocol)
-            self.metrics.requests.labels(*labels).inc()
-            self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)
-
-    def _check_count(self, n: int) -> None:
-        if n > self.settings.max_files_per_request:
-            raise ConvserveError(
-                "too_many_files",
-                f"{n} images in one request; the limit is {self.settings.max_files_per_request}",
-                413,
-            )
-
-    async def encoded(self, version: int | None, blobs: list[bytes], tta: str = "none") -> Outcome:
-        """Classify encoded images (any format ``/predict`` takes)."""
-        self._check_count(len(blobs))
-        if not blobs:
-            raise bad_input("no images given")
-        limit = self.settings.max_image_bytes
-        for n, blob in enumerate(blobs):
-            if len(blob) > limit:
-                raise ConvserveError(
-                    "file_too_large", f"image {n} is {len(blob)} bytes, over {limit}", 413
-                )
-        names: list[str | None] = [f"image {n}" for n in range(len(blobs))]
-        loaded, rows = await self.manager.classify(self.name, version, blobs, names, tta)
-        return self._outcome(loaded, rows)
-
-    async def tensor(
-        self, version: int | None, array: np.ndarray, where: str, tta: str = "none"
-    ) -> Outcome:
-        """Classify a pixel tensor ``[N, S, S, 3]``."""
-        target = await self.manager.resolve(self.name, version)
-        images = pixels(array, target.image_size, where)
-        self._check_count(len(images))
-        loaded, rows = await self.manager.predict(self.name, version, images, target, tta)
-        return self._outcome(loaded, rows)
-
-    def _outcome(self, loaded: LoadedVersion, rows: list[np.ndarray]) -> Outcome:
-        self.served = str(loaded.version)
-        self.metrics.images.labels(self.name, self.served).inc(len(rows))
-        return Outcome(loaded, rows)
-
-
-def ranked(
-    loaded: LoadedVersion, row: np.ndarray, k: int | None = None
-) -> list[tuple[int, str, float]]:
-    """``(index, label, score)`` by score, highest first; the top ``k`` when given."""
-    order = np.argsort(-row, kind="stable")
-    if k is not None:
-        order = order[:k]
-    names = loaded.class_names
-    return [(int(i), names[i], float(row[i])) for i in order]

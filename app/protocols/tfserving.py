@@ -18,7 +18,8 @@ from fastapi import APIRouter, Request
 
 from app.api.deps import Manager, Metrics, SettingsDep
 from app.errors import ConvserveError
-from app.protocols.common import Inference, Outcome, b64decode, bad_input, parse_version, ranked
+from app.protocols.common import b64decode, parse_version
+from app.serving.inference import Inference, Outcome, bad_input, ranked
 from app.serving.manager import ModelManager
 
 router = APIRouter(prefix="/v1/models", tags=["tfserving"])

@@ -1,0 +1,166 @@
+"""The one inference path: ``/predict``, the TF Serving and KServe V2 routers (and the
+console, which calls ``/predict``) run their images through `Inference`, which checks the
+request's limits, resolves the version, classifies through the model manager (batcher,
+test-time augmentation) and counts the request, its images and its latency in the metrics
+with its protocol."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from app.config import Settings
+from app.errors import ConvserveError
+from app.serving.manager import LoadedVersion, ModelManager
+from app.serving.metrics import ServiceMetrics
+
+
+class Upload(Protocol):
+    """An uploaded file, as the web framework gives it (starlette's ``UploadFile``)."""
+
+    filename: str | None
+    size: int | None
+
+    async def read(self) -> bytes: ...
+
+
+def bad_input(message: str, code: str = "invalid_input") -> ConvserveError:
+    return ConvserveError(code, message, 400)
+
+
+def pixels(array: np.ndarray, size: int, where: str) -> list[np.ndarray]:
+    """A pixel tensor ``[N, size, size, 3]`` of raw RGB 0-255 values as the uint8 images
+    the model is served (float values are rounded)."""
+    if array.ndim != 4 or array.shape[1:] != (size, size, 3):
+        raise bad_input(
+            f"{where}: shape {list(array.shape)} given; this model takes [N, {size}, {size}, 3]"
+            " raw RGB pixels (0-255), or encoded images",
+            "invalid_shape",
+        )
+    if array.shape[0] == 0:
+        raise bad_input(f"{where}: no images")
+    if not np.isfinite(array).all() or array.min() < 0 or array.max() > 255:
+        raise bad_input(f"{where}: pixel values must be within 0-255", "invalid_pixels")
+    if array.dtype != np.uint8:
+        array = np.rint(array).astype(np.uint8)
+    return list(array)
+
+
+@dataclass
+class Outcome:
+    loaded: LoadedVersion
+    rows: list[np.ndarray]
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        return np.stack(self.rows).astype(np.float32)
+
+
+class Inference:
+    """Runs a protocol request's images through the manager and counts it in the metrics
+    with its protocol."""
+
+    def __init__(
+        self,
+        manager: ModelManager,
+        metrics: ServiceMetrics,
+        settings: Settings,
+        protocol: str,
+        name: str,
+    ) -> None:
+        self.manager, self.metrics, self.settings = manager, metrics, settings
+        self.protocol, self.name = protocol, name
+        self.status, self.served = 500, "none"
+
+    @asynccontextmanager
+    async def counted(self) -> AsyncIterator[Inference]:
+        label = self.name if self.name in self.manager.models else "unknown"
+        started = time.perf_counter()
+        try:
+            yield self
+            self.status = 200
+        except ConvserveError as exc:
+            self.status = exc.status
+            raise
+        finally:
+            labels = (label, self.served, str(self.status), self.protocol)
+            self.metrics.requests.labels(*labels).inc()
+            self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)
+
+    def _check_count(self, n: int) -> None:
+        if n > self.settings.max_files_per_request:
+            raise ConvserveError(
+                "too_many_files",
+                f"{n} images in one request; the limit is {self.settings.max_files_per_request}",
+                413,
+            )
+
+    async def encoded(
+        self,
+        version: int | None,
+        blobs: list[bytes],
+        tta: str = "none",
+        names: list[str | None] | None = None,
+    ) -> Outcome:
+        """Classify encoded images (any format ``/predict`` takes); ``names`` name them in
+        errors (default ``image N``)."""
+        self._check_count(len(blobs))
+        if not blobs:
+            raise bad_input("no images given")
+        names = names or [f"image {n}" for n in range(len(blobs))]
+        for name, blob in zip(names, blobs, strict=True):
+            self.check_size(name, len(blob))
+        loaded, rows = await self.manager.classify(self.name, version, blobs, names, tta)
+        return self._outcome(loaded, rows)
+
+    def check_size(self, name: str | None, size: int | None) -> None:
+        """Refuse an image over ``max_image_bytes`` (before it is read, when its size is
+        known)."""
+        limit = self.settings.max_image_bytes
+        if size is not None and size > limit:
+            raise ConvserveError(
+                "file_too_large",
+                f"{name or 'a file'} is {size} bytes, over the limit of {limit}",
+                413,
+            )
+
+    async def uploads(self, version: int | None, files: list[Upload], tta: str = "none") -> Outcome:
+        """Classify uploaded files: their count, the model and the version are checked
+        before any file is read."""
+        self._check_count(len(files))
+        await self.manager.resolve(self.name, version)
+        for upload in files:
+            self.check_size(upload.filename, upload.size)
+        blobs = [await upload.read() for upload in files]
+        return await self.encoded(version, blobs, tta, [f.filename for f in files])
+
+    async def tensor(
+        self, version: int | None, array: np.ndarray, where: str, tta: str = "none"
+    ) -> Outcome:
+        """Classify a pixel tensor ``[N, S, S, 3]``."""
+        target = await self.manager.resolve(self.name, version)
+        images = pixels(array, target.image_size, where)
+        self._check_count(len(images))
+        loaded, rows = await self.manager.predict(self.name, version, images, target, tta)
+        return self._outcome(loaded, rows)
+
+    def _outcome(self, loaded: LoadedVersion, rows: list[np.ndarray]) -> Outcome:
+        self.served = str(loaded.version)
+        self.metrics.images.labels(self.name, self.served).inc(len(rows))
+        return Outcome(loaded, rows)
+
+
+def ranked(
+    loaded: LoadedVersion, row: np.ndarray, k: int | None = None
+) -> list[tuple[int, str, float]]:
+    """``(index, label, score)`` by score, highest first; the top ``k`` when given."""
+    order = np.argsort(-row, kind="stable")
+    if k is not None:
+        order = order[:k]
+    names = loaded.class_names
+    return [(int(i), names[i], float(row[i])) for i in order]
