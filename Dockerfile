@@ -15,7 +15,7 @@ WORKDIR /srv/convserve
 # Dependencies in their own layer: it is rebuilt only when pyproject.toml changes.
 COPY pyproject.toml README.md ./
 RUN mkdir app && touch app/__init__.py \
-    && pip install . \
+    && pip install ".[server]" \
     && pip uninstall -y convserve \
     && rm -rf app build *.egg-info
 

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from app.config import get_settings
-from app.nets.catalog import ARCHITECTURES
+from app.training.params import add_arguments
 
 
 def _print_json(data: Any) -> None:
@@ -50,11 +50,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from app.errors import ConvserveError
     from app.storage.factory import open_registry
-    from app.training.params import TrainParams
+    from app.training.params import TrainParams, from_arguments
     from app.training.trainer import train
 
     try:
-        params = TrainParams(**train_fields(args))
+        params = TrainParams(**from_arguments(args))
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg']}" for e in exc.errors()
@@ -226,103 +226,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_train_options(parser: argparse.ArgumentParser) -> None:
-    """The training parameters (`TrainParams`), for ``train`` and ``convserve finetune``."""
-    parser.add_argument(
-        "--base",
-        choices=list(ARCHITECTURES),
-        help="the network (default mobilenet_v2; `convserve architectures` lists them)",
-    )
-    parser.add_argument(
-        "--epochs", type=int, help="most head epochs on the frozen base (default 50)"
-    )
-    parser.add_argument("--fine-tune-epochs", type=int, help="most fine-tuning epochs (default 20)")
-    parser.add_argument(
-        "--fine-tune-at", help="first base layer to fine-tune, or auto (default: auto)"
-    )
-    parser.add_argument(
-        "--image-size",
-        type=int,
-        help="square input side (default: the network's, 224 for most)",
-    )
-    parser.add_argument("--batch-size", type=int, help="default 32")
-    parser.add_argument("--learning-rate", type=float, help="head learning rate (default 1e-3)")
-    parser.add_argument("--fine-tune-learning-rate", type=float, help="default: learning rate / 10")
-    parser.add_argument(
-        "--lr-schedule",
-        choices=["auto", "plateau", "decay"],
-        help="learning-rate schedule: plateau reduction or linear decay over the budget"
-        " (default auto: decay from scratch, plateau for transfer)",
-    )
-    parser.add_argument("--validation-split", type=float, help="default 0.2")
-    parser.add_argument(
-        "--early-stopping-patience",
-        type=int,
-        help="epochs without a lower validation loss before a phase stops"
-        " (default 4, from scratch 8; 0: never)",
-    )
-    parser.add_argument(
-        "--max-minutes", type=float, help="time budget of the training (default 10; 0: none)"
-    )
-    parser.add_argument(
-        "--class-weight",
-        choices=["auto", "balanced", "none"],
-        help="weigh classes by inverse frequency (default auto: when imbalanced over 2x)",
-    )
-    parser.add_argument("--no-augment", action="store_true", help="no random changes at all")
-    parser.add_argument(
-        "--flip",
-        choices=["none", "horizontal", "vertical", "horizontal_and_vertical"],
-        help="random mirroring (default horizontal)",
-    )
-    parser.add_argument("--rotation", type=float, help="random rotation in turns (default 0.05)")
-    parser.add_argument("--zoom", type=float, help="random zoom, a fraction (default 0.1)")
-    parser.add_argument("--translation", type=float, help="random shift, a fraction (default 0.1)")
-    parser.add_argument("--contrast", type=float, help="random contrast, a fraction (default 0.1)")
-    parser.add_argument(
-        "--brightness", type=float, help="random brightness, a fraction (default 0.1)"
-    )
-    parser.add_argument(
-        "--from-scratch",
-        action="store_true",
-        help="random init, train all layers (lenet5, alexnet, googlenet always are)",
-    )
-    parser.add_argument("--seed", type=int, help="default 42")
-
-
-# Options given as they are (the rest need a conversion below).
-_PLAIN_TRAIN_OPTIONS = (
-    "base",
-    "epochs",
-    "fine_tune_epochs",
-    "fine_tune_at",
-    "image_size",
-    "batch_size",
-    "learning_rate",
-    "fine_tune_learning_rate",
-    "lr_schedule",
-    "validation_split",
-    "early_stopping_patience",
-    "max_minutes",
-    "class_weight",
-    "flip",
-    "rotation",
-    "zoom",
-    "translation",
-    "contrast",
-    "brightness",
-    "seed",
-)
-
-
-def train_fields(args: argparse.Namespace) -> dict[str, Any]:
-    """The training parameters given on the command line (unset ones left out)."""
-    fields = {name: getattr(args, name) for name in _PLAIN_TRAIN_OPTIONS}
-    fields["augment"] = False if args.no_augment else None
-    fields["from_scratch"] = True if args.from_scratch else None
-    return {k: v for k, v in fields.items() if v is not None}
-
-
 def add_service_commands(sub: Any) -> None:
     """``serve``, ``train``, ``evaluate`` and ``run-job``: shared by ``python -m app`` and
     the ``convserve`` command."""
@@ -335,7 +238,7 @@ def add_service_commands(sub: Any) -> None:
     tr = sub.add_parser("train", help="train a new version of a model on a directory")
     tr.add_argument("--data", required=True, help="folder with one sub-folder per class")
     tr.add_argument("--model", required=True, help="registry name of the model")
-    add_train_options(tr)
+    add_arguments(tr)
     tr.add_argument("--activate", action="store_true", help="make the new version active")
     tr.set_defaults(func=cmd_train)
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.nets.catalog import ARCHITECTURES, Architecture
-from app.nets.transfer import BASES
+from app.nets.catalog import ARCHITECTURES, BASES, Architecture
 from app.schemas import ArchitectureInfo, ArchitectureList
 
 router = APIRouter(prefix="/architectures", tags=["models"])

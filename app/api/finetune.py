@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -24,8 +25,34 @@ from app.training.params import TrainParams
 router = APIRouter(prefix="/finetune", tags=["finetune"])
 
 
-def _params(fields: dict[str, Any], default_base: str) -> TrainParams:
-    given = {k: v for k, v in fields.items() if v is not None}
+def _train_form_parameters() -> list[inspect.Parameter]:
+    """The training parameters as optional form fields, read from `TrainParams` (so the
+    OpenAPI document shows each one's type, range, words and description)."""
+    fields = []
+    for name, field in TrainParams.model_fields.items():
+        annotation: Any = field.annotation
+        if field.metadata:  # the range applies to the value, not to its absence
+            annotation = Annotated[annotation, *field.metadata]
+        annotation = annotation | None
+        default = Form(None, description=field.description)
+        fields.append(
+            inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+            )
+        )
+    return fields
+
+
+def train_form(**fields: Any) -> dict[str, Any]:
+    """The training parameters a form gave (the others are left to `TrainParams`)."""
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+train_form.__signature__ = inspect.Signature(_train_form_parameters())  # type: ignore[attr-defined]
+
+
+def _params(given: dict[str, Any], default_base: str) -> TrainParams:
+    given = dict(given)
     given.setdefault("base", default_base)
     try:
         return TrainParams(**given)
@@ -100,28 +127,7 @@ async def create_job(
         None, ge=1, description="the stored dataset's version; default the latest"
     ),
     model: str | None = Form(None),
-    base: str | None = Form(None),
-    epochs: int | None = Form(None),
-    fine_tune_epochs: int | None = Form(None),
-    fine_tune_at: str | None = Form(None, description="a layer number, or auto"),
-    image_size: int | None = Form(None),
-    batch_size: int | None = Form(None),
-    learning_rate: float | None = Form(None),
-    fine_tune_learning_rate: float | None = Form(None),
-    lr_schedule: str | None = Form(None),
-    validation_split: float | None = Form(None),
-    early_stopping_patience: int | None = Form(None),
-    max_minutes: float | None = Form(None),
-    class_weight: str | None = Form(None),
-    augment: bool | None = Form(None),
-    flip: str | None = Form(None),
-    rotation: float | None = Form(None),
-    zoom: float | None = Form(None),
-    translation: float | None = Form(None),
-    contrast: float | None = Form(None),
-    brightness: float | None = Form(None),
-    from_scratch: bool | None = Form(None),
-    seed: int | None = Form(None),
+    given: dict[str, Any] = Depends(train_form),
     promote: bool = Form(True),
 ) -> JobCreated:
     """Queue a fine-tuning job on an uploaded archive (checked before the job is queued)
@@ -137,33 +143,7 @@ async def create_job(
     state = manager.models.get(name)
     active = state.active if state is not None else None
     architecture = active.metadata.get("base") if active else None
-    params = _params(
-        dict(
-            base=base,
-            epochs=epochs,
-            fine_tune_epochs=fine_tune_epochs,
-            fine_tune_at=fine_tune_at,
-            image_size=image_size,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            fine_tune_learning_rate=fine_tune_learning_rate,
-            lr_schedule=lr_schedule,
-            validation_split=validation_split,
-            early_stopping_patience=early_stopping_patience,
-            max_minutes=max_minutes,
-            class_weight=class_weight,
-            augment=augment,
-            flip=flip,
-            rotation=rotation,
-            zoom=zoom,
-            translation=translation,
-            contrast=contrast,
-            brightness=brightness,
-            from_scratch=from_scratch,
-            seed=seed,
-        ),
-        architecture if architecture in ARCHITECTURES else "mobilenet_v2",
-    )
+    params = _params(given, architecture if architecture in ARCHITECTURES else "mobilenet_v2")
     row = await asyncio.to_thread(
         queue_job,
         settings,

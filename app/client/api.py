@@ -15,13 +15,16 @@ raises `APIError` with the API's ``status``, ``code`` and ``detail``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import io
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Concatenate, Generic, ParamSpec, TypeVar
 
 import httpx
 from httpx_sse import SSEError, aconnect_sse, connect_sse
@@ -48,6 +51,8 @@ DEFAULT_URL = "http://localhost:8000"
 RECONNECTS = 5
 
 Model = TypeVar("Model", bound=BaseModel)
+R = TypeVar("R")
+P = ParamSpec("P")
 # What `predict` takes as one image: encoded bytes, a path, a PIL image, a numpy array
 # (H, W, 3 uint8 RGB), or a (filename, bytes) pair.
 ImageInput = Any
@@ -113,15 +118,8 @@ def _image_part(image: ImageInput, n: int) -> tuple[str, tuple[str, bytes]]:
     return "file", (f"image-{n}.png", buf.getvalue())
 
 
-def _predict_request(
-    images: Sequence[ImageInput], model: str | None, version: int | None, top_k: int
-) -> dict[str, Any]:
-    params: dict[str, Any] = {"top_k": top_k}
-    if model:
-        params["model"] = model
-    if version is not None:
-        params["version"] = version
-    return {"params": params, "files": [_image_part(im, n) for n, im in enumerate(images)]}
+def _params(**given: Any) -> dict[str, Any]:
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def _finetune_form(model: str | None, promote: bool, params: dict[str, Any]) -> dict[str, str]:
@@ -133,13 +131,263 @@ def _finetune_form(model: str | None, promote: bool, params: dict[str, Any]) -> 
     return form
 
 
-def _dataset_form(name: str | None, version: int | None) -> dict[str, str]:
-    form = {"dataset_name": name, "dataset_version": version}
-    return {k: str(v) for k, v in form.items() if v is not None}
-
-
 def _event(sse: Any) -> Event:
     return Event(int(sse.id), sse.event, sse.json())
+
+
+def _reads(kind: type[Model]) -> Callable[[httpx.Response], Model]:
+    return lambda response: kind.model_validate(response.json())
+
+
+def _reads_nothing(response: httpx.Response) -> None:
+    return None
+
+
+@dataclass
+class Call(Generic[R]):
+    """One API call, independent of how it is sent: its request, and how its answer is
+    read. `Client` sends it synchronously, `AsyncClient` with asyncio."""
+
+    method: str
+    path: str
+    read: Callable[[httpx.Response], R]
+    params: dict[str, Any] | None = None
+    data: dict[str, str] | None = None
+    json: Any = None
+    files: Any = None
+    # A dataset to upload as this multipart field: (field, a folder, path or open archive).
+    upload: tuple[str, DatasetInput] | None = None
+    # Stream the answer into this file (it appears whole or not at all).
+    download: Path | None = None
+
+    def request(self, files: Any = None) -> dict[str, Any]:
+        given = {"params": self.params, "data": self.data, "json": self.json}
+        given["files"] = files if files is not None else self.files
+        return {k: v for k, v in given.items() if v is not None}
+
+
+def _target(target: str | os.PathLike[str], name: str) -> Path:
+    """A download's file: ``target``, or ``name`` in it when it is a folder."""
+    path = Path(target)
+    return path / name if path.is_dir() else path
+
+
+class Calls:
+    """Every call of the API, declared once; both clients are made from these."""
+
+    # -- predictions and models ------------------------------------------------------------
+
+    @staticmethod
+    def predict(
+        images: Sequence[ImageInput],
+        model: str | None = None,
+        version: int | None = None,
+        top_k: int = 5,
+    ) -> Call[PredictResponse]:
+        """Classify images: paths, bytes, PIL images, numpy arrays or (name, bytes)."""
+        params = _params(top_k=top_k, model=model or None, version=version)
+        files = [_image_part(im, n) for n, im in enumerate(images)]
+        return Call("POST", "/predict", _reads(PredictResponse), params=params, files=files)
+
+    @staticmethod
+    def models() -> Call[ModelList]:
+        return Call("GET", "/models", _reads(ModelList))
+
+    @staticmethod
+    def architectures() -> Call[ArchitectureList]:
+        return Call("GET", "/architectures", _reads(ArchitectureList))
+
+    @staticmethod
+    def model(name: str) -> Call[ModelDetail]:
+        return Call("GET", f"/models/{name}", _reads(ModelDetail))
+
+    @staticmethod
+    def activate(name: str, version: int) -> Call[ModelDetail]:
+        return Call("POST", f"/models/{name}/versions/{version}/activate", _reads(ModelDetail))
+
+    @staticmethod
+    def delete_version(name: str, version: int) -> Call[ModelDetail]:
+        return Call("DELETE", f"/models/{name}/versions/{version}", _reads(ModelDetail))
+
+    @staticmethod
+    def delete_model(name: str) -> Call[None]:
+        return Call("DELETE", f"/models/{name}", _reads_nothing)
+
+    @staticmethod
+    def export(name: str, version: int, format: str, target: str | os.PathLike[str]) -> Call[Path]:
+        """Download the version in ``format`` (keras, savedmodel, tflite, onnx, openvino)
+        as a zip to ``target`` (a file, or a folder to put ``NAME-vVERSION-FORMAT.zip`` in).
+        The file appears whole or not at all."""
+        path = _target(target, f"{name}-v{version}-{format}.zip")
+        url = f"/models/{name}/versions/{version}/export"
+        return Call("GET", url, lambda r: path, params={"format": format}, download=path)
+
+    # -- fine-tuning -----------------------------------------------------------------------
+
+    @staticmethod
+    def check_dataset(archive: DatasetInput, validation_split: float = 0.2) -> Call[DatasetReport]:
+        """The service's checks of a dataset (a folder, an archive path or an open archive),
+        without training on it."""
+        data = {"validation_split": str(validation_split)}
+        return Call(
+            "POST", "/datasets/check", _reads(DatasetReport), data=data, upload=("dataset", archive)
+        )
+
+    @staticmethod
+    def finetune(
+        dataset: DatasetInput | None = None,
+        model: str | None = None,
+        promote: bool = True,
+        dataset_name: str | None = None,
+        dataset_version: int | None = None,
+        **params: Any,
+    ) -> Call[JobCreated]:
+        """Queue a job on an uploaded dataset (a folder of class folders, an archive path,
+        or an open archive), on a stored one (``dataset_name``, ``dataset_version``), or
+        on an upload stored as ``dataset_name``'s next version; ``params`` are the
+        training parameters."""
+        form = _finetune_form(model, promote, params)
+        form.update(
+            {
+                k: str(v)
+                for k, v in _params(
+                    dataset_name=dataset_name, dataset_version=dataset_version
+                ).items()
+            }
+        )
+        upload = ("dataset", dataset) if dataset is not None else None
+        return Call("POST", "/finetune", _reads(JobCreated), data=form, upload=upload)
+
+    @staticmethod
+    def job(job_id: str) -> Call[Job]:
+        return Call("GET", f"/finetune/{job_id}", _reads(Job))
+
+    @staticmethod
+    def jobs(limit: int = 100) -> Call[JobList]:
+        return Call("GET", "/finetune", _reads(JobList), params={"limit": limit})
+
+    @staticmethod
+    def cancel(job_id: str) -> Call[Job]:
+        return Call("DELETE", f"/finetune/{job_id}", _reads(Job))
+
+    # -- datasets --------------------------------------------------------------------------
+
+    @staticmethod
+    def datasets() -> Call[DatasetList]:
+        return Call("GET", "/datasets", _reads(DatasetList))
+
+    @staticmethod
+    def dataset(name: str) -> Call[DatasetInfo]:
+        return Call("GET", f"/datasets/{name}", _reads(DatasetInfo))
+
+    @staticmethod
+    def create_dataset(name: str, archive: DatasetInput | None = None) -> Call[DatasetChange]:
+        """A new dataset, empty or from a folder of class folders or an archive."""
+        upload = ("archive", archive) if archive is not None else None
+        return Call("POST", "/datasets", _reads(DatasetChange), data={"name": name}, upload=upload)
+
+    @staticmethod
+    def add_images(
+        name: str, label: str, images: Sequence[ImageInput], source: str = "api"
+    ) -> Call[DatasetChange]:
+        """Add images (paths, bytes, PIL images ...) to class ``label`` of ``name``."""
+        files = [_image_part(im, n) for n, im in enumerate(images)]
+        params = {"label": label, "source": source}
+        return Call(
+            "POST", f"/datasets/{name}/images", _reads(DatasetChange), params=params, files=files
+        )
+
+    @staticmethod
+    def dataset_images(
+        name: str,
+        version: int | None = None,
+        label: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> Call[DatasetImages]:
+        params = _params(version=version, label=label, offset=offset, limit=limit)
+        return Call("GET", f"/datasets/{name}/images", _reads(DatasetImages), params=params)
+
+    @staticmethod
+    def remove_image(name: str, image_id: str) -> Call[DatasetChange]:
+        return Call("DELETE", f"/datasets/{name}/images/{image_id}", _reads(DatasetChange))
+
+    @staticmethod
+    def relabel_image(
+        name: str, image_id: str, label: str, create_class: bool = False
+    ) -> Call[DatasetChange]:
+        body = {"label": label, "create_class": create_class}
+        return Call(
+            "PATCH", f"/datasets/{name}/images/{image_id}", _reads(DatasetChange), json=body
+        )
+
+    @staticmethod
+    def dataset_version(name: str, version: int) -> Call[DatasetVersionDetail]:
+        return Call("GET", f"/datasets/{name}/versions/{version}", _reads(DatasetVersionDetail))
+
+    @staticmethod
+    def check_stored_dataset(
+        name: str, version: int, validation_split: float = 0.2
+    ) -> Call[DatasetReport]:
+        """The service's checks of a stored dataset version, as a job would run them."""
+        params = {"validation_split": validation_split}
+        return Call(
+            "GET",
+            f"/datasets/{name}/versions/{version}/check",
+            _reads(DatasetReport),
+            params=params,
+        )
+
+    @staticmethod
+    def delete_dataset(name: str) -> Call[None]:
+        return Call("DELETE", f"/datasets/{name}", _reads_nothing)
+
+    @staticmethod
+    def export_dataset(name: str, version: int, target: str | os.PathLike[str]) -> Call[Path]:
+        """Download a dataset version as a zip of class folders to ``target`` (a file, or a
+        folder to put ``NAME-vVERSION.zip`` in)."""
+        path = _target(target, f"{name}-v{version}.zip")
+        url = f"/datasets/{name}/versions/{version}/export"
+        return Call("GET", url, lambda r: path, download=path)
+
+
+def _sync(build: Callable[P, Call[R]]) -> Callable[Concatenate[Client, P], R]:
+    def method(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.run(build(*args, **kwargs))
+
+    return functools.wraps(build)(method)
+
+
+def _async(build: Callable[P, Call[R]]) -> Callable[Concatenate[AsyncClient, P], Awaitable[R]]:
+    async def method(self: AsyncClient, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return await self.run(build(*args, **kwargs))
+
+    return functools.wraps(build)(method)
+
+
+class _Reconnect:
+    """When a job's event stream drops: connect again after a growing pause, resuming
+    after the last event seen, up to `RECONNECTS` times in a row."""
+
+    def __init__(self, url: str, job_id: str, last_event_id: int | None) -> None:
+        self.url, self.path = url, f"/finetune/{job_id}/events"
+        self.after, self.failures = last_event_id, 0
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Last-Event-ID": str(self.after)} if self.after else {}
+
+    def seen(self, event: Event) -> None:
+        self.after, self.failures = event.id, 0
+
+    def pause_after(self, exc: Exception) -> float:
+        """How long to wait before connecting again; raises when it is time to give up."""
+        self.failures += 1
+        if self.failures > RECONNECTS:
+            if isinstance(exc, httpx.TransportError):
+                raise _unreachable(self.url, exc) from None
+            raise APIError(0, "bad_stream", str(exc)) from None
+        return min(0.5 * 2**self.failures, 10)
 
 
 class _Base:
@@ -153,6 +401,14 @@ class _Base:
         key = api_key if api_key is not None else os.environ.get("CONVSERVE_API_KEY")
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.timeout = httpx.Timeout(timeout, connect=10.0)
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """A service that cannot be reached raises `APIError` (``unreachable``)."""
+        try:
+            yield
+        except httpx.TransportError as exc:
+            raise _unreachable(self.url, exc) from None
 
 
 class Client(_Base):
@@ -179,201 +435,76 @@ class Client(_Base):
     def close(self) -> None:
         self.http.close()
 
-    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise _unreachable(self.url, exc) from None
-        _raise_for(response)
-        return response
-
-    def _get(self, kind: type[Model], method: str, path: str, **kwargs: Any) -> Model:
-        return kind.model_validate(self._send(method, path, **kwargs).json())
-
-    # -- predictions and models ------------------------------------------------------------
-
-    def predict(
-        self,
-        images: Sequence[ImageInput],
-        model: str | None = None,
-        version: int | None = None,
-        top_k: int = 5,
-    ) -> PredictResponse:
-        request = _predict_request(images, model, version, top_k)
-        return self._get(PredictResponse, "POST", "/predict", **request)
-
-    def models(self) -> ModelList:
-        return self._get(ModelList, "GET", "/models")
-
-    def architectures(self) -> ArchitectureList:
-        return self._get(ArchitectureList, "GET", "/architectures")
-
-    def model(self, name: str) -> ModelDetail:
-        return self._get(ModelDetail, "GET", f"/models/{name}")
-
-    def activate(self, name: str, version: int) -> ModelDetail:
-        return self._get(ModelDetail, "POST", f"/models/{name}/versions/{version}/activate")
-
-    def delete_version(self, name: str, version: int) -> ModelDetail:
-        return self._get(ModelDetail, "DELETE", f"/models/{name}/versions/{version}")
-
-    def delete_model(self, name: str) -> None:
-        self._send("DELETE", f"/models/{name}")
-
-    def export(self, name: str, version: int, format: str, target: str | os.PathLike[str]) -> Path:
-        """Download the version in ``format`` (keras, savedmodel, tflite, onnx, openvino)
-        as a zip to ``target`` (a file, or a folder to put ``NAME-vVERSION-FORMAT.zip`` in).
-        The file appears whole or not at all."""
-        path = Path(target)
-        if path.is_dir():
-            path = path / f"{name}-v{version}-{format}.zip"
-        url = f"/models/{name}/versions/{version}/export"
-        return self._download(url, path, params={"format": format})
-
-    def _download(self, url: str, path: Path, **kwargs: Any) -> Path:
-        """Stream a GET into ``path``, which appears whole or not at all."""
-        partial = path.with_name(f".{path.name}.part")
-        try:
-            with self.http.stream("GET", url, **kwargs) as response:
-                if response.is_error:
-                    response.read()
-                    _raise_for(response)
+    def run(self, call: Call[R]) -> R:
+        """Send one call and read its answer; every failure raises `APIError`."""
+        if call.download is not None:
+            with (
+                _partial(call.download) as partial,
+                self._errors(),
+                self.http.stream(call.method, call.path, **call.request()) as r,
+            ):
+                if r.is_error:
+                    r.read()
+                    _raise_for(r)
                 with open(partial, "wb") as out:
-                    for chunk in response.iter_bytes():
+                    for chunk in r.iter_bytes():
                         out.write(chunk)
-        except httpx.TransportError as exc:
-            partial.unlink(missing_ok=True)
-            raise _unreachable(self.url, exc) from None
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-        os.replace(partial, path)
-        return path
+            return call.read(r)
+        if call.upload is not None:
+            field, dataset = call.upload
+            with open_dataset(dataset) as (name, fh):
+                return self._send(call, {field: (name, fh)})
+        return self._send(call)
 
-    # -- fine-tuning -----------------------------------------------------------------------
+    def _send(self, call: Call[R], files: Any = None) -> R:
+        with self._errors():
+            response = self.http.request(call.method, call.path, **call.request(files))
+        _raise_for(response)
+        return call.read(response)
 
-    def check_dataset(self, archive: IO[bytes], validation_split: float = 0.2) -> DatasetReport:
-        files = {"dataset": ("dataset.zip", archive)}
-        data = {"validation_split": str(validation_split)}
-        return self._get(DatasetReport, "POST", "/datasets/check", files=files, data=data)
-
-    def finetune(
-        self,
-        dataset: DatasetInput | None = None,
-        model: str | None = None,
-        promote: bool = True,
-        dataset_name: str | None = None,
-        dataset_version: int | None = None,
-        **params: Any,
-    ) -> JobCreated:
-        """Queue a job on an uploaded dataset (a folder of class folders, an archive path,
-        or an open archive), on a stored one (``dataset_name``, ``dataset_version``), or
-        on an upload stored as ``dataset_name``'s next version; ``params`` are the
-        training parameters."""
-        form = _finetune_form(model, promote, params)
-        form.update(_dataset_form(dataset_name, dataset_version))
-        if dataset is None:
-            return self._get(JobCreated, "POST", "/finetune", data=form)
-        with open_dataset(dataset) as (name, fh):
-            files = {"dataset": (name, fh)}
-            return self._get(JobCreated, "POST", "/finetune", files=files, data=form)
-
-    # -- datasets --------------------------------------------------------------------------
-
-    def datasets(self) -> DatasetList:
-        return self._get(DatasetList, "GET", "/datasets")
-
-    def dataset(self, name: str) -> DatasetInfo:
-        return self._get(DatasetInfo, "GET", f"/datasets/{name}")
-
-    def create_dataset(self, name: str, archive: DatasetInput | None = None) -> DatasetChange:
-        """A new dataset, empty or from a folder of class folders or an archive."""
-        if archive is None:
-            return self._get(DatasetChange, "POST", "/datasets", data={"name": name})
-        with open_dataset(archive) as (filename, fh):
-            files = {"archive": (filename, fh)}
-            return self._get(DatasetChange, "POST", "/datasets", data={"name": name}, files=files)
-
-    def add_images(
-        self, name: str, label: str, images: Sequence[ImageInput], source: str = "api"
-    ) -> DatasetChange:
-        """Add images (paths, bytes, PIL images ...) to class ``label`` of ``name``."""
-        files = [_image_part(im, n) for n, im in enumerate(images)]
-        params = {"label": label, "source": source}
-        return self._get(
-            DatasetChange, "POST", f"/datasets/{name}/images", params=params, files=files
-        )
-
-    def dataset_images(
-        self,
-        name: str,
-        version: int | None = None,
-        label: str | None = None,
-        offset: int = 0,
-        limit: int = 50,
-    ) -> DatasetImages:
-        params = {"version": version, "label": label, "offset": offset, "limit": limit}
-        params = {k: v for k, v in params.items() if v is not None}
-        return self._get(DatasetImages, "GET", f"/datasets/{name}/images", params=params)
-
-    def remove_image(self, name: str, image_id: str) -> DatasetChange:
-        return self._get(DatasetChange, "DELETE", f"/datasets/{name}/images/{image_id}")
-
-    def relabel_image(
-        self, name: str, image_id: str, label: str, create_class: bool = False
-    ) -> DatasetChange:
-        body = {"label": label, "create_class": create_class}
-        return self._get(DatasetChange, "PATCH", f"/datasets/{name}/images/{image_id}", json=body)
-
-    def dataset_version(self, name: str, version: int) -> DatasetVersionDetail:
-        return self._get(DatasetVersionDetail, "GET", f"/datasets/{name}/versions/{version}")
-
-    def delete_dataset(self, name: str) -> None:
-        self._send("DELETE", f"/datasets/{name}")
-
-    def export_dataset(self, name: str, version: int, target: str | os.PathLike[str]) -> Path:
-        """Download a dataset version as a zip of class folders to ``target`` (a file, or a
-        folder to put ``NAME-vVERSION.zip`` in)."""
-        path = Path(target)
-        if path.is_dir():
-            path = path / f"{name}-v{version}.zip"
-        return self._download(f"/datasets/{name}/versions/{version}/export", path)
-
-    def job(self, job_id: str) -> Job:
-        return self._get(Job, "GET", f"/finetune/{job_id}")
-
-    def jobs(self, limit: int = 100) -> JobList:
-        return self._get(JobList, "GET", "/finetune", params={"limit": limit})
-
-    def cancel(self, job_id: str) -> Job:
-        return self._get(Job, "DELETE", f"/finetune/{job_id}")
+    predict = _sync(Calls.predict)
+    models = _sync(Calls.models)
+    architectures = _sync(Calls.architectures)
+    model = _sync(Calls.model)
+    activate = _sync(Calls.activate)
+    delete_version = _sync(Calls.delete_version)
+    delete_model = _sync(Calls.delete_model)
+    export = _sync(Calls.export)
+    check_dataset = _sync(Calls.check_dataset)
+    finetune = _sync(Calls.finetune)
+    job = _sync(Calls.job)
+    jobs = _sync(Calls.jobs)
+    cancel = _sync(Calls.cancel)
+    datasets = _sync(Calls.datasets)
+    dataset = _sync(Calls.dataset)
+    create_dataset = _sync(Calls.create_dataset)
+    add_images = _sync(Calls.add_images)
+    dataset_images = _sync(Calls.dataset_images)
+    remove_image = _sync(Calls.remove_image)
+    relabel_image = _sync(Calls.relabel_image)
+    dataset_version = _sync(Calls.dataset_version)
+    check_stored_dataset = _sync(Calls.check_stored_dataset)
+    delete_dataset = _sync(Calls.delete_dataset)
+    export_dataset = _sync(Calls.export_dataset)
 
     def events(self, job_id: str, last_event_id: int | None = None) -> Iterator[Event]:
         """The job's events until ``done``, connecting again (with ``Last-Event-ID``) when
         the stream drops."""
-        after, failures = last_event_id, 0
+        stream = _Reconnect(self.url, job_id, last_event_id)
         while True:
-            headers = {"Last-Event-ID": str(after)} if after else {}
             try:
-                with connect_sse(
-                    self.http, "GET", f"/finetune/{job_id}/events", headers=headers
-                ) as source:
+                with connect_sse(self.http, "GET", stream.path, headers=stream.headers) as source:
                     if not source.response.is_success:
                         source.response.read()
                     _raise_for(source.response)
                     for sse in source.iter_sse():
                         event = _event(sse)
-                        after, failures = event.id, 0
+                        stream.seen(event)
                         yield event
                         if event.type == "done":
                             return
             except (httpx.TransportError, SSEError) as exc:
-                failures += 1
-                if failures > RECONNECTS:
-                    if isinstance(exc, httpx.TransportError):
-                        raise _unreachable(self.url, exc) from None
-                    raise APIError(0, "bad_stream", str(exc)) from None
-                time.sleep(min(0.5 * 2**failures, 10))
+                time.sleep(stream.pause_after(exc))
 
     def wait(self, job_id: str, on_event: Callable[[Event], None] | None = None) -> Job:
         """Follow the job to its end; returns it as `job` would."""
@@ -407,105 +538,96 @@ class AsyncClient(_Base):
     async def aclose(self) -> None:
         await self.http.aclose()
 
-    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = await self.http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise _unreachable(self.url, exc) from None
+    async def run(self, call: Call[R]) -> R:
+        """Send one call and read its answer; every failure raises `APIError`."""
+        if call.download is not None:
+            with _partial(call.download) as partial, self._errors():
+                async with self.http.stream(call.method, call.path, **call.request()) as r:
+                    if r.is_error:
+                        await r.aread()
+                        _raise_for(r)
+                    with open(partial, "wb") as out:
+                        async for chunk in r.aiter_bytes():
+                            out.write(chunk)
+            return call.read(r)
+        if call.upload is not None:
+            field, dataset = call.upload
+            with open_dataset(dataset) as (name, fh):
+                # httpx's async multipart wants bytes for a file it cannot read asynchronously.
+                return await self._send(call, {field: (name, fh.read())})
+        return await self._send(call)
+
+    async def _send(self, call: Call[R], files: Any = None) -> R:
+        with self._errors():
+            response = await self.http.request(call.method, call.path, **call.request(files))
         _raise_for(response)
-        return response
+        return call.read(response)
 
-    async def _get(self, kind: type[Model], method: str, path: str, **kwargs: Any) -> Model:
-        return kind.model_validate((await self._send(method, path, **kwargs)).json())
-
-    async def predict(
-        self,
-        images: Sequence[ImageInput],
-        model: str | None = None,
-        version: int | None = None,
-        top_k: int = 5,
-    ) -> PredictResponse:
-        request = _predict_request(images, model, version, top_k)
-        return await self._get(PredictResponse, "POST", "/predict", **request)
-
-    async def models(self) -> ModelList:
-        return await self._get(ModelList, "GET", "/models")
-
-    async def architectures(self) -> ArchitectureList:
-        return await self._get(ArchitectureList, "GET", "/architectures")
-
-    async def model(self, name: str) -> ModelDetail:
-        return await self._get(ModelDetail, "GET", f"/models/{name}")
-
-    async def activate(self, name: str, version: int) -> ModelDetail:
-        path = f"/models/{name}/versions/{version}/activate"
-        return await self._get(ModelDetail, "POST", path)
-
-    async def delete_version(self, name: str, version: int) -> ModelDetail:
-        return await self._get(ModelDetail, "DELETE", f"/models/{name}/versions/{version}")
-
-    async def delete_model(self, name: str) -> None:
-        await self._send("DELETE", f"/models/{name}")
-
-    async def finetune(
-        self,
-        dataset: DatasetInput | None = None,
-        model: str | None = None,
-        promote: bool = True,
-        dataset_name: str | None = None,
-        dataset_version: int | None = None,
-        **params: Any,
-    ) -> JobCreated:
-        form = _finetune_form(model, promote, params)
-        form.update(_dataset_form(dataset_name, dataset_version))
-        if dataset is None:
-            return await self._get(JobCreated, "POST", "/finetune", data=form)
-        with open_dataset(dataset) as (name, fh):
-            # httpx's async multipart wants bytes for a file it cannot read asynchronously.
-            files = {"dataset": (name, fh.read())}
-            return await self._get(JobCreated, "POST", "/finetune", files=files, data=form)
-
-    async def job(self, job_id: str) -> Job:
-        return await self._get(Job, "GET", f"/finetune/{job_id}")
-
-    async def jobs(self, limit: int = 100) -> JobList:
-        return await self._get(JobList, "GET", "/finetune", params={"limit": limit})
-
-    async def cancel(self, job_id: str) -> Job:
-        return await self._get(Job, "DELETE", f"/finetune/{job_id}")
-
-    async def wait(self, job_id: str, on_event: Callable[[Event], None] | None = None) -> Job:
-        async for event in self.events(job_id):
-            if on_event is not None:
-                on_event(event)
-        return await self.job(job_id)
+    predict = _async(Calls.predict)
+    models = _async(Calls.models)
+    architectures = _async(Calls.architectures)
+    model = _async(Calls.model)
+    activate = _async(Calls.activate)
+    delete_version = _async(Calls.delete_version)
+    delete_model = _async(Calls.delete_model)
+    export = _async(Calls.export)
+    check_dataset = _async(Calls.check_dataset)
+    finetune = _async(Calls.finetune)
+    job = _async(Calls.job)
+    jobs = _async(Calls.jobs)
+    cancel = _async(Calls.cancel)
+    datasets = _async(Calls.datasets)
+    dataset = _async(Calls.dataset)
+    create_dataset = _async(Calls.create_dataset)
+    add_images = _async(Calls.add_images)
+    dataset_images = _async(Calls.dataset_images)
+    remove_image = _async(Calls.remove_image)
+    relabel_image = _async(Calls.relabel_image)
+    dataset_version = _async(Calls.dataset_version)
+    check_stored_dataset = _async(Calls.check_stored_dataset)
+    delete_dataset = _async(Calls.delete_dataset)
+    export_dataset = _async(Calls.export_dataset)
 
     async def events(self, job_id: str, last_event_id: int | None = None) -> AsyncIterator[Event]:
-        import asyncio
-
-        after, failures = last_event_id, 0
+        """The job's events until ``done``, connecting again (with ``Last-Event-ID``) when
+        the stream drops."""
+        stream = _Reconnect(self.url, job_id, last_event_id)
         while True:
-            headers = {"Last-Event-ID": str(after)} if after else {}
             try:
                 async with aconnect_sse(
-                    self.http, "GET", f"/finetune/{job_id}/events", headers=headers
+                    self.http, "GET", stream.path, headers=stream.headers
                 ) as source:
                     if not source.response.is_success:
                         await source.response.aread()
                     _raise_for(source.response)
                     async for sse in source.aiter_sse():
                         event = _event(sse)
-                        after, failures = event.id, 0
+                        stream.seen(event)
                         yield event
                         if event.type == "done":
                             return
             except (httpx.TransportError, SSEError) as exc:
-                failures += 1
-                if failures > RECONNECTS:
-                    if isinstance(exc, httpx.TransportError):
-                        raise _unreachable(self.url, exc) from None
-                    raise APIError(0, "bad_stream", str(exc)) from None
-                await asyncio.sleep(min(0.5 * 2**failures, 10))
+                await asyncio.sleep(stream.pause_after(exc))
+
+    async def wait(self, job_id: str, on_event: Callable[[Event], None] | None = None) -> Job:
+        """Follow the job to its end; returns it as `job` would."""
+        async for event in self.events(job_id):
+            if on_event is not None:
+                on_event(event)
+        return await self.job(job_id)
+
+
+@contextlib.contextmanager
+def _partial(path: Path) -> Iterator[Path]:
+    """A temporary name beside ``path``, renamed to it when the block succeeds and removed
+    when it does not."""
+    partial = path.with_name(f".{path.name}.part")
+    try:
+        yield partial
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, path)
 
 
 class open_dataset:

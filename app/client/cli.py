@@ -47,6 +47,7 @@ from rich.table import Table
 from app import __version__
 from app.client.api import DEFAULT_URL, APIError, AsyncClient, Client, Event, zip_folder
 from app.schemas import Job
+from app.training.params import add_arguments, from_arguments
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
@@ -287,21 +288,21 @@ class _open_output:
 # -- finetune and jobs ----------------------------------------------------------------------
 
 
-def check_folder(folder: Path, validation_split: float) -> None:
-    """The service's dataset checks, run here before anything is uploaded."""
-    from app.data.datasets import DatasetError, scan_dataset
-
-    try:
-        report = scan_dataset(folder, validation_split)
-    except DatasetError as exc:
-        raise Failure(f"{folder}: {exc.message} ({exc.code}); nothing was uploaded") from None
-    counts = ", ".join(f"{name} {n}" for name, n in report.counts.items())
-    summary = f"{len(report.counts)} classes, {report.total} images ({counts})"
-    err.print(f"{escape(str(folder))}: {escape(summary)}")
-    for warning in report.warnings:
+def show_dataset(job: Job) -> None:
+    """What the service found in a job's images when it checked them: classes, counts,
+    warnings and skipped files."""
+    summary = job.dataset or {}
+    counts = summary.get("counts") or {}
+    if not counts:
+        return
+    listed = ", ".join(f"{name} {n}" for name, n in counts.items())
+    err.print(escape(f"{len(counts)} classes, {sum(counts.values())} images ({listed})"))
+    for warning in summary.get("warnings", []):
         err.print(f"[yellow]warning[/yellow]: {escape(warning)}")
-    for skipped in report.skipped[:10]:
-        err.print(f"  skipped {escape(skipped.path)}: {escape(skipped.reason)}")
+    for skipped in job.skipped[:10]:
+        err.print(
+            f"  skipped {escape(str(skipped.get('path')))}: {escape(str(skipped.get('reason')))}"
+        )
 
 
 class _ReadProgress:
@@ -329,15 +330,13 @@ def _dataset_ref(value: str) -> tuple[str, int | None]:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from app.__main__ import train_fields
-
     stored, version = args.stored if args.stored else (None, None)
     form = dict(
         model=args.model,
         promote=not args.no_promote,
         dataset_name=stored,
         dataset_version=version,
-        **train_fields(args),
+        **from_arguments(args),
     )
     if args.dataset is None:
         if stored is None:
@@ -352,7 +351,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         )
     source = Path(args.dataset)
     if source.is_dir():
-        check_folder(source, args.validation_split or 0.2)
+        # The service checks the images before it queues the job (and refuses a dataset it
+        # cannot train on, with what is wrong); the job then says what it found.
         archive, name = zip_folder(source), f"{source.name or 'dataset'}.zip"
     elif source.is_file() and source.name.lower().endswith(ARCHIVE_SUFFIXES):
         archive, name = open(source, "rb"), source.name  # noqa: SIM115 (closed below)
@@ -376,6 +376,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def _started(client: Client, created: Any, args: argparse.Namespace) -> int:
     job_id = created.job_id
     err.print(f"job {job_id} {created.status}")
+    show_dataset(client.job(job_id))
     if args.json and not args.wait:
         print(json.dumps(created.model_dump()))
     if not args.wait:
@@ -867,9 +868,37 @@ def _remote_options(
     parser.add_argument("--json", action="store_true", default=flag, help="print JSON for scripts")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from app.__main__ import add_service_commands, add_train_options
+SERVER_COMMANDS = ("serve", "train", "evaluate", "study", "run-job", "worker")
 
+
+def _service_commands(sub: Any) -> None:
+    """``serve``, ``train``, ``evaluate``, ``study``, ``run-job`` and ``worker`` run the
+    service's own code (`app.__main__`), which is there only when the service is installed
+    (``pip install 'convserve[server]'``). With the client alone they say so."""
+    try:
+        # The one import of the service's code in the client, and only to offer its
+        # commands: the rest of the client never needs it.
+        from app.__main__ import add_service_commands
+    except ImportError as exc:
+        missing = exc.name or "the service's dependencies"
+        for name in SERVER_COMMANDS:
+            cmd = sub.add_parser(name, help=f"(needs the service installed: {missing} is missing)")
+            cmd.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+            cmd.set_defaults(
+                func=lambda args, name=name, missing=missing: _needs_server(name, missing)
+            )
+        return
+    add_service_commands(sub)
+
+
+def _needs_server(command: str, missing: str) -> int:
+    raise Failure(
+        f"convserve {command} runs the service on this machine, which this installation does"
+        f" not have ({missing} is missing): pip install 'convserve[server]'"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convserve", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
@@ -880,7 +909,7 @@ def build_parser() -> argparse.ArgumentParser:
     key = os.environ.get("CONVSERVE_API_KEY")
     _remote_options(parser, url, key, False, url_default=url)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_service_commands(sub)
+    _service_commands(sub)
 
     remote = argparse.ArgumentParser(add_help=False)
     _remote_options(remote, argparse.SUPPRESS, argparse.SUPPRESS, argparse.SUPPRESS, url)
@@ -917,7 +946,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="model to train: a new version of it, or a new model of that name",
     )
-    add_train_options(f)
+    add_arguments(f)
     f.add_argument("--no-promote", action="store_true", help="do not activate the new version")
     f.add_argument("--wait", action="store_true", help="follow the job to its end")
     f.set_defaults(func=cmd_finetune)

@@ -9,13 +9,9 @@ size and 1,000 classes (10 for LeNet-5); tests build each network and check them
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
-
-if TYPE_CHECKING:
-    import keras
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -47,6 +43,33 @@ class Architecture:
         home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
         return (home / "models" / self.keras_weights).is_file()
 
+
+@dataclass(frozen=True)
+class BaseSpec:
+    name: str
+    depth: int  # number of layers of the base without its top (fine_tune_at < depth)
+    # Where fine-tuning starts when only the last stage is trained, and when the upper
+    # half is: the first layer of a block, so that no block is half frozen.
+    top_stage: int
+    upper_half: int
+
+
+# The networks with ImageNet weights, usable as a pretrained base. Depths as Keras 3.15
+# builds them (tests check these against the built networks and the layer names).
+BASES: dict[str, BaseSpec] = {
+    # block_13_expand: the stride-2 block and everything after it (7x7 at 224 px);
+    # block_6_expand: from the second stride-2 block on.
+    "mobilenet_v2": BaseSpec("mobilenet_v2", depth=154, top_stage=116, upper_half=54),
+    # conv5_block1_1_conv: the last stage; conv4_block1_1_conv: the last two.
+    "resnet50": BaseSpec("resnet50", depth=175, top_stage=143, upper_half=81),
+    # block5_conv1: the last block; block4_conv1: the last two.
+    "vgg16": BaseSpec("vgg16", depth=19, top_stage=15, upper_half=11),
+    # conv_pad_12: the last stride-2 block and after (7x7 at 224 px); conv_pad_6: from the
+    # 14x14 blocks on.
+    "mobilenet": BaseSpec("mobilenet", depth=86, top_stage=73, upper_half=36),
+    # block6a_expand_conv: the last stride-2 stage (7x7); block4a_expand_conv: from 14x14.
+    "efficientnet_b0": BaseSpec("efficientnet_b0", depth=237, top_stage=162, upper_half=75),
+}
 
 ARCHITECTURES: dict[str, Architecture] = {
     a.name: a
@@ -94,79 +117,3 @@ ARCHITECTURES: dict[str, Architecture] = {
         ),
     )
 }  # fmt: skip
-
-
-def build_network(
-    name: str,
-    input_shape: tuple[int, int, int],
-    include_top: bool = True,
-    classes: int = 1000,
-    network_name: str | None = None,
-    bn_momentum: float = 0.99,
-) -> keras.Model:
-    """Our builder of ``name``, randomly initialised.
-
-    Args:
-        name: a key of ``ARCHITECTURES``.
-        input_shape: `(height, width, channels)`.
-        include_top: the paper's classifier (softmax over ``classes``), else the feature
-            map of the last block.
-        classes: number of classes of the top.
-        network_name: the model's name (default: ``name``).
-        bn_momentum: momentum of the BatchNorm moving statistics, for the networks that
-            have BatchNorm.
-
-    Returns:
-        A `keras.Model` from `(batch, *input_shape)`.
-    """
-    import keras
-
-    from app.nets.alexnet import AlexNet
-    from app.nets.efficientnet import EfficientNetB0
-    from app.nets.inception import GoogLeNet
-    from app.nets.lenet import LeNet5
-    from app.nets.mobilenet import MobileNet
-    from app.nets.resnet import ResNet50
-    from app.nets.vgg import VGG16
-
-    builders: dict[str, Callable[..., keras.Model]] = {
-        "lenet5": LeNet5,
-        "alexnet": AlexNet,
-        "vgg16": VGG16,
-        "googlenet": GoogLeNet,
-        "resnet50": ResNet50,
-        "mobilenet": MobileNet,
-        "efficientnet_b0": EfficientNetB0,
-    }
-    if name == "mobilenet_v2":
-        return keras.applications.MobileNetV2(
-            input_shape=input_shape,
-            include_top=include_top,
-            weights=None,
-            classes=classes,
-            name=network_name or name,
-        )
-    if name not in builders:
-        raise ValueError(f"unknown architecture {name!r}; choose one of {sorted(ARCHITECTURES)}")
-    kwargs: dict[str, object] = dict(
-        input_shape=input_shape,
-        include_top=include_top,
-        classes=classes,
-        name=network_name or name,
-    )
-    if name in ("resnet50", "mobilenet", "efficientnet_b0"):
-        kwargs["bn_momentum"] = bn_momentum
-    return builders[name](**kwargs)
-
-
-def keras_application(name: str) -> Callable[..., keras.Model]:
-    """The ``keras.applications`` builder of the same network, to copy ImageNet weights
-    from (its layer names are ours)."""
-    import keras
-
-    return {
-        "resnet50": keras.applications.ResNet50,
-        "vgg16": keras.applications.VGG16,
-        "mobilenet": keras.applications.MobileNet,
-        "efficientnet_b0": keras.applications.EfficientNetB0,
-    }[name]

@@ -13,40 +13,14 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from app.nets.catalog import ARCHITECTURES, build_network, keras_application
+from app.nets.build import build_network, keras_application
+from app.nets.catalog import ARCHITECTURES, BASES
 from app.nets.common import copy_weights
 from app.nets.resnet import ResNet50
 
 BASE_LAYER = "base"
 IMAGENET_CLASSES = 1000
 
-
-@dataclass(frozen=True)
-class BaseSpec:
-    name: str
-    depth: int  # number of layers of the base without its top (fine_tune_at < depth)
-    # Where fine-tuning starts when only the last stage is trained, and when the upper
-    # half is: the first layer of a block, so that no block is half frozen.
-    top_stage: int
-    upper_half: int
-
-
-# The networks with ImageNet weights, usable as a pretrained base. Depths as Keras 3.15
-# builds them (tests check these against the built networks and the layer names).
-BASES: dict[str, BaseSpec] = {
-    # block_13_expand: the stride-2 block and everything after it (7x7 at 224 px);
-    # block_6_expand: from the second stride-2 block on.
-    "mobilenet_v2": BaseSpec("mobilenet_v2", depth=154, top_stage=116, upper_half=54),
-    # conv5_block1_1_conv: the last stage; conv4_block1_1_conv: the last two.
-    "resnet50": BaseSpec("resnet50", depth=175, top_stage=143, upper_half=81),
-    # block5_conv1: the last block; block4_conv1: the last two.
-    "vgg16": BaseSpec("vgg16", depth=19, top_stage=15, upper_half=11),
-    # conv_pad_12: the last stride-2 block and after (7x7 at 224 px); conv_pad_6: from the
-    # 14x14 blocks on.
-    "mobilenet": BaseSpec("mobilenet", depth=86, top_stage=73, upper_half=36),
-    # block6a_expand_conv: the last stride-2 stage (7x7); block4a_expand_conv: from 14x14.
-    "efficientnet_b0": BaseSpec("efficientnet_b0", depth=237, top_stage=162, upper_half=75),
-}
 
 # Training images per class from which the transfer strategy unfreezes more of the base
 # (below the first, only the head is trained).

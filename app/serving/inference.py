@@ -7,7 +7,7 @@ with its protocol."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -129,7 +129,9 @@ class Inference:
                 413,
             )
 
-    async def uploads(self, version: int | None, files: list[Upload], tta: str = "none") -> Outcome:
+    async def uploads(
+        self, version: int | None, files: Sequence[Upload], tta: str = "none"
+    ) -> Outcome:
         """Classify uploaded files: their count, the model and the version are checked
         before any file is read."""
         self._check_count(len(files))

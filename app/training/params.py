@@ -1,9 +1,17 @@
-"""Training parameters, validated once for the CLI and the HTTP API alike."""
+"""Training parameters, declared once: `TrainParams` is what ``POST /finetune``'s form,
+the command's options (`add_arguments`), the console's form and the docs' table
+(`markdown_table`) are made from, and what validates them all.
+
+This module imports neither Keras nor the service: the ``convserve`` command uses it."""
 
 from __future__ import annotations
 
-from typing import Literal
+import argparse
+import types
+from collections.abc import Callable
+from typing import Any, Literal, Union, get_args, get_origin
 
+import annotated_types
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -13,8 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from app.nets.catalog import ARCHITECTURES
-from app.nets.transfer import BASES, AugmentConfig
+from app.nets.catalog import ARCHITECTURES, BASES
 
 # Every key of app.nets.catalog.ARCHITECTURES (a test keeps the two equal).
 Base = Literal[
@@ -64,8 +71,8 @@ class TrainParams(BaseModel):
         description="side of the input; default: the network's own (32 for"
         " lenet5, 227 for alexnet, else 224)",
     )
-    batch_size: int = Field(32, ge=1, le=512)
-    learning_rate: float = Field(1e-3, gt=0, le=1.0)
+    batch_size: int = Field(32, ge=1, le=512, description="images per training step")
+    learning_rate: float = Field(1e-3, gt=0, le=1.0, description="the head's learning rate")
     fine_tune_learning_rate: float | None = Field(
         None, gt=0, le=1.0, description="default: learning_rate / 10"
     )
@@ -75,7 +82,9 @@ class TrainParams(BaseModel):
         " stalls; decay: lower it linearly to nothing over each phase's epochs or time;"
         " auto: decay from scratch, plateau for transfer",
     )
-    validation_split: float = Field(0.2, ge=0.05, le=0.5)
+    validation_split: float = Field(
+        0.2, ge=0.05, le=0.5, description="share of each class held out to steer and report"
+    )
     early_stopping_patience: int | None = Field(
         None,
         ge=0,
@@ -91,15 +100,20 @@ class TrainParams(BaseModel):
         description="balanced: weigh classes by their inverse frequency; auto: balanced when"
         " the largest class has more than twice the images of the smallest",
     )
-    augment: bool = True
+    augment: bool = Field(True, description="random changes to the training images")
     flip: Flip = Field("horizontal", description="random mirroring")
     rotation: float = Field(0.05, ge=0, le=0.5, description="random rotation, in turns")
     zoom: float = Field(0.1, ge=0, le=0.9, description="random zoom in or out, a fraction")
     translation: float = Field(0.1, ge=0, le=0.5, description="random shift, a fraction")
     contrast: float = Field(0.1, ge=0, le=1, description="random contrast change, a fraction")
     brightness: float = Field(0.1, ge=0, le=1, description="random brightness shift, a fraction")
-    from_scratch: bool = False
-    seed: int = Field(42, ge=0, le=2**31 - 1)
+    from_scratch: bool = Field(
+        False,
+        description="random weights, all layers trained (lenet5, alexnet and googlenet always are)",
+    )
+    seed: int = Field(
+        42, ge=0, le=2**31 - 1, description="seeds the split, the shuffles and the augmentation"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -163,14 +177,150 @@ class TrainParams(BaseModel):
         """The most epochs training can run (early stopping usually ends it sooner)."""
         return self.epochs + (0 if self.from_scratch else self.fine_tune_epochs)
 
-    def augmentation(self) -> AugmentConfig | None:
-        if not self.augment:
-            return None
-        return AugmentConfig(
-            flip=None if self.flip == "none" else self.flip,
-            rotation=self.rotation,
-            zoom=self.zoom,
-            translation=self.translation,
-            contrast=self.contrast,
-            brightness=self.brightness,
+
+# -- the declaration, read for the command line and the docs -----------------------------------
+
+
+def _members(annotation: Any) -> list[Any]:
+    """The types of a field: ``int | Literal["auto"]`` gives ``[int, Literal["auto"]]``."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        return [m for m in get_args(annotation) if m is not type(None)]
+    return [annotation]
+
+
+def _choices(annotation: Any) -> list[str]:
+    return [str(v) for m in _members(annotation) if get_origin(m) is Literal for v in get_args(m)]
+
+
+def _number_type(annotation: Any) -> type[int] | type[float] | None:
+    numbers = [m for m in _members(annotation) if m in (int, float)]
+    return numbers[0] if numbers else None
+
+
+def _bounds(name: str) -> tuple[float | None, bool, float | None]:
+    """(minimum, whether the minimum itself is refused, maximum) of a numeric field."""
+    low: Any = None
+    high: Any = None
+    above = False
+    for rule in TrainParams.model_fields[name].metadata:
+        if isinstance(rule, annotated_types.Ge):
+            low = rule.ge
+        elif isinstance(rule, annotated_types.Gt):
+            low, above = rule.gt, True
+        elif isinstance(rule, annotated_types.Le):
+            high = rule.le
+    return low, above, high
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def bounds_text(name: str) -> str:
+    """``1 to 500``, ``above 0 to 1.0``: a numeric field's range in words."""
+    low, above, high = _bounds(name)
+    if low is None and high is None:
+        return ""
+    parts = [f"{'above' if above else 'from'} {_number(low)}" if low is not None else ""]
+    parts.append(f"to {_number(high)}" if high is not None else "")
+    return " ".join(p for p in parts if p)
+
+
+def _argument_type(name: str) -> Callable[[str], Any]:
+    """An argparse type that reads the field's number, or one of its words, and refuses
+    what the field refuses with argparse's own error."""
+    annotation = TrainParams.model_fields[name].annotation
+    number, words = _number_type(annotation), _choices(annotation)
+    low, above, high = _bounds(name)
+
+    def parse(text: str) -> Any:
+        if text in words:
+            return text
+        if number is None:
+            return text
+        try:
+            value = number(text)
+        except ValueError:
+            wanted = "a whole number" if number is int else "a number"
+            also = f" or {' or '.join(words)}" if words else ""
+            raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}{also}") from None
+        if (low is not None and (value < low or (above and value == low))) or (
+            high is not None and value > high
+        ):
+            raise argparse.ArgumentTypeError(f"{text} is out of range ({bounds_text(name)})")
+        return value
+
+    parse.__name__ = number.__name__ if number is not None else "str"
+    return parse
+
+
+def default_text(name: str) -> str:
+    """A field's default in words (empty when its description says it)."""
+    field = TrainParams.model_fields[name]
+    if "default" in (field.description or ""):
+        return ""
+    value = field.default
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "" if value is None else _number(value) if isinstance(value, float) else str(value)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The training parameters as command options (``--fine-tune-at``, ``--no-augment``):
+    for ``python -m app train`` and ``convserve finetune``."""
+    for name, field in TrainParams.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        default = default_text(name)
+        help_text = (field.description or "") + (f" (default {default})" if default else "")
+        if field.annotation is bool:
+            if field.default:
+                help_text = f"no {field.description}"
+            # A switch turns a default off (--no-augment) or on (--from-scratch).
+            flag = f"--no-{flag[2:]}" if field.default else flag
+            parser.add_argument(
+                flag,
+                dest=name,
+                action="store_const",
+                const=not field.default,
+                default=None,
+                help=help_text,
+            )
+            continue
+        choices = _choices(field.annotation)
+        if choices and _number_type(field.annotation) is None:
+            parser.add_argument(flag, dest=name, choices=choices, help=help_text)
+        else:
+            parser.add_argument(
+                flag,
+                dest=name,
+                type=_argument_type(name),
+                metavar=name.upper(),
+                help=help_text + (f"; {bounds_text(name)}" if bounds_text(name) else ""),
+            )
+
+
+def from_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The training parameters given on the command line (those not given left out)."""
+    given = {name: getattr(args, name, None) for name in TrainParams.model_fields}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def markdown_table() -> str:
+    """The parameters as the docs' table: form field, option, default, range, meaning."""
+    rows = [
+        "| form field | command option | default | range or values | what it does |",
+        "|---|---|---|---|---|",
+    ]
+    for name, field in TrainParams.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if field.annotation is bool:
+            flag = f"--no-{flag[2:]}" if field.default else flag
+        values = ", ".join(f"`{c}`" for c in _choices(field.annotation))
+        span = bounds_text(name)
+        allowed = "; ".join(p for p in (span, values) if p)
+        description = (field.description or "").replace("|", "\\|")
+        rows.append(
+            f"| `{name}` | `{flag}` | {default_text(name) or 'see text'} | {allowed} |"
+            f" {description} |"
         )
+    return "\n".join(rows) + "\n"

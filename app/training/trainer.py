@@ -30,7 +30,7 @@ from app.data.datasets import (
     prepare_dataset,
 )
 from app.data.heldout import heldout_from_prepared
-from app.nets.transfer import build_classifier, choose_fine_tune_at, unfreeze_from
+from app.nets.transfer import AugmentConfig, build_classifier, choose_fine_tune_at, unfreeze_from
 from app.serving.precision import study_or_fallback
 from app.storage.objects import write_text_atomic
 from app.storage.registry import MODEL_FILE, ModelRegistry
@@ -193,6 +193,20 @@ class _Backup(keras.callbacks.BackupAndRestore):
         partial = f"{target}.partial"
         shutil.copyfile(source, partial)
         os.replace(partial, target)
+
+
+def augment_config(params: TrainParams) -> AugmentConfig | None:
+    """The random changes the parameters ask for (None: no augmentation)."""
+    if not params.augment:
+        return None
+    return AugmentConfig(
+        flip=None if params.flip == "none" else params.flip,
+        rotation=params.rotation,
+        zoom=params.zoom,
+        translation=params.translation,
+        contrast=params.contrast,
+        brightness=params.brightness,
+    )
 
 
 def _check_stop(hooks: Hooks) -> None:
@@ -537,7 +551,7 @@ def train(
         params.validation_split,
         params.seed,
     )
-    augmentation = params.augmentation()
+    augmentation = augment_config(params)
     model = build_classifier(
         params.base,
         len(class_names),

@@ -129,14 +129,14 @@ def test_predict_a_folder_of_mixed_formats_and_a_corrupt_file(service, tmp_path)
     assert out.read_text().splitlines()[0] == "path,model,version,rank,label,index,score"
 
 
-def test_a_folder_with_one_class_is_refused_before_upload(service, tmp_path):
+def test_a_folder_with_one_class_is_refused_before_a_job_is_queued(service, tmp_path):
     from tests.helpers import make_dataset
 
     before = json.loads(convserve(service, "jobs", "--json").stdout)
     folder = make_dataset(tmp_path / "one", classes=("dark",), per_class=8)
     r = convserve(service, "finetune", folder, "--model", "toy")
-    assert r.returncode == 2
-    assert "at least two are needed" in r.stderr and "nothing was uploaded" in r.stderr
+    assert r.returncode == 1
+    assert "at least two are needed (too_few_classes, HTTP 400)" in r.stderr
     assert "Traceback" not in r.stderr
     assert json.loads(convserve(service, "jobs", "--json").stdout) == before
 
@@ -160,6 +160,8 @@ def test_cancel_a_running_job(service, tmp_path):
         "--json",
     )
     assert r.returncode == 0, r.stderr
+    # What the service found in the upload, as it checked it before queueing the job.
+    assert "2 classes, 60 images (hstripes 30, vstripes 30)" in r.stderr
     job_id = json.loads(r.stdout)["job_id"]
     cancel = convserve(service, "jobs", job_id, "--cancel")
     assert cancel.returncode == 0 and job_id in cancel.stderr

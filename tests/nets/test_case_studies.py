@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from app.nets.alexnet import AlexNet
-from app.nets.catalog import ARCHITECTURES, build_network
+from app.nets.build import build_network
+from app.nets.catalog import ARCHITECTURES
 from app.nets.common import copy_weights
 from app.nets.efficientnet import EfficientNetB0, round_filters
 from app.nets.inception import GoogLeNet, inception_module

@@ -20,6 +20,7 @@ from app.training.trainer import (
     _Deadline,
     _fine_tune_choice,
     _stop_reason,
+    augment_config,
     class_weights,
     train,
 )
@@ -233,7 +234,7 @@ def _assert_a_resume_trains_nothing_again(tmp_path, name, meta, result):
 
 
 def test_each_augmentation_setting_is_a_layer_and_inference_is_untouched():
-    config = TrainParams(flip="vertical", rotation=0.1, zoom=0, contrast=0.2).augmentation()
+    config = augment_config(TrainParams(flip="vertical", rotation=0.1, zoom=0, contrast=0.2))
     aug = build_augmentation(config)
     kinds = [type(layer).__name__ for layer in aug.layers]
     assert kinds == [
@@ -248,9 +249,9 @@ def test_each_augmentation_setting_is_a_layer_and_inference_is_untouched():
     assert np.array_equal(keras.ops.convert_to_numpy(aug(images, training=False)), images)
     changed = keras.ops.convert_to_numpy(aug(images, training=True))
     assert not np.allclose(changed, images)
-    assert TrainParams(augment=False).augmentation() is None
+    assert augment_config(TrainParams(augment=False)) is None
     none = TrainParams(flip="none", rotation=0, zoom=0, translation=0, contrast=0, brightness=0)
-    assert build_augmentation(none.augmentation()) is None
+    assert build_augmentation(augment_config(none)) is None
 
 
 def test_batchnorm_statistics_are_recomputed_over_the_training_images_without_augmentation():
