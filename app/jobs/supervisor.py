@@ -21,7 +21,8 @@ from typing import Any
 
 from app.config import Settings
 from app.errors import ConvserveError
-from app.jobs.runner import EXIT_STOPPED, remove_job_files, study_command
+from app.jobs.lifecycle import Next, promotion_result, settle, succeed
+from app.jobs.runner import remove_job_files, study_command
 from app.jobs.store import CANCELLING, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
 from app.serving.manager import ModelManager
 from app.serving.metrics import ServiceMetrics
@@ -223,51 +224,31 @@ class JobSupervisor:
             self.wake()
 
     async def _after_exit(self, job_id: str, returncode: int | None) -> bool:
-        """Record the outcome of a job whose process ended. Returns False when the job is
-        left for `stop` to queue again (the service is stopping)."""
-        job = await asyncio.to_thread(self.store.get, job_id)
-        if job is not None and self._stopping and job["status"] == RUNNING:
-            return False  # stopped with the service: stop() queues it again
-        if job is None:
-            return True
-        if job["status"] in (RUNNING, CANCELLING) and job.get("owner") not in (None, self.owner):
-            return True  # another process took the job over (see _renew_leases)
-        if job["status"] == RUNNING and returncode == EXIT_STOPPED:
-            # Stopped by a SIGTERM that was not ours (sent to the whole process group):
-            # queued again, not counted as a failed attempt.
-            await asyncio.to_thread(self.store.release, job_id)
-            return True
-        if job["status"] == CANCELLING:  # killed after ignoring its cancellation
-            self.cleanup(job_id)
-            await asyncio.to_thread(self.store.finish, job_id, "cancelled")
-        elif job["status"] == RUNNING and job.get("result"):
+        """Record the outcome of a job whose process ended (`app.jobs.lifecycle`). Returns
+        False when the job is left for `stop` to queue again (the service is stopping)."""
+        next_step, job = await asyncio.to_thread(
+            settle,
+            self.store,
+            self.settings,
+            job_id,
+            returncode,
+            owner=self.owner,
+            stopping=self._stopping,
+        )
+        if next_step is Next.LEFT:
+            return False
+        if next_step is Next.PROMOTE and job is not None:
             await self._promote(job)
-        elif job["status"] == RUNNING:
-            # The process died without a word: queue the job again (it resumes), up to the
-            # attempt limit.
-            status = await asyncio.to_thread(
-                self.store.retry_or_fail,
-                job_id,
-                self.settings.max_job_attempts,
-                f"the training process ended unexpectedly (exit code {returncode})",
-                "worker_crashed",
-            )
-            if status == QUEUED:
-                log.warning("job %s: process ended with %s; queued again", job_id, returncode)
-                return True
-        job = await asyncio.to_thread(self.store.get, job_id)
-        if job is not None and job["status"] in ("succeeded", "failed", "cancelled"):
-            self.cleanup(job_id)
         return True
 
     async def _promote(self, job: dict[str, Any]) -> None:
-        job_id, name = job["id"], job["model"]
+        """Load, warm up and switch to the new version in this service (the model is added
+        when the job created it), then record the job's success."""
+        name = job["model"]
         version = int(job["result"]["version"])
-        result = dict(job["result"])
-        # What the new version is compared with (the console's side-by-side view).
         state = self.manager.models.get(name)
-        if state is not None and state.active is not None:
-            result["previous_version"] = state.active.version
+        previous = state.active.version if state is not None and state.active else None
+        result = promotion_result(job, previous)
         if job["promote"]:
             try:
                 if name in self.manager.models:
@@ -277,14 +258,10 @@ class JobSupervisor:
                     await self.manager.add_model(name)
                 result["promoted"] = True
             except ConvserveError as exc:
-                result["promoted"] = False
                 result["promotion_error"] = exc.message
-        else:
-            result["promoted"] = False
-            if name not in self.manager.models:  # a new model serves its only version
-                await self.manager.add_model(name)
-        await asyncio.to_thread(self.store.finish, job_id, SUCCEEDED, result=result)
-        log.info("job %s succeeded: %s version %d", job_id, name, version)
+        elif name not in self.manager.models:  # a new model serves its only version
+            await self.manager.add_model(name)
+        await asyncio.to_thread(succeed, self.store, self.settings, job, result)
         command = study_command(self.settings, name, version)
         if command is not None:
             task = asyncio.get_running_loop().create_task(self._study(command, name, version))

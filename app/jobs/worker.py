@@ -33,8 +33,9 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
 from app.config import Settings
-from app.jobs.runner import EXIT_STOPPED, remove_job_files, store_for, study_command
-from app.jobs.store import CANCELLED, CANCELLING, FINAL_STATES, QUEUED, RUNNING, SUCCEEDED
+from app.jobs.lifecycle import Next, promotion_result, settle, succeed
+from app.jobs.runner import store_for, study_command
+from app.jobs.store import CANCELLING, QUEUED, RUNNING
 from app.storage.factory import open_registry
 
 log = logging.getLogger("convserve.worker")
@@ -151,35 +152,23 @@ class TrainingWorker:
         return False
 
     def _after_exit(self, job_id: str, returncode: int | None) -> None:
-        job = self.store.get(job_id)
-        if job is None:
+        """Record the outcome of a job whose process ended (`app.jobs.lifecycle`)."""
+        next_step, job = settle(
+            self.store,
+            self.settings,
+            job_id,
+            returncode,
+            owner=self.owner,
+            stopping=self.stopping.is_set(),
+        )
+        if next_step is Next.LEFT and not self.store.release(job_id):
             return
-        status = job["status"]
-        if status == RUNNING and (self.stopping.is_set() or returncode == EXIT_STOPPED):
-            # Stopped, not failed: queued again without counting the attempt, for another
-            # worker (or this one after its restart) to resume from the last epoch.
-            if self.store.release(job_id):
-                send_job(self.broker, job_id)
-            return
-        if status == CANCELLING:  # killed after ignoring its cancellation
-            remove_job_files(self.settings, job_id)
-            self.store.finish(job_id, CANCELLED)
-        elif status == RUNNING and job.get("result"):
+        if next_step in (Next.LEFT, Next.REQUEUED):
+            # For another worker (or this one after its restart) to resume from the last
+            # completed epoch.
+            send_job(self.broker, job_id)
+        elif next_step is Next.PROMOTE and job is not None:
             self._promote(job)
-        elif status == RUNNING:
-            new = self.store.retry_or_fail(
-                job_id,
-                self.settings.max_job_attempts,
-                f"the training process ended unexpectedly (exit code {returncode})",
-                "worker_crashed",
-            )
-            if new == QUEUED:
-                log.warning("job %s: process ended with %s; queued again", job_id, returncode)
-                send_job(self.broker, job_id)
-                return
-        if self.store.status(job_id) in FINAL_STATES:
-            remove_job_files(self.settings, job_id)
-        if status == RUNNING and job.get("result"):
             self._study(job["model"], int(job["result"]["version"]))
 
     def _study(self, name: str, version: int) -> None:
@@ -193,21 +182,17 @@ class TrainingWorker:
             log.warning("precision study of %s version %d ended with %s", name, version, code)
 
     def _promote(self, job: dict[str, Any]) -> None:
-        """Point the model at the new version; the API replicas follow the pointer."""
+        """Point the model at the new version (the API replicas follow the pointer), then
+        record the job's success."""
         name, version = job["model"], int(job["result"]["version"])
-        result = dict(job["result"])
-        previous = self.registry.active_version(name)
-        if previous is not None and previous != version:
-            result["previous_version"] = previous
-        result["promoted"] = False
+        result = promotion_result(job, self.registry.active_version(name))
         if job["promote"]:
             try:
                 self.registry.set_active(name, version)
                 result["promoted"] = True
             except Exception as exc:
                 result["promotion_error"] = str(exc)[:300]
-        self.store.finish(job["id"], SUCCEEDED, result=result)
-        log.info("job %s succeeded: %s version %d", job["id"], name, version)
+        succeed(self.store, self.settings, job, result)
 
     # -- the worker ---------------------------------------------------------------------------
 
