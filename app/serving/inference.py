@@ -6,6 +6,7 @@ with its protocol."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -15,9 +16,26 @@ from typing import Protocol
 import numpy as np
 
 from app.config import Settings
+from app.data.images import ImageError, load_image
 from app.errors import ConvserveError
-from app.serving.manager import LoadedVersion, ModelManager
+from app.serving.batcher import BatcherClosed, QueueFull
+from app.serving.loader import LoadedVersion
+from app.serving.manager import ModelManager
 from app.serving.metrics import ServiceMetrics
+from app.serving.tta import VIEWS, combine, decode_size, expand
+
+
+class InputSizeChanged(ConvserveError):
+    """Images decoded for a version that was swapped for one with another input size."""
+
+    def __init__(self, name: str, current: LoadedVersion) -> None:
+        super().__init__(
+            "model_unavailable",
+            f"model {name!r} changed its input size while the request was decoded; retry",
+            503,
+            {"Retry-After": "0"},
+        )
+        self.current = current
 
 
 class Upload(Protocol):
@@ -115,7 +133,7 @@ class Inference:
         names = names or [f"image {n}" for n in range(len(blobs))]
         for name, blob in zip(names, blobs, strict=True):
             self.check_size(name, len(blob))
-        loaded, rows = await self.manager.classify(self.name, version, blobs, names, tta)
+        loaded, rows = await self.classify(version, blobs, names, tta)
         return self._outcome(loaded, rows)
 
     def check_size(self, name: str | None, size: int | None) -> None:
@@ -148,8 +166,106 @@ class Inference:
         target = await self.manager.resolve(self.name, version)
         images = pixels(array, target.image_size, where)
         self._check_count(len(images))
-        loaded, rows = await self.manager.predict(self.name, version, images, target, tta)
+        loaded, rows = await self.predict(version, images, target, tta)
         return self._outcome(loaded, rows)
+
+    # -- the request path: decode, queue on the version's batcher, combine views --------
+
+    async def decode(
+        self, blobs: list[bytes], filenames: list[str | None], size: int
+    ) -> list[np.ndarray]:
+        """Decode uploads off the event loop, in parallel; the first bad one raises its
+        `ImageError`, naming the file."""
+        loop = asyncio.get_running_loop()
+        max_pixels = self.settings.max_image_pixels
+        jobs = [
+            loop.run_in_executor(self.manager.decoder, load_image, b, size, max_pixels)
+            for b in blobs
+        ]
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        for filename, result in zip(filenames, results, strict=True):
+            if isinstance(result, ImageError):
+                result.message = f"{filename or 'image'}: {result.message}"
+                raise result
+            if isinstance(result, BaseException):
+                raise result
+        return [r for r in results if isinstance(r, np.ndarray)]
+
+    async def classify(
+        self,
+        version: int | None,
+        blobs: list[bytes],
+        filenames: list[str | None],
+        tta: str = "none",
+    ) -> tuple[LoadedVersion, list[np.ndarray]]:
+        """Decode encoded images at the input size of the version that serves them and
+        classify them (with test-time augmentation ``tta``). A swap to a version with
+        another input size while they were being decoded makes them decode again for the
+        new one: the request is not dropped."""
+        target = await self.manager.resolve(self.name, version)
+        self._check_views(len(blobs), tta)
+        for _ in range(3):
+            with target.batcher.expecting(len(blobs) * VIEWS[tta]):
+                side = decode_size(target.image_size, tta)
+                images = await self.decode(blobs, filenames, side)
+            try:
+                return await self.predict(version, images, target, tta)
+            except InputSizeChanged as exc:
+                target = exc.current
+        raise ConvserveError(
+            "model_unavailable", f"model {self.name!r} is being swapped", 503, {"Retry-After": "1"}
+        )
+
+    def _check_views(self, images: int, tta: str) -> None:
+        """Refuse a request whose views alone would overflow the queue (it could never
+        be taken), saying how many images fit."""
+        limit = self.settings.max_queue_size
+        if images * VIEWS[tta] > limit:
+            raise ConvserveError(
+                "too_many_files",
+                f"tta={tta} classifies {VIEWS[tta]} views of each image: {images} images are"
+                f" {images * VIEWS[tta]} for model {self.name!r}, over its queue of {limit};"
+                f" send at most {limit // VIEWS[tta]}",
+                413,
+            )
+
+    async def predict(
+        self,
+        version: int | None,
+        images: list[np.ndarray],
+        target: LoadedVersion | None = None,
+        tta: str = "none",
+    ) -> tuple[LoadedVersion, list[np.ndarray]]:
+        """Classify ``images`` on ``target`` (resolved earlier by the caller), or on the
+        version that replaced it if it was swapped out meanwhile; returns the version
+        that did it and one row per image. With ``tta`` each image's views are classified
+        and their probabilities averaged (images may then come at the crop size)."""
+        loaded = target or await self.manager.resolve(self.name, version)
+        self._check_views(len(images), tta)
+        for _ in range(3):
+            size = loaded.image_size
+            if images and images[0].shape[0] not in (size, decode_size(size, tta)):
+                raise InputSizeChanged(self.name, loaded)
+            try:
+                futures = loaded.batcher.enqueue(expand(images, tta, size))
+            except BatcherClosed:
+                loaded = await self.manager.resolve(
+                    self.name, version
+                )  # swapped: take the new version
+                continue
+            except QueueFull:
+                raise ConvserveError(
+                    "queue_full",
+                    f"model {self.name!r} has too many images waiting; retry shortly",
+                    503,
+                    {"Retry-After": "1"},
+                ) from None
+            self.metrics.queue_depth.labels(self.name).set(loaded.batcher.depth)
+            rows = await asyncio.gather(*futures)
+            return loaded, combine(list(rows), tta)
+        raise ConvserveError(
+            "model_unavailable", f"model {self.name!r} is being swapped", 503, {"Retry-After": "1"}
+        )
 
     def _outcome(self, loaded: LoadedVersion, rows: list[np.ndarray]) -> Outcome:
         self.served = str(loaded.version)
