@@ -518,19 +518,61 @@ def train(
     """
     hooks = hooks or Hooks()
     started = time.perf_counter()
-    deadline = None
-    if params.max_minutes:
-        budget = params.max_minutes * 60
-        reserve = min(budget * FINISH_RESERVE_SHARE, FINISH_RESERVE_SECONDS)
-        if study:
-            reserve += min(budget * STUDY_RESERVE_SHARE, STUDY_RESERVE_SECONDS)
-        deadline = time.monotonic() + budget - reserve
     keras.utils.set_random_seed(params.seed)
     workspace.mkdir(parents=True, exist_ok=True)
+    summary = _prepare_images(data_dir, workspace, params, hooks)
+    run = _Run(
+        params=params,
+        hooks=hooks,
+        workspace=workspace,
+        deadline=_deadline(params, study),
+        summary=summary,
+        datasets=load_datasets(
+            workspace / "images",
+            len(summary.class_names),
+            params.image_size,
+            params.batch_size,
+            params.validation_split,
+            params.seed,
+        ),
+    )
+    run.build_model(weights)
+    run.train_phases()
+    evaluation = run.evaluate()
+    metadata = run.describe(evaluation, source, weights, stored, started)
+    version = registry.write_version(
+        name, run.saver(evaluation, metadata, study), metadata, activate=activate
+    )
+    hooks.log(f"wrote {name} version {version}")
+    return TrainResult(
+        name,
+        version,
+        evaluation.metrics,
+        metadata["history"],
+        summary.to_dict(),
+        time.perf_counter() - started,
+    )
+
+
+def _deadline(params: TrainParams, study: bool) -> float | None:
+    """When training must stop (monotonic clock) so that the version is evaluated and
+    written (and its precision studied) within ``max_minutes``; None: no budget."""
+    if not params.max_minutes:
+        return None
+    budget = params.max_minutes * 60
+    reserve = min(budget * FINISH_RESERVE_SHARE, FINISH_RESERVE_SECONDS)
+    if study:
+        reserve += min(budget * STUDY_RESERVE_SHARE, STUDY_RESERVE_SECONDS)
+    return time.monotonic() + budget - reserve
+
+
+def _prepare_images(
+    data_dir: Path, workspace: Path, params: TrainParams, hooks: Hooks
+) -> DatasetSummary:
+    """Check and convert the images into the workspace, or reuse those an earlier attempt
+    of the same job prepared."""
     images_dir = workspace / "images"
     summary_file = workspace / "dataset.json"
-    history_file = workspace / "history.json"
-    phases_file = workspace / "phases.json"
     if summary_file.exists() and images_dir.is_dir():
         summary = DatasetSummary.from_dict(json.loads(summary_file.read_text()))
         hooks.log("resuming: reusing the prepared images")
@@ -540,59 +582,131 @@ def train(
         write_text_atomic(summary_file, json.dumps(summary.to_dict()))
     for skipped in summary.skipped:
         hooks.log(f"skipped {skipped.path}: {skipped.reason}")
-    class_names = summary.class_names
-    hooks.log(f"{summary.total} images in {len(class_names)} classes: {', '.join(class_names)}")
+    names = summary.class_names
+    hooks.log(f"{summary.total} images in {len(names)} classes: {', '.join(names)}")
+    return summary
 
-    train_ds, val_ds, val_files = load_datasets(
-        images_dir,
-        len(class_names),
-        params.image_size,
-        params.batch_size,
-        params.validation_split,
-        params.seed,
-    )
-    augmentation = augment_config(params)
-    model = build_classifier(
-        params.base,
-        len(class_names),
-        params.image_size,
-        weights=weights,
-        augmentation=augmentation,
-        from_scratch=params.from_scratch,
-    )
-    fine_tune_at, fine_tune_record = _fine_tune_choice(params, summary)
-    weights_by_class, class_weight_reason = class_weights(summary.counts, params.class_weight)
-    hooks.log(f"fine-tuning: {fine_tune_record['reason']}; class weights {class_weight_reason}")
-    phases = _phases(params, fine_tune_at)
-    # Phases already finished by an earlier attempt (resumed after a crash).
-    done: list[dict[str, Any]] = json.loads(phases_file.read_text()) if phases_file.exists() else []
-    first = 0
-    total = sum(p.max_epochs for p in phases)
-    head_best = float("inf")
-    steps = len(train_ds)
-    resume_from: Path | None = None  # the weights the last finished phase ended with
-    trained = False  # whether this attempt ran a phase (else the model is still untrained)
-    for index, phase in enumerate(phases):
-        folder = workspace / "phases" / phase.name
-        if index < len(done):
-            first += done[index]["epochs_run"]
-            total = first + sum(p.max_epochs for p in phases[index + 1 :])
-            head_best = done[index]["best_val_loss"] or head_best
-            if (folder / PHASE_RESULT).exists():  # not a phase the budget left out
-                resume_from = folder / PHASE_RESULT
-            continue
-        # Also between phases: the next phase's first batch (graph tracing) can take longer
-        # than the supervisor waits for a cancelled job.
-        _check_stop(hooks)
-        trained = True
-        if resume_from is not None and not (folder / "backup").exists():
-            load_weights(model, resume_from)
+
+@dataclass
+class _Evaluation:
+    y_true: Any
+    y_pred: Any
+    scores: Any
+    metrics: dict[str, Any]
+
+
+@dataclass
+class _Run:
+    """One training run, step by step: build the model, train its phases (resuming those
+    an earlier attempt finished), evaluate it, describe it, save it."""
+
+    params: TrainParams
+    hooks: Hooks
+    workspace: Path
+    deadline: float | None
+    summary: DatasetSummary
+    datasets: tuple[Any, Any, list[str]]  # training, validation, validation files
+    model: Any = None
+    augmentation: AugmentConfig | None = None
+    fine_tune_at: int | None = None
+    fine_tune_record: dict[str, Any] = field(default_factory=dict)
+    weights_by_class: dict[int, float] | None = None
+    class_weight_reason: str = ""
+    # The phases' records; those an earlier attempt finished come first.
+    done: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def phases_file(self) -> Path:
+        return self.workspace / "phases.json"
+
+    @property
+    def history_file(self) -> Path:
+        return self.workspace / "history.json"
+
+    def build_model(self, weights: str | None) -> None:
+        """The classifier on its base, and what the training of it will be: the fine-tuning
+        depth and the class weights, each with its reason."""
+        params = self.params
+        self.augmentation = augment_config(params)
+        self.model = build_classifier(
+            params.base,
+            len(self.summary.class_names),
+            params.image_size,
+            weights=weights,
+            augmentation=self.augmentation,
+            from_scratch=params.from_scratch,
+        )
+        self.fine_tune_at, self.fine_tune_record = _fine_tune_choice(params, self.summary)
+        self.weights_by_class, self.class_weight_reason = class_weights(
+            self.summary.counts, params.class_weight
+        )
+        self.hooks.log(
+            f"fine-tuning: {self.fine_tune_record['reason']};"
+            f" class weights {self.class_weight_reason}"
+        )
+
+    def train_phases(self) -> None:
+        """Run each phase in turn, skipping those an earlier attempt finished (their weights
+        are where the next phase starts), and stop when the time budget is spent."""
+        phases = _phases(self.params, self.fine_tune_at)
+        finished = json.loads(self.phases_file.read_text()) if self.phases_file.exists() else []
+        first = 0  # the epoch the next phase starts at
+        head_best = float("inf")
+        resume_from: Path | None = None  # the weights the last finished phase ended with
+        trained = False  # whether this attempt ran a phase (else the model is untrained)
+        for index, phase in enumerate(phases):
+            folder = self.workspace / "phases" / phase.name
+            later = phases[index + 1 :]
+            if index < len(finished):
+                self.done.append(finished[index])
+                first += finished[index]["epochs_run"]
+                head_best = finished[index]["best_val_loss"] or head_best
+                if (folder / PHASE_RESULT).exists():  # not a phase the budget left out
+                    resume_from = folder / PHASE_RESULT
+                continue
+            # Also between phases: the next phase's first batch (graph tracing) can take
+            # longer than the supervisor waits for a cancelled job.
+            _check_stop(self.hooks)
+            trained = True
+            if resume_from is not None and not (folder / "backup").exists():
+                load_weights(self.model, resume_from)
+            total = first + phase.max_epochs + sum(p.max_epochs for p in later)
+            record, best = self._fit_phase(phase, folder, first, total, last_phase=not later)
+            if phase.name == "fine_tune" and resume_from is not None and not best < head_best:
+                # Fine-tuning never beat the head (its first epochs, with a fresh optimizer,
+                # always lose some ground; patience lets it win it back): keep the head.
+                load_weights(self.model, resume_from)
+                record["kept"] = "head"
+            self._after_phase(record)
+            head_best = min(head_best, best)
+            first += record["epochs_run"]
+            self.done.append(record)
+            out_of_time = self.deadline is not None and time.monotonic() >= self.deadline
+            if out_of_time:
+                # No time left for the next phases: recorded as stopped by the budget with
+                # no epoch run, so a job resumed after this point does not train them either.
+                self.done.extend(_skipped_phase(p) for p in later)
+            resume_from = folder / PHASE_RESULT
+            self._save_phase(folder)
+            if out_of_time:
+                break
+        if not trained and resume_from is not None:
+            load_weights(self.model, resume_from)  # every phase had finished before a restart
+
+    def _fit_phase(
+        self, phase: _Phase, folder: Path, first: int, total: int, last_phase: bool
+    ) -> tuple[dict[str, Any], float]:
+        """Fit one phase to its best epoch; returns its record (with the best weights
+        restored) and its best validation loss."""
+        params, hooks = self.params, self.hooks
+        train_ds, val_ds, _ = self.datasets
+        steps = len(train_ds)
         if phase.name == "fine_tune":
-            unfreeze_from(model, fine_tune_at or 0)
-        _compile(model, phase.learning_rate)
-        phase_deadline = deadline
-        if deadline is not None and index < len(phases) - 1:
-            phase_deadline = time.monotonic() + (deadline - time.monotonic()) * HEAD_SHARE
+            unfreeze_from(self.model, self.fine_tune_at or 0)
+        _compile(self.model, phase.learning_rate)
+        phase_deadline = self.deadline
+        if self.deadline is not None and not last_phase:
+            phase_deadline = time.monotonic() + (self.deadline - time.monotonic()) * HEAD_SHARE
         last = first + phase.max_epochs
         if hooks.on_phase is not None:
             hooks.on_phase(phase.name, first, total)
@@ -621,21 +735,21 @@ def train(
             stop_at,
             schedule,
             _Backup(folder / "backup"),
-            _EpochCallback(phase.name, total, hooks, history_file),
+            _EpochCallback(phase.name, total, hooks, self.history_file),
         ]
         # The files written at an epoch's end describe the same epoch: a stop waits until
         # all of them are written.
         callbacks = [_HoldStop(), *callbacks, _ReleaseStop()]
         if phase.name == "fine_tune" and not decay:
             callbacks.insert(0, _WarmUp(steps, phase.learning_rate))
-        model.fit(
+        self.model.fit(
             train_ds,
             validation_data=val_ds,
             initial_epoch=first,
             epochs=last,
             shuffle=False,  # the dataset reshuffles itself every epoch
             verbose=0,
-            class_weight=weights_by_class,
+            class_weight=self.weights_by_class,
             callbacks=callbacks,
         )
         _check_stop(hooks)
@@ -653,106 +767,130 @@ def train(
                 else "divided by 3.3 on a validation loss plateau"
             ),
         }
-        if phase.name == "fine_tune" and resume_from is not None and not best.best < head_best:
-            # Fine-tuning never beat the head (its first epochs, with a fresh optimizer,
-            # always lose some ground; patience lets it win it back): keep the head.
-            load_weights(model, resume_from)
-            record["kept"] = "head"
-        else:
-            best.restore(model)
-        if params.from_scratch and (batches := recompute_batchnorm_statistics(model, train_ds)):
+        best.restore(self.model)
+        return record, best.best
+
+    def _after_phase(self, record: dict[str, Any]) -> None:
+        """From scratch, the BatchNorm statistics are recomputed; then the phase is logged."""
+        train_ds = self.datasets[0]
+        if self.params.from_scratch and (
+            batches := recompute_batchnorm_statistics(self.model, train_ds)
+        ):
             record["batchnorm"] = f"statistics recomputed over {batches} training batches"
-            hooks.log(f"BatchNorm statistics recomputed over {batches} training batches")
-        head_best = min(head_best, best.best)
-        hooks.log(
-            f"phase {phase.name} stopped ({record['stopped']}) after {ran} epochs;"
-            f" best epoch {record['best_epoch']}"
+            self.hooks.log(f"BatchNorm statistics recomputed over {batches} training batches")
+        self.hooks.log(
+            f"phase {record['phase']} stopped ({record['stopped']}) after"
+            f" {record['epochs_run']} epochs; best epoch {record['best_epoch']}"
             + (", fine-tuning did not help: keeping the head's weights" if "kept" in record else "")
         )
-        resume_from = folder / PHASE_RESULT
+
+    def _save_phase(self, folder: Path) -> None:
+        """The phase's weights and the phases' records, or neither (a resumed job trusts
+        what it finds)."""
+        result = folder / PHASE_RESULT
         partial = folder / f"partial.{PHASE_RESULT}"
-        first += ran
-        total = first + sum(p.max_epochs for p in phases[index + 1 :])
-        done.append(record)
-        out_of_time = deadline is not None and time.monotonic() >= deadline
-        if out_of_time:
-            # No time left for the next phases: recorded as stopped by the budget with no
-            # epoch run, so a job resumed after this point does not train them either.
-            for later in phases[index + 1 :]:
-                done.append(
-                    {
-                        "phase": later.name,
-                        "max_epochs": later.max_epochs,
-                        "epochs_run": 0,
-                        "best_epoch": None,
-                        "best_val_loss": None,
-                        "stopped": "time_budget",
-                    }
-                )
-        with interrupt.held():  # the phase's weights and its record, or neither
-            model.save_weights(partial)
-            os.replace(partial, resume_from)  # never half a file
-            write_text_atomic(phases_file, json.dumps(done))
-        if out_of_time:
-            break
-    if not trained and resume_from is not None:
-        load_weights(model, resume_from)  # every phase had finished before a restart
+        with interrupt.held():
+            self.model.save_weights(partial)
+            os.replace(partial, result)  # never half a file
+            write_text_atomic(self.phases_file, json.dumps(self.done))
 
-    y_true, y_pred, scores = predict_dataset(model, val_ds)
-    metrics = classification_metrics(y_true, y_pred, class_names)
-    history = sorted(read_history(history_file), key=lambda h: h["epoch"])
-    hooks.log(f"validation accuracy {metrics['accuracy']:.4f} on {metrics['images']} images")
-    training = {
-        "phases": done,
-        "fine_tune_at": fine_tune_record,
-        "class_weight": {
-            "mode": params.class_weight,
-            "weights": {class_names[i]: round(w, 4) for i, w in (weights_by_class or {}).items()},
-            "reason": class_weight_reason,
-        },
-        "augmentation": asdict(augmentation) if augmentation is not None else None,
-        "early_stopping_patience": params.resolved_early_stopping_patience,
-        "max_minutes": params.max_minutes or None,
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    sources_file = images_dir / SOURCES_FILE
-    sources = json.loads(sources_file.read_text()) if sources_file.exists() else {}
-    metadata = {
-        "source": source,
-        "architecture": params.base,
-        "base": params.base,
-        "class_names": class_names,
-        "image_size": params.image_size,
-        "pretrained": None if params.from_scratch else weights,
-        "params": params.model_dump(),
-        "training": training,
-        "history": history,
-        "metrics": metrics,
-        "dataset": _dataset_record(summary, stored, val_files, sources),
-        **hooks.extra_metadata,
-    }
-
-    def save(folder: Path) -> None:
-        model.save(folder / MODEL_FILE)
-        write_validation_samples(folder, val_files, y_true, y_pred, scores, sources)
-        # The held-out set and the precision study go with the version, so serving can use
-        # the fastest precision that keeps its accuracy (app.serving.precision).
-        heldout = heldout_from_prepared(
-            val_files, _training_files(images_dir, val_files), params.image_size
+    def evaluate(self) -> _Evaluation:
+        """The model's answers and metrics on the validation images."""
+        y_true, y_pred, scores = predict_dataset(self.model, self.datasets[1])
+        metrics = classification_metrics(y_true, y_pred, self.summary.class_names)
+        self.hooks.log(
+            f"validation accuracy {metrics['accuracy']:.4f} on {metrics['images']} images"
         )
-        heldout.save(folder)
-        if study:
-            hooks.log("measuring the version's accuracy at each inference precision")
-            metadata["precision_study"] = study_or_fallback(
-                folder / MODEL_FILE, params.image_size, heldout, log=hooks.log
-            )
-        metadata["heldout"] = heldout.summary()
+        return _Evaluation(y_true, y_pred, scores, metrics)
 
-    version = registry.write_version(name, save, metadata, activate=activate)
-    hooks.log(f"wrote {name} version {version}")
-    return TrainResult(
-        name, version, metrics, history, summary.to_dict(), time.perf_counter() - started
-    )
+    def describe(
+        self,
+        evaluation: _Evaluation,
+        source: str,
+        weights: str | None,
+        stored: StoredDataset | None,
+        started: float,
+    ) -> dict[str, Any]:
+        """The version's metadata: what it is, how it trained and why, how well it did."""
+        params, names = self.params, self.summary.class_names
+        by_class = self.weights_by_class or {}
+        training = {
+            "phases": self.done,
+            "fine_tune_at": self.fine_tune_record,
+            "class_weight": {
+                "mode": params.class_weight,
+                "weights": {names[i]: round(w, 4) for i, w in by_class.items()},
+                "reason": self.class_weight_reason,
+            },
+            "augmentation": asdict(self.augmentation) if self.augmentation is not None else None,
+            "early_stopping_patience": params.resolved_early_stopping_patience,
+            "max_minutes": params.max_minutes or None,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        return {
+            "source": source,
+            "architecture": params.base,
+            "base": params.base,
+            "class_names": names,
+            "image_size": params.image_size,
+            "pretrained": None if params.from_scratch else weights,
+            "params": params.model_dump(),
+            "training": training,
+            "history": sorted(read_history(self.history_file), key=lambda h: h["epoch"]),
+            "metrics": evaluation.metrics,
+            "dataset": _dataset_record(self.summary, stored, self.datasets[2], self.sources),
+            **self.hooks.extra_metadata,
+        }
+
+    @property
+    def sources(self) -> dict[str, Any]:
+        sources_file = self.workspace / "images" / SOURCES_FILE
+        return json.loads(sources_file.read_text()) if sources_file.exists() else {}
+
+    def saver(
+        self, evaluation: _Evaluation, metadata: dict[str, Any], study: bool
+    ) -> Callable[[Path], None]:
+        """What writes the version's files into its folder: the model, the validation
+        samples, the held-out set and (``study``) the precision study."""
+        val_files = self.datasets[2]
+        images_dir = self.workspace / "images"
+        image_size = self.params.image_size
+
+        def save(folder: Path) -> None:
+            self.model.save(folder / MODEL_FILE)
+            write_validation_samples(
+                folder,
+                val_files,
+                evaluation.y_true,
+                evaluation.y_pred,
+                evaluation.scores,
+                self.sources,
+            )
+            # The held-out set and the precision study go with the version, so serving can
+            # use the fastest precision that keeps its accuracy (app.serving.precision).
+            heldout = heldout_from_prepared(
+                val_files, _training_files(images_dir, val_files), image_size
+            )
+            heldout.save(folder)
+            if study:
+                self.hooks.log("measuring the version's accuracy at each inference precision")
+                metadata["precision_study"] = study_or_fallback(
+                    folder / MODEL_FILE, image_size, heldout, log=self.hooks.log
+                )
+            metadata["heldout"] = heldout.summary()
+
+        return save
+
+
+def _skipped_phase(phase: _Phase) -> dict[str, Any]:
+    return {
+        "phase": phase.name,
+        "max_epochs": phase.max_epochs,
+        "epochs_run": 0,
+        "best_epoch": None,
+        "best_val_loss": None,
+        "stopped": "time_budget",
+    }
 
 
 @dataclass
