@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from app.config import Settings
 from app.main import create_app
 from app.storage.registry import ModelRegistry
+from tests.fakes import fake_models, write_fake_version
 from tests.helpers import write_toy_version
 
 
@@ -25,6 +26,19 @@ def registry(tmp_path: Path) -> ModelRegistry:
     write_toy_version(reg, "toy", ["circle", "square"], seed=0)
     reg.set_active("toy", 1)
     return reg
+
+
+@pytest.fixture
+def fake_registry(tmp_path: Path, fake_models: None) -> ModelRegistry:
+    """A registry whose "toy" model is a fake (`tests.fakes`): for route tests where
+    loading Keras is not the point."""
+    reg = ModelRegistry(tmp_path / "models")
+    write_fake_version(reg, "toy", ["circle", "square"])
+    reg.set_active("toy", 1)
+    return reg
+
+
+__all__ = ["fake_models"]
 
 
 @pytest.fixture

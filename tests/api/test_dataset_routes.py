@@ -15,7 +15,7 @@ from tests.helpers import image_bytes, make_dataset, pattern_image, zip_director
 
 
 @pytest.fixture
-def api(registry, settings_for):
+def api(fake_registry, settings_for):
     settings = settings_for(run_jobs=False, max_dataset_images=40, max_files_per_request=8)
     with TestClient(create_app(settings)) as c:
         yield c
@@ -162,7 +162,7 @@ def test_errors_have_the_right_status_and_code(api, tmp_path) -> None:
     assert api.get("/datasets/shapes").json()["images"] == 12 + 24
 
 
-def test_admin_key_guards_every_change(registry, settings_for, tmp_path) -> None:
+def test_admin_key_guards_every_change(fake_registry, settings_for, tmp_path) -> None:
     with TestClient(create_app(settings_for(run_jobs=False, api_key="k"))) as api:
         r = api.post("/datasets", data={"name": "d"})
         assert r.status_code == 401

@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 
+from app.main import create_app
 from tests.helpers import image_bytes, pattern_image
 
 
@@ -141,3 +143,16 @@ def test_an_image_sent_the_wrong_way_gets_told_how_to_send_it(client):
     assert "image parts named 'file'" in renamed.json()["detail"]
     archive = client.post("/finetune", content=b"PK", headers={"Content-Type": "application/zip"})
     assert archive.status_code in (415, 422), archive.text
+
+
+def test_the_fake_model_answers_through_the_real_request_path(fake_registry, settings_for):
+    """The route tests' fake model (tests/fakes.py) goes through the same batcher and
+    request path: a dark image is its first class, a bright one its second."""
+    with TestClient(create_app(settings_for())) as c:
+        dark = image_bytes(Image.new("RGB", (40, 40), (10, 10, 10)))
+        bright = image_bytes(Image.new("RGB", (40, 40), (250, 250, 250)))
+        r = c.post("/predict", files=[("file", ("d.png", dark)), ("file", ("b.png", bright))])
+    assert r.status_code == 200, r.text
+    tops = [p["top"][0] for p in r.json()["predictions"]]
+    assert [t["label"] for t in tops] == ["circle", "square"]
+    assert [t["score"] for t in tops] == pytest.approx([0.9, 0.9])

@@ -1,0 +1,75 @@
+"""A fake model for the route tests where loading Keras is not the point: a registry
+version with no network in it, served by `FakePredictor`, which answers in microseconds
+and by a rule a test can predict (the brighter the image, the higher the class)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.storage.registry import MODEL_FILE, ModelRegistry
+
+FAKE_FILE = "fake.json"  # beside the model file: marks a fake version, with its classes
+
+
+class FakePredictor:
+    backend = "fake"
+    precision = "f32"
+    parallelism = 1
+    batch_size = 8
+
+    def __init__(self, model_path: Path, image_size: int) -> None:
+        self.image_size = image_size
+        self.classes = json.loads((Path(model_path).parent / FAKE_FILE).read_text())["classes"]
+
+    def load(self) -> None:
+        pass
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Class ``k`` of ``n`` for an image whose mean brightness is in the k-th n-th of
+        0-255, with a score of 0.9 (the rest shared by the others)."""
+        n = len(self.classes)
+        brightness = batch.reshape(len(batch), -1).mean(axis=1)
+        chosen = np.minimum((brightness / 256 * n).astype(int), n - 1)
+        rows = np.full((len(batch), n), 0.1 / max(n - 1, 1), dtype=np.float32)
+        rows[np.arange(len(batch)), chosen] = 0.9 if n > 1 else 1.0
+        return rows
+
+
+def write_fake_version(
+    registry: ModelRegistry, name: str, classes: list[str], size: int = 32, **metadata: object
+) -> int:
+    """A registry version that `FakePredictor` serves (see the ``fake_models`` fixture)."""
+
+    def save(folder: Path) -> None:
+        (folder / MODEL_FILE).write_bytes(b"not a network: served by tests.fakes")
+        (folder / FAKE_FILE).write_text(json.dumps({"classes": classes}))
+
+    meta = {
+        "source": "test",
+        "base": "fake",
+        "architecture": "fake",
+        "class_names": classes,
+        "image_size": size,
+        "metrics": {"accuracy": 0.5},
+        **metadata,
+    }
+    return registry.write_version(name, save, meta)
+
+
+@pytest.fixture
+def fake_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serve fake versions with `FakePredictor`, and the others as usual."""
+    import app.serving.loader as loader
+
+    real = loader.make_predictor
+
+    def make_predictor(model_path, image_size, backend, precision="f32"):
+        if (Path(model_path).parent / FAKE_FILE).exists():
+            return FakePredictor(model_path, image_size)
+        return real(model_path, image_size, backend, precision)
+
+    monkeypatch.setattr(loader, "make_predictor", make_predictor)
