@@ -6,6 +6,13 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from app.names import LABEL_REGEX
+
+LABEL_RULE = (
+    "a class name: 1-100 characters, no '/', '\\' or control characters, not starting"
+    " with '.', no space at either end"
+)
+
 
 class ErrorBody(BaseModel):
     detail: str
@@ -275,9 +282,9 @@ class DatasetVersionDetail(DatasetVersionInfo):
 
 
 class Relabel(BaseModel):
-    label: str = Field(min_length=1, max_length=100)
+    label: str = Field(pattern=LABEL_REGEX, description=LABEL_RULE)
     create_class: bool = False  # make the class when the dataset has none by that name
 
 
 class NewClass(BaseModel):
-    label: str = Field(min_length=1, max_length=100)
+    label: str = Field(pattern=LABEL_REGEX, description=LABEL_RULE)

@@ -25,7 +25,9 @@ from app.jobs.intake import (
     check_only,
     stored_dataset_summary,
 )
+from app.names import LABEL_REGEX, NAME_PATTERN, NAME_REGEX
 from app.schemas import (
+    LABEL_RULE,
     DatasetChange,
     DatasetDiff,
     DatasetImages,
@@ -37,8 +39,7 @@ from app.schemas import (
     NewClass,
     Relabel,
 )
-from app.storage.datasets import DatasetStore, check_name
-from app.storage.objects import NAME_PATTERN
+from app.storage.datasets import DATASET_NAME_RULE, DatasetStore, check_name
 
 # A dataset name in a path: the rule is in the document, so a bad one is 422 up front.
 DatasetName = Annotated[
@@ -95,7 +96,7 @@ def create_dataset(
     response: Response,
     settings: SettingsDep,
     datasets: Datasets,
-    name: str = Form(..., description="1-64 letters, digits, '_', '-' or '.'"),
+    name: str = Form(..., pattern=NAME_REGEX, description=DATASET_NAME_RULE),
     archive: UploadFile | None = File(
         None, description="optional .zip, .tar or .tar.gz of class folders"
     ),
@@ -141,9 +142,11 @@ def add_images(
     settings: SettingsDep,
     datasets: Datasets,
     label: str = Query(
-        ..., min_length=1, max_length=100, description="the class; a new name makes a new class"
+        ...,
+        pattern=LABEL_REGEX,
+        description=f"the class (a new name makes a new class): {LABEL_RULE}",
     ),
-    file: list[UploadFile] = File(..., description="one or more images"),
+    file: list[UploadFile] = File(..., min_length=1, description="one or more images"),
     source: str = Query("api", pattern="^(api|console)$", description="recorded per image"),
 ) -> Any:
     """Add images to class ``label`` (a new version). What is not a usable image is

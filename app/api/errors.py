@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -12,6 +13,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import ConvserveError
+from app.names import LABEL_REGEX, NAME_REGEX
+from app.schemas import LABEL_RULE
 
 log = logging.getLogger("convserve.api")
 
@@ -64,13 +67,42 @@ _FILE_FIELDS = {
 }
 
 
+# A name or class that breaks its rule (the pattern the document gives it): the rule in
+# words, and the stable code the checks behind the API use for it.
+_NAMES = {
+    NAME_REGEX: (
+        "invalid_name",
+        "1-64 letters, digits, '_', '.' or '-', starting with a letter or digit",
+    ),
+    LABEL_REGEX: ("invalid_label", LABEL_RULE),
+}
+_NAME_CODES = {"name": "invalid_dataset_name", "dataset_name": "invalid_dataset_name"}
+
+
+def _name_problem(err: dict[str, Any], loc: tuple[object, ...]) -> tuple[str, str] | None:
+    """(code, sentence) for a name or class that does not match its rule, else None."""
+    rule = _NAMES.get(str((err.get("ctx") or {}).get("pattern")))
+    if err.get("type") != "string_pattern_mismatch" or rule is None:
+        return None
+    code, words = rule
+    field = str(loc[-1]) if loc else "name"
+    if code == "invalid_name":
+        code = _NAME_CODES.get(field, "invalid_parameters")
+    return code, f"{err.get('input')!r} is not a usable {field.replace('_', ' ')}: {words}"
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     problems = []
     missing_files = []
+    codes = set()
     for err in exc.errors():
         loc = tuple(err.get("loc", ()))
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        named = _name_problem(err, loc)
+        codes.add(named[0] if named else "invalid_parameters")
+        if named:
+            msg = named[1]
         if err.get("type") == "missing" and loc[:1] == ("body",) and loc[-1] in _FILE_FIELDS:
             missing_files.append(str(loc[-1]))
             msg = f"missing: send multipart/form-data with {_FILE_FIELDS[str(loc[-1])]}"
@@ -83,7 +115,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
             _FILE_FIELDS[f] for f in missing_files
         )
         return error_response(415, "unsupported_media_type", detail, None, request.url.path)
-    return error_response(422, "invalid_parameters", "; ".join(problems), None, request.url.path)
+    code = codes.pop() if len(codes) == 1 else "invalid_parameters"
+    return error_response(422, code, "; ".join(problems), None, request.url.path)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -16,10 +16,11 @@ from app.api.deps import Admin, Datasets, Jobs, Manager, Registry, SettingsDep, 
 from app.errors import ConvserveError
 from app.jobs.intake import queue_job
 from app.jobs.store import CANCELLED, DONE, PROGRESS, JobEvent
+from app.names import NAME_PATTERN, NAME_REGEX
 from app.nets.catalog import ARCHITECTURES
 from app.schemas import ErrorBody, Job, JobCreated, JobList
 from app.storage.datasets import DATASET_NAME_RULE
-from app.storage.registry import MODEL_NAME_RULE, NAME_PATTERN
+from app.storage.registry import MODEL_NAME_RULE
 from app.training.params import TrainParams
 
 router = APIRouter(prefix="/finetune", tags=["finetune"])
@@ -30,10 +31,10 @@ def _train_form_parameters() -> list[inspect.Parameter]:
     OpenAPI document shows each one's type, range, words and description)."""
     fields = []
     for name, field in TrainParams.model_fields.items():
+        # A form field is given or left out: its type is the value's (never null).
         annotation: Any = field.annotation
-        if field.metadata:  # the range applies to the value, not to its absence
+        if field.metadata:
             annotation = Annotated[annotation, *field.metadata]
-        annotation = annotation | None
         default = Form(None, description=field.description)
         fields.append(
             inspect.Parameter(
@@ -114,19 +115,26 @@ async def create_job(
     registry: Registry,
     supervisor: Supervisor,
     datasets: Datasets,
-    dataset: UploadFile | None = File(
+    # Each form field is given or left out, so the document types it as its value (never
+    # null); left out, it is None here.
+    dataset: UploadFile = File(
         None,
         description=".zip, .tar or .tar.gz, one folder per class; or none, with dataset_name",
     ),
-    dataset_name: str | None = Form(
+    dataset_name: str = Form(
         None,
+        pattern=NAME_REGEX,
         description="train on this stored dataset; with an archive, the archive is stored"
         " first as its next version (version 1 of a new dataset)",
     ),
-    dataset_version: int | None = Form(
+    dataset_version: int = Form(
         None, ge=1, description="the stored dataset's version; default the latest"
     ),
-    model: str | None = Form(None),
+    model: str = Form(
+        None,
+        pattern=NAME_REGEX,
+        description="the model (default the default model); a new name creates it",
+    ),
     given: dict[str, Any] = Depends(train_form),
     promote: bool = Form(True),
 ) -> JobCreated:

@@ -28,7 +28,7 @@ async def predict(
     manager: Manager,
     metrics: Metrics,
     settings: SettingsDep,
-    file: list[UploadFile] = File(..., description="one or more images"),
+    file: list[UploadFile] = File(..., min_length=1, description="one or more images"),
     model: str | None = Query(None, description="model name; default: the default model"),
     version: int | None = Query(None, ge=1, description="version; default: the active one"),
     top_k: int = Query(5, ge=1, le=1000),

@@ -23,10 +23,10 @@ from app.api.deps import Datasets, Jobs, Manager, Registry, SettingsDep
 from app.api.models import model_detail, model_info
 from app.data.datasets import FEW_IMAGES_WARNING
 from app.errors import ConvserveError
+from app.names import NAME_PATTERN
 from app.nets.catalog import ARCHITECTURES
 from app.schemas import Job
 from app.storage.datasets import not_found
-from app.storage.objects import NAME_PATTERN
 from app.training.params import TrainParams
 
 HERE = Path(__file__).parent

@@ -30,7 +30,7 @@ SIGNATURE = "serving_default"
 _B64 = {
     "type": "object",
     "description": "an encoded image (JPEG, PNG, BMP, GIF or WebP) in base64",
-    "properties": {"b64": {"type": "string", "format": "byte"}},
+    "properties": {"b64": {"type": "string", "format": "byte", "minLength": 4}},
     "required": ["b64"],
     "additionalProperties": False,
 }
@@ -63,8 +63,9 @@ _PREDICT_BODY = _body(
         "properties": {
             "signature_name": _SIGNATURE,
             "instances": {"type": "array", "items": _VALUE, "minItems": 1},
-            "inputs": {"anyOf": [{"type": "array", "items": _VALUE}, _VALUE]},
+            "inputs": {"anyOf": [{"type": "array", "items": _VALUE, "minItems": 1}, _VALUE]},
         },
+        "oneOf": [{"required": ["instances"]}, {"required": ["inputs"]}],
     }
 )
 _CLASSIFY_BODY = _body(

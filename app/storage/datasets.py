@@ -30,8 +30,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from app.errors import ConvserveError
+from app.names import LABEL_PATTERN, NAME_PATTERN
 from app.storage.objects import (
-    NAME_PATTERN,
     ObjectExists,
     ObjectMissing,
     ObjectStore,
@@ -42,7 +42,6 @@ from app.storage.objects import (
 DATASET_NAME_RULE = name_rule("dataset")
 IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")
 SOURCES = ("upload", "console", "api", "prediction")
-_LABEL_FORBIDDEN = re.compile(r"[/\\\x00-\x1f\x7f]")
 
 
 class DatasetStoreError(ConvserveError):
@@ -62,13 +61,7 @@ def check_name(name: str) -> str:
 def check_label(label: str) -> str:
     """A class name: it becomes a folder in exports and training, so no slashes, no
     control characters, no leading dot, 1-100 characters."""
-    if (
-        not label
-        or len(label) > 100
-        or label != label.strip()
-        or label.startswith(".")
-        or _LABEL_FORBIDDEN.search(label)
-    ):
+    if not LABEL_PATTERN.match(label):
         raise DatasetStoreError(
             "invalid_label",
             f"{label!r} is not a usable class name: 1-100 characters, no '/', '\\' or control"

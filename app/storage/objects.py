@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import uuid
 from abc import ABC, abstractmethod
 from datetime import UTC, datetime
 from pathlib import Path
 
 # Model and dataset names.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def name_rule(kind: str) -> str:

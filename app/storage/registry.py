@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import ConvserveError, writing_to
+from app.names import NAME_PATTERN
 from app.storage.local import file_lock
-from app.storage.objects import NAME_PATTERN, fsync_dir, name_rule, utc_now, write_text_atomic
+from app.storage.objects import fsync_dir, name_rule, utc_now, write_text_atomic
 
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"

@@ -40,12 +40,12 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import writing_to
+from app.names import NAME_PATTERN
 from app.storage.objects import utc_now, write_text_atomic
 from app.storage.registry import (
     ACTIVE_FILE,
     METADATA_FILE,
     MODEL_NAME_RULE,
-    NAME_PATTERN,
     ModelRegistry,
     RegistryError,
     activation_conflict,
