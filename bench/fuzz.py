@@ -30,18 +30,24 @@ ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "fuzz-key"
 # Half the names and versions generated for paths and queries are ones that exist, so the
 # fuzzed bodies and queries also reach the code behind the lookups.
-CONFIG = """
+DICTIONARIES = """
 [dictionaries.models]
 values = ["mobilenet_v2", "resnet50"]
 
 [dictionaries.versions]
+values = [1]
+
+[dictionaries.labels]
 values = ["1", "active", "latest"]
 
 [parameters]
 "path.name" = { dictionary = "models", probability = 0.5 }
 "query.model" = { dictionary = "models", probability = 0.5 }
 "path.version" = { dictionary = "versions", probability = 0.5 }
-"path.label" = { dictionary = "versions", probability = 0.5 }
+
+[[operations]]
+include-path-regex = "/labels/"
+parameters = { "path.version" = { dictionary = "labels", probability = 0.5 } }
 """
 CHECKS = (
     "not_a_server_error,status_code_conformance,content_type_conformance,"
@@ -84,7 +90,10 @@ def main() -> None:
     try:
         wait_ready(url, service)
         started = time.perf_counter()
-        (work / "schemathesis.toml").write_text(CONFIG)
+        # The project's configuration (schemathesis.toml: what each operation may refuse),
+        # then the names that exist.
+        project = (ROOT / "schemathesis.toml").read_text()
+        (work / "schemathesis.toml").write_text(project + "\n" + DICTIONARIES)
         run = subprocess.run(
             [
                 str(Path(sys.executable).with_name("schemathesis")),

@@ -97,9 +97,8 @@ def create_dataset(
     settings: SettingsDep,
     datasets: Datasets,
     name: str = Form(..., pattern=NAME_REGEX, description=DATASET_NAME_RULE),
-    archive: UploadFile | None = File(
-        None, description="optional .zip, .tar or .tar.gz of class folders"
-    ),
+    # Given or left out (None), never null: the document types it as a file.
+    archive: UploadFile = File(None, description="optional .zip, .tar or .tar.gz of class folders"),
 ) -> Any:
     """Create a dataset: empty, or from an archive of class folders (its version 1). Files
     that are not usable images are skipped and listed; exact copies are stored once."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Union, get_args
 
 from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -32,10 +32,18 @@ def _train_form_parameters() -> list[inspect.Parameter]:
     fields = []
     for name, field in TrainParams.model_fields.items():
         # A form field is given or left out: its type is the value's (never null).
+        members = [m for m in get_args(field.annotation) if m is not type(None)]
         annotation: Any = field.annotation
-        if field.metadata:
-            annotation = Annotated[annotation, *field.metadata]
-        default = Form(None, description=field.description)
+        if type(None) in get_args(field.annotation):
+            annotation = members[0] if len(members) == 1 else Union[tuple(members)]  # noqa: UP007
+        # The range (ge, gt, le) goes on the form field, where FastAPI documents it.
+        bounds = {
+            key: getattr(rule, key)
+            for rule in field.metadata
+            for key in ("ge", "gt", "le", "lt")
+            if hasattr(rule, key)
+        }
+        default = Form(None, description=field.description, **bounds)
         fields.append(
             inspect.Parameter(
                 name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
@@ -95,6 +103,16 @@ def _check_source(
     status_code=202,
     response_model=JobCreated,
     dependencies=[Admin],
+    # The images: an upload (with no dataset_version: it becomes the next version), or a
+    # stored dataset (dataset_name, and dataset_version if not the latest).
+    openapi_extra={
+        "x-body-rules": {
+            "anyOf": [
+                {"required": ["dataset"], "not": {"required": ["dataset_version"]}},
+                {"required": ["dataset_name"], "not": {"required": ["dataset"]}},
+            ]
+        }
+    },
     responses={
         404: {"model": ErrorBody, "description": "no such stored dataset, or version of it"},
         202: {

@@ -91,6 +91,9 @@ def _document(spec: dict[str, Any]) -> None:
         "properties": {"error": {"type": "string"}, "code": {"type": "string"}},
         "required": ["error", "code"],
     }
+    for operations in spec.get("paths", {}).values():
+        for operation in operations.values():
+            _apply_body_rules(operation, schemas)
     for path, operations in spec.get("paths", {}).items():
         body = PROTOCOL_ERROR_BODY if path.startswith(PROTOCOL_PREFIXES) else ERROR_BODY
         for operation in operations.values():
@@ -108,6 +111,19 @@ def _document(spec: dict[str, Any]) -> None:
                 if status in _HEADERS:
                     entry["headers"] = _HEADERS[status]
                 responses[status] = entry
+
+
+def _apply_body_rules(operation: dict[str, Any], schemas: dict[str, Any]) -> None:
+    """Rules between a form's fields, declared by its route (``openapi_extra`` with
+    ``x-body-rules``: JSON Schema keywords), added to the form's schema."""
+    rules = operation.pop("x-body-rules", None)
+    if not rules:
+        return
+    for media in operation.get("requestBody", {}).get("content", {}).values():
+        ref = media.get("schema", {}).get("$ref", "")
+        target = schemas.get(ref.rsplit("/", 1)[-1])
+        if target is not None:
+            target.update(rules)
 
 
 def install(app: FastAPI) -> None:

@@ -34,7 +34,7 @@ _B64 = {
     "required": ["b64"],
     "additionalProperties": False,
 }
-_PIXELS = {"type": "array", "description": "an image as [S, S, 3] pixels, 0-255"}
+_PIXELS = {"type": "array", "minItems": 1, "description": "an image as [S, S, 3] pixels, 0-255"}
 _VALUE = {
     "anyOf": [
         _B64,
