@@ -112,7 +112,7 @@ def calibration_record(probs: np.ndarray, labels: np.ndarray, keep_share: float)
             "ece_before": before["ece"],
             "ece_after": after["ece"],
             "bins": ECE_BINS,
-            "images": int(len(labels)),
+            "images": len(labels),
             "reliability_before": before["bins"],
             "reliability_after": after["bins"],
         },
