@@ -27,6 +27,9 @@ class Label(BaseModel):
 
 class ImagePrediction(BaseModel):
     filename: str | None
+    # True when the version abstains: its calibrated top score is under its threshold (or
+    # the client's), or the top class is its "none of these" class. `top` is still listed.
+    unknown: bool = False
     top: list[Label]
 
 

@@ -32,6 +32,16 @@ async def predict(
     model: str | None = Query(None, description="model name; default: the default model"),
     version: int | None = Query(None, ge=1, description="version; default: the active one"),
     top_k: int = Query(5, ge=1, le=1000),
+    abstain: bool = Query(
+        True,
+        description="answer unknown under the version's threshold (false: never unknown)",
+    ),
+    threshold: float | None = Query(
+        None,
+        ge=0,
+        le=1,
+        description="your own threshold on the top score, instead of the version's",
+    ),
     tta: TTA = Query(
         "none",
         description="test-time augmentation: flip averages the image and its mirror (2"
@@ -40,7 +50,7 @@ async def predict(
     ),
 ) -> PredictResponse:
     name = model or settings.default_model
-    job = Inference(manager, metrics, settings, "convserve", name)
+    job = Inference(manager, metrics, settings, "convserve", name, abstain, threshold)
     async with job.counted():
         _check_multipart(request)
         outcome = await job.uploads(version, file, tta)
@@ -50,11 +60,12 @@ async def predict(
         predictions=[
             ImagePrediction(
                 filename=f.filename,
+                unknown=unknown,
                 top=[
                     Label(label=label, index=index, score=score)
                     for index, label, score in ranked(outcome.loaded, row, top_k)
                 ],
             )
-            for f, row in zip(file, outcome.rows, strict=True)
+            for f, row, unknown in zip(file, outcome.rows, outcome.unknown, strict=True)
         ],
     )

@@ -49,7 +49,23 @@ _INFER_REQUEST = {
     "type": "object",
     "properties": {
         "id": {"type": "string"},
-        "parameters": _PARAMETERS,
+        "parameters": {
+            "type": "object",
+            "additionalProperties": True,
+            "properties": {
+                "tta": {"type": "string", "enum": ["none", "flip", "crops"]},
+                "abstain": {
+                    "type": "boolean",
+                    "description": "answer unknown under the version's threshold (false: never)",
+                },
+                "threshold": {
+                    "type": "number",
+                    "minimum": 0,
+                    "maximum": 1,
+                    "description": "your own threshold on the top score",
+                },
+            },
+        },
         "inputs": {
             "type": "array",
             "minItems": 1,
@@ -262,6 +278,22 @@ def _parameters(spec: dict[str, Any], where: str) -> dict[str, Any]:
     return params
 
 
+def _abstention(params: dict[str, Any]) -> tuple[bool, float | None]:
+    """``parameters.abstain`` (false: never unknown) and ``parameters.threshold`` (the
+    client's own, 0-1)."""
+    abstain = params.get("abstain", True)
+    if not isinstance(abstain, bool):
+        raise bad_input("parameters.abstain must be true or false")
+    threshold = params.get("threshold")
+    if threshold is not None and (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, int | float)
+        or not 0 <= threshold <= 1
+    ):
+        raise bad_input("parameters.threshold must be a number from 0 to 1")
+    return abstain, None if threshold is None else float(threshold)
+
+
 def _take(binary: bytes, size: Any, where: str) -> bytes:
     if not isinstance(size, int) or size < 0 or size > len(binary):
         raise bad_input(f"{where}: binary_data_size {size!r} does not fit the binary data")
@@ -335,9 +367,11 @@ async def _infer(
                 f" {PIXELS_INPUT!r} (a pixel tensor [N, S, S, 3])"
             )
         given = _Input(inputs[0], binary)
-        tta = _parameters(body, "the request").get("tta", "none")
+        params = _parameters(body, "the request")
+        tta = params.get("tta", "none")
         if tta not in VIEWS:
             raise bad_input(f"parameters.tta must be one of {', '.join(VIEWS)}, not {tta!r}")
+        job.abstain, job.threshold = _abstention(params)
         if given.blobs is not None:
             outcome = await job.encoded(version, given.blobs, tta)
         else:
@@ -347,6 +381,9 @@ async def _infer(
     answer: dict[str, Any] = {
         "model_name": name,
         "model_version": str(outcome.loaded.version),
+        # Per image, whether the version abstains ("unknown"); the outputs still rank every
+        # class.
+        "parameters": {"unknown": outcome.unknown},
         "outputs": outputs,
     }
     if "id" in body:

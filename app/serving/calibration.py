@@ -93,8 +93,8 @@ def abstention_threshold(probs: np.ndarray, keep_share: float) -> float:
     top = np.sort(probs.max(axis=-1))
     if len(top) == 0:
         return 0.0
-    drop = int(np.floor((1 - keep_share) * len(top)))
-    return round(float(top[min(drop, len(top) - 1)]), 6)
+    drop = int(np.floor((1 - keep_share) * len(top) + 1e-9))
+    return float(top[min(drop, len(top) - 1)])
 
 
 def calibration_record(probs: np.ndarray, labels: np.ndarray, keep_share: float) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from app.config import Settings
 from app.data.images import ImageError, load_image
 from app.errors import ConvserveError
 from app.serving.batcher import BatcherClosed, QueueFull
+from app.serving.calibration import calibrate, version_trust
 from app.serving.loader import LoadedVersion
 from app.serving.manager import ModelManager
 from app.serving.metrics import ServiceMetrics
@@ -72,7 +73,8 @@ def pixels(array: np.ndarray, size: int, where: str) -> list[np.ndarray]:
 @dataclass
 class Outcome:
     loaded: LoadedVersion
-    rows: list[np.ndarray]
+    rows: list[np.ndarray]  # calibrated probabilities, where the version has a calibration
+    unknown: list[bool]  # per image: the version abstains (its score is under the threshold)
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -90,9 +92,14 @@ class Inference:
         settings: Settings,
         protocol: str,
         name: str,
+        abstain: bool = True,
+        threshold: float | None = None,
     ) -> None:
+        """``abstain``: answer "unknown" under the version's threshold (false: never);
+        ``threshold``: the client's own instead of the version's."""
         self.manager, self.metrics, self.settings = manager, metrics, settings
         self.protocol, self.name = protocol, name
+        self.abstain, self.threshold = abstain, threshold
         self.status, self.served = 500, "none"
 
     @asynccontextmanager
@@ -270,7 +277,24 @@ class Inference:
     def _outcome(self, loaded: LoadedVersion, rows: list[np.ndarray]) -> Outcome:
         self.served = str(loaded.version)
         self.metrics.images.labels(self.name, self.served).inc(len(rows))
-        return Outcome(loaded, rows)
+        temperature, threshold = version_trust(loaded.metadata)
+        if self.threshold is not None:
+            threshold = self.threshold
+        if temperature != 1.0 and rows:
+            rows = list(calibrate(np.stack(rows), temperature))
+        negative = (loaded.metadata.get("abstention") or {}).get("negative_class")
+        names = loaded.class_names
+        unknown = [
+            self.abstain
+            and (
+                (threshold is not None and float(row.max()) < threshold)
+                or (negative is not None and names[int(row.argmax())] == negative)
+            )
+            for row in rows
+        ]
+        if any(unknown):
+            self.metrics.unknown.labels(self.name, self.served).inc(sum(unknown))
+        return Outcome(loaded, rows, unknown)
 
 
 def ranked(

@@ -31,6 +31,13 @@ class ServiceMetrics:
             ["model", "version"],
             registry=r,
         )
+        self.unknown = Counter(
+            "convserve_predict_unknown_total",
+            "Images answered as unknown (under the version's abstention threshold, or its"
+            " negative class).",
+            ["model", "version"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "convserve_batch_size",
             "Images per model batch.",

@@ -50,14 +50,19 @@ def classification_metrics(
 def predict_dataset(model: Any, dataset: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Integer labels, top-1 predictions and their probabilities over a dataset of
     `(images, labels)` batches, in the dataset's order."""
-    truths, preds = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
-    scores = [np.zeros(0, dtype=np.float32)]
+    y_true, probs = predict_probabilities(model, dataset)
+    return y_true, probs.argmax(axis=-1), probs.max(axis=-1)
+
+
+def predict_probabilities(model: Any, dataset: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Integer labels and every class's probability (``[N, C]``) over a dataset of
+    `(images, labels)` batches, in the dataset's order."""
+    truths, rows = [np.zeros(0, dtype=np.int64)], []
     for images, labels in dataset:
-        probs = np.asarray(model.predict_on_batch(images))
-        preds.append(np.argmax(probs, axis=-1))
-        scores.append(probs.max(axis=-1))
+        rows.append(np.asarray(model.predict_on_batch(images), dtype=np.float32))
         truths.append(np.asarray(labels, dtype=np.int64))
-    return np.concatenate(truths), np.concatenate(preds), np.concatenate(scores)
+    probs = np.concatenate(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+    return np.concatenate(truths), probs
 
 
 # Validation images kept with a version, per (true, predicted) cell of its confusion matrix.

@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from app.names import LABEL_PATTERN
 from app.nets.catalog import ARCHITECTURES, BASES
 
 # Every key of app.nets.catalog.ARCHITECTURES (a test keeps the two equal).
@@ -114,6 +115,20 @@ class TrainParams(BaseModel):
     seed: int = Field(
         42, ge=0, le=2**31 - 1, description="seeds the split, the shuffles and the augmentation"
     )
+    abstain_keep_share: float = Field(
+        0.97,
+        ge=0.5,
+        le=1.0,
+        description="the version answers unknown below the calibrated top score that keeps"
+        " this share of its validation images (1: never unknown)",
+    )
+    negative_class: str | None = Field(
+        None,
+        min_length=1,
+        max_length=100,
+        description="a class of photos of none of the others (Custom Vision's negative tag):"
+        " a prediction of it is answered as unknown",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -142,6 +157,13 @@ class TrainParams(BaseModel):
                 " scratch"
             )
         return self
+
+    @field_validator("negative_class")
+    @classmethod
+    def _a_class_name(cls, value: str | None) -> str | None:
+        if value is not None and not LABEL_PATTERN.match(value):
+            raise ValueError(f"{value!r} is not a usable class name")
+        return value
 
     @field_validator("fine_tune_at")
     @classmethod

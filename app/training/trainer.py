@@ -25,19 +25,21 @@ import numpy as np
 from app.data.datasets import (
     IMBALANCE_RATIO,
     SOURCES_FILE,
+    DatasetError,
     DatasetSummary,
     load_datasets,
     prepare_dataset,
 )
 from app.data.heldout import heldout_from_prepared
 from app.nets.transfer import AugmentConfig, build_classifier, choose_fine_tune_at, unfreeze_from
+from app.serving.calibration import calibration_record
 from app.serving.precision import study_or_fallback
 from app.storage.objects import write_text_atomic
 from app.storage.registry import MODEL_FILE, ModelRegistry
 from app.training import interrupt
 from app.training.evaluate import (
     classification_metrics,
-    predict_dataset,
+    predict_probabilities,
     write_validation_samples,
 )
 from app.training.params import TrainParams
@@ -521,6 +523,13 @@ def train(
     keras.utils.set_random_seed(params.seed)
     workspace.mkdir(parents=True, exist_ok=True)
     summary = _prepare_images(data_dir, workspace, params, hooks)
+    if params.negative_class is not None and params.negative_class not in summary.class_names:
+        raise DatasetError(
+            "negative_class_not_found",
+            f"negative_class {params.negative_class!r} is not one of the dataset's classes"
+            f" ({', '.join(summary.class_names)})",
+            400,
+        )
     run = _Run(
         params=params,
         hooks=hooks,
@@ -593,6 +602,7 @@ class _Evaluation:
     y_pred: Any
     scores: Any
     metrics: dict[str, Any]
+    trust: dict[str, Any]  # calibration and abstention (app.serving.calibration)
 
 
 @dataclass
@@ -796,12 +806,23 @@ class _Run:
 
     def evaluate(self) -> _Evaluation:
         """The model's answers and metrics on the validation images."""
-        y_true, y_pred, scores = predict_dataset(self.model, self.datasets[1])
+        y_true, probs = predict_probabilities(self.model, self.datasets[1])
+        y_pred, scores = probs.argmax(axis=-1), probs.max(axis=-1)
         metrics = classification_metrics(y_true, y_pred, self.summary.class_names)
         self.hooks.log(
             f"validation accuracy {metrics['accuracy']:.4f} on {metrics['images']} images"
         )
-        return _Evaluation(y_true, y_pred, scores, metrics)
+        trust = calibration_record(probs, y_true, self.params.abstain_keep_share)
+        calibration, abstention = trust["calibration"], trust["abstention"]
+        self.hooks.log(
+            f"calibration: temperature {calibration['temperature']:g}, expected calibration"
+            f" error {calibration['ece_before']:.3f} -> {calibration['ece_after']:.3f};"
+            f" unknown below {abstention['threshold']:.3f}"
+            f" (keeps {abstention['kept_share']:.1%} of the validation images)"
+        )
+        if self.params.negative_class is not None:
+            abstention["negative_class"] = self.params.negative_class
+        return _Evaluation(y_true, y_pred, scores, metrics, trust)
 
     def describe(
         self,
@@ -838,6 +859,7 @@ class _Run:
             "training": training,
             "history": sorted(read_history(self.history_file), key=lambda h: h["epoch"]),
             "metrics": evaluation.metrics,
+            **evaluation.trust,
             "dataset": _dataset_record(self.summary, stored, self.datasets[2], self.sources),
             **self.hooks.extra_metadata,
         }

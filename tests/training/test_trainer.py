@@ -62,6 +62,13 @@ def test_synthetic_classes_train_to_high_accuracy_and_land_in_the_registry(tmp_p
     assert any(line.startswith("epoch 4/4 (fine_tune)") for line in lines)
     assert all(h["ended_at"] > time.time() - 600 for h in meta["history"])
 
+    # Calibrated on its validation images, with the threshold that keeps 97% of them.
+    calibration, abstention = meta["calibration"], meta["abstention"]
+    assert calibration["ece_after"] <= calibration["ece_before"] + 1e-9
+    assert calibration["images"] == meta["metrics"]["images"]
+    assert abstention["keep_share"] == 0.97 and abstention["kept_share"] >= 0.97
+    assert any(line.startswith("calibration: temperature") for line in lines)
+
     # The version keeps its validation images: each counted in the confusion matrix cell
     # it is filed under, with the uploaded file it came from.
     kept = registry.validation_samples("shapes", 1)

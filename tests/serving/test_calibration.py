@@ -1,0 +1,157 @@
+"""Calibrated scores and "unknown" (app/serving/calibration.py), and how /predict and
+KServe V2 answer with them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.main import create_app
+from app.serving.calibration import (
+    abstention_threshold,
+    calibrate,
+    calibration_record,
+    fit_temperature,
+    reliability,
+)
+from app.storage.registry import ModelRegistry
+from tests.fakes import write_fake_version
+from tests.helpers import image_bytes
+
+
+def _overconfident(n=2000, classes=4, seed=0):
+    """A toy model that is right about 70% of the time but says 0.95 or more: its logits
+    are five times what they should be."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    honest = rng.normal(0, 1, (n, classes))
+    honest[np.arange(n), labels] += 1.5
+    logits = 5 * honest
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32), labels
+
+
+def test_the_fitted_temperature_lowers_the_calibration_error():
+    probs, labels = _overconfident()
+    temperature = fit_temperature(probs, labels)
+    assert 3 < temperature < 7  # the logits were five times too large
+    before = reliability(probs, labels)["ece"]
+    after = reliability(calibrate(probs, temperature), labels)["ece"]
+    assert before > 0.15 and after < 0.05, (before, after)
+
+
+def test_calibration_keeps_the_ranking_and_sums_to_one():
+    probs, _ = _overconfident(n=50)
+    calibrated = calibrate(probs, 3.0)
+    assert np.allclose(calibrated.sum(axis=1), 1, atol=1e-5)
+    assert (calibrated.argmax(axis=1) == probs.argmax(axis=1)).all()
+
+
+@pytest.mark.parametrize("keep", [0.9, 0.97, 1.0])
+def test_the_threshold_keeps_the_stated_share_of_known_images(keep):
+    probs, labels = _overconfident(n=500, seed=1)
+    threshold = abstention_threshold(probs, keep)
+    kept = (probs.max(axis=1) >= threshold).mean()
+    assert keep <= kept <= keep + 1 / 500 + 1e-9
+
+
+def test_the_record_a_version_keeps():
+    probs, labels = _overconfident(n=300)
+    record = calibration_record(probs, labels, 0.97)
+    calibration, abstention = record["calibration"], record["abstention"]
+    assert calibration["ece_after"] < calibration["ece_before"]
+    assert sum(b["count"] for b in calibration["reliability_after"]) == 300
+    assert abstention["keep_share"] == 0.97 and abstention["kept_share"] >= 0.97
+
+
+@pytest.fixture
+def trusting(tmp_path, fake_models, settings_for):
+    """A fake version that scores its top class 0.9 before calibration, with a temperature
+    of 2 and a threshold of 0.8; and a second one with "square" as its negative class."""
+    registry = ModelRegistry(tmp_path / "models")
+    write_fake_version(
+        registry,
+        "toy",
+        ["circle", "square"],
+        calibration={"temperature": 2.0, "ece_before": 0.1, "ece_after": 0.02},
+        abstention={"score": "calibrated top probability", "threshold": 0.8, "keep_share": 0.97},
+    )
+    registry.set_active("toy", 1)
+    write_fake_version(
+        registry,
+        "toy",
+        ["circle", "square"],
+        abstention={"threshold": 0.0, "keep_share": 1.0, "negative_class": "square"},
+    )
+    with TestClient(create_app(settings_for())) as client:
+        yield client
+
+
+DARK = image_bytes(Image.new("RGB", (40, 40), (10, 10, 10)))
+BRIGHT = image_bytes(Image.new("RGB", (40, 40), (250, 250, 250)))
+
+
+def _answer(client, **params):
+    r = client.post("/predict", params=params, files={"file": ("d.png", DARK)})
+    assert r.status_code == 200, r.text
+    return r.json()["predictions"][0]
+
+
+def test_predict_serves_calibrated_scores_and_abstains_under_the_threshold(trusting):
+    answer = _answer(trusting)
+    # 0.9 against 0.1 at a temperature of 2: 0.75 against 0.25.
+    assert answer["top"][0]["label"] == "circle"
+    assert answer["top"][0]["score"] == pytest.approx(0.75, abs=1e-4)
+    assert answer["unknown"] is True  # 0.75 is under the version's 0.8
+    assert len(answer["top"]) == 2  # the classes are still listed
+
+
+def test_the_client_can_turn_abstention_off_or_give_its_own_threshold(trusting):
+    assert _answer(trusting, abstain="false")["unknown"] is False
+    assert _answer(trusting, threshold=0.7)["unknown"] is False
+    assert _answer(trusting, threshold=0.76)["unknown"] is True
+    r = trusting.post("/predict", params={"threshold": 2}, files={"file": DARK})
+    assert r.status_code == 422
+
+
+def test_a_negative_class_is_answered_as_unknown(trusting):
+    r = trusting.post(
+        "/predict",
+        params={"version": 2},
+        files=[("file", ("d.png", DARK)), ("file", ("b.png", BRIGHT))],
+    )
+    dark, bright = r.json()["predictions"]
+    assert (dark["top"][0]["label"], dark["unknown"]) == ("circle", False)
+    assert (bright["top"][0]["label"], bright["unknown"]) == ("square", True)
+
+
+def test_kserve_carries_unknown_and_takes_the_same_parameters(trusting):
+    import base64
+
+    body = {
+        "inputs": [
+            {
+                "name": "image_bytes",
+                "datatype": "BYTES",
+                "shape": [1],
+                "data": [base64.b64encode(DARK).decode()],
+            }
+        ]
+    }
+    r = trusting.post("/v2/models/toy/infer", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["parameters"]["unknown"] == [True]
+    assert r.json()["outputs"][0]["data"][0] == pytest.approx(0.75, abs=1e-4)
+    body["parameters"] = {"abstain": False}
+    assert trusting.post("/v2/models/toy/infer", json=body).json()["parameters"]["unknown"] == [False]
+    body["parameters"] = {"threshold": "high"}
+    assert trusting.post("/v2/models/toy/infer", json=body).status_code == 400
+
+
+def test_a_version_without_calibration_serves_as_before(client):
+    r = client.post("/predict", files={"file": ("d.png", DARK)})
+    answer = r.json()["predictions"][0]
+    assert answer["unknown"] is False
+    assert sum(label["score"] for label in answer["top"]) == pytest.approx(1, abs=1e-4)
