@@ -1,0 +1,206 @@
+""" "Unknown" measured without photos we do not have: train on five SIGNS classes, hold the
+sixth out as things the model was never taught, and see what the version does with them.
+
+For each held-out class (``--holdout``, default all six, one training each):
+
+- the photos are split once (seeded, stratified, the same split as bench/accuracy.py): 20%
+  of each class is the test set, never seen by training;
+- MobileNetV2 trains with the defaults (``train()``, ImageNet weights from ../shared/weights)
+  on the other 80% of the five known classes; training fits the version's temperature and
+  its abstention threshold on its own validation split (never on what is reported here);
+- the version then classifies the known classes' test photos (should be kept), every
+  photo of the held-out class (should be unknown), and generated images far from the data
+  (noise, flat colours, gradients, stripes: should be unknown).
+
+Reported per held-out class and per keep share (the threshold that keeps that share of the
+version's validation images; 0.97 is the default): the share of known test photos kept, of
+the held-out class rejected, of generated images rejected; the accuracy on known photos,
+the ECE before and after calibration on the known test photos, and the AUROC of the
+calibrated top score (known against held-out).
+
+    python bench/unknown.py [--holdout 0,1,2,3,4,5] [--max-minutes 5] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accuracy import WEIGHTS, split_signs
+from serve_bench import cpu_name
+
+KEEP_SHARES = (0.9, 0.95, 0.97, 0.99)
+GENERATED = 120
+
+
+def generated_images(size: int, n: int = GENERATED, seed: int = 7) -> np.ndarray:
+    """Images far from photos of hands: noise, flat colours, gradients and stripes."""
+    rng = np.random.default_rng(seed)
+    out = []
+    ramp = np.linspace(0, 255, size)
+    for i in range(n):
+        kind = i % 4
+        if kind == 0:
+            img = rng.integers(0, 256, (size, size, 3))
+        elif kind == 1:
+            img = np.broadcast_to(rng.integers(0, 256, 3), (size, size, 3))
+        elif kind == 2:
+            colour = rng.uniform(0.2, 1, 3)
+            img = np.broadcast_to(ramp[None, :, None] * colour, (size, size, 3))
+        else:
+            period = int(rng.integers(4, 16))
+            stripes = ((np.arange(size) // period) % 2 * 255)[None, :, None]
+            img = np.broadcast_to(stripes, (size, size, 3))
+        out.append(np.asarray(img, dtype=np.uint8))
+    return np.stack(out)
+
+
+def load_folder(folder: Path, size: int) -> np.ndarray:
+    from app.data.images import load_image
+
+    return np.stack([load_image(p.read_bytes(), size) for p in sorted(folder.glob("*.jpg"))])
+
+
+def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
+    """The chance that a known image scores above an unknown one (ties count half)."""
+    k, u = known[:, None], unknown[None, :]
+    return float(((k > u).sum() + 0.5 * (k == u).sum()) / (len(known) * len(unknown)))
+
+
+def one_holdout(work: Path, held: Path, pool: Path, holdout: str, max_minutes: float) -> dict:
+    from app.data.heldout import read_heldout
+    from app.nets.transfer import load_classifier
+    from app.serving.calibration import abstention_threshold, calibrate, reliability
+    from app.storage.registry import ModelRegistry
+    from app.training.params import TrainParams
+    from app.training.trainer import train
+
+    known_dir = work / f"known-{holdout}"
+    for class_dir in sorted(pool.iterdir()):
+        if class_dir.name != holdout:
+            shutil.copytree(class_dir, known_dir / class_dir.name)
+    registry = ModelRegistry(work / "models")
+    name = f"without-{holdout}"
+    started = time.perf_counter()
+    result = train(
+        known_dir,
+        name,
+        TrainParams(max_minutes=max_minutes),
+        registry,
+        work / f"ws-{holdout}",
+        weights=str(WEIGHTS),
+    )
+    seconds = time.perf_counter() - started
+    meta = registry.metadata(name, result.version)
+    classes, size = meta["class_names"], int(meta["image_size"])
+    temperature = float(meta["calibration"]["temperature"])
+    model = load_classifier(registry.model_path(name, result.version))
+
+    def probs(images: np.ndarray) -> np.ndarray:
+        raw = np.concatenate(
+            [
+                model.predict_on_batch(images[i : i + 64].astype("float32"))
+                for i in range(0, len(images), 64)
+            ]
+        )
+        return np.asarray(raw, dtype=np.float32)
+
+    known_x = [load_folder(held / c, size) for c in classes]
+    known_y = np.concatenate([np.full(len(x), i) for i, x in enumerate(known_x)])
+    raw_known = probs(np.concatenate(known_x))
+    raw_unknown = probs(load_folder(pool / holdout, size))
+    raw_unknown = np.concatenate([raw_unknown, probs(load_folder(held / holdout, size))])
+    raw_generated = probs(generated_images(size))
+    known, unknown, generated = (
+        calibrate(p, temperature) for p in (raw_known, raw_unknown, raw_generated)
+    )
+    heldout = read_heldout(registry.version_dir(name, result.version))
+    assert heldout is not None
+    validation = calibrate(probs(heldout.images), temperature)
+    rows = []
+    for keep in KEEP_SHARES:
+        threshold = abstention_threshold(validation, keep)
+        rows.append(
+            {
+                "keep_share": keep,
+                "threshold": round(threshold, 4),
+                "known_kept": round(float((known.max(1) >= threshold).mean()), 4),
+                "holdout_rejected": round(float((unknown.max(1) < threshold).mean()), 4),
+                "generated_rejected": round(float((generated.max(1) < threshold).mean()), 4),
+            }
+        )
+    return {
+        "holdout": holdout,
+        "seconds": round(seconds, 1),
+        "temperature": temperature,
+        "validation_images": len(validation),
+        "known_accuracy": round(float((known.argmax(1) == known_y).mean()), 4),
+        "known_images": len(known_y),
+        "holdout_images": len(unknown),
+        "ece_before": reliability(raw_known, known_y)["ece"],
+        "ece_after": reliability(known, known_y)["ece"],
+        "auroc": round(auroc(known.max(1), unknown.max(1)), 4),
+        "auroc_generated": round(auroc(known.max(1), generated.max(1)), 4),
+        "by_keep_share": rows,
+        "default_threshold": meta["abstention"]["threshold"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--holdout", default="0,1,2,3,4,5")
+    parser.add_argument("--max-minutes", type=float, default=5)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if not WEIGHTS.is_file():
+        sys.exit(f"needs the MobileNetV2 weights at {WEIGHTS}")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    work = Path(tempfile.mkdtemp(prefix="convserve-unknown-"))
+    held, pool, _ = split_signs(work)
+    results: list[dict[str, Any]] = []
+    for holdout in args.holdout.split(","):
+        r = one_holdout(work, held, pool, holdout, args.max_minutes)
+        results.append(r)
+        print(json.dumps(r), flush=True)
+    print(f"\nmachine: {os.cpu_count()} cores, {cpu_name()}")
+    print("| held out | known acc | ECE before -> after | AUROC held-out / generated |", end="")
+    print(" " + " | ".join(f"keep {k}: kept / rejected / generated rejected" for k in KEEP_SHARES))
+    for r in results:
+        cells = [
+            f"{row['known_kept']:.3f} / {row['holdout_rejected']:.3f}"
+            f" / {row['generated_rejected']:.3f}"
+            for row in r["by_keep_share"]
+        ]
+        print(
+            f"| {r['holdout']} | {r['known_accuracy']:.3f} | {r['ece_before']:.3f} -> "
+            f"{r['ece_after']:.3f} | {r['auroc']:.3f} / {r['auroc_generated']:.3f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    for keep_index, keep in enumerate(KEEP_SHARES):
+        rows = [r["by_keep_share"][keep_index] for r in results]
+        mean = {
+            k: float(np.mean([row[k] for row in rows]))
+            for k in ("known_kept", "holdout_rejected", "generated_rejected")
+        }
+        print(
+            f"keep {keep}: mean known kept {mean['known_kept']:.3f}, held-out rejected"
+            f" {mean['holdout_rejected']:.3f}, generated rejected {mean['generated_rejected']:.3f}"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
