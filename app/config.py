@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     # Images waiting for a model, across requests; beyond it /predict answers 503.
     max_queue_size: int = Field(256, ge=1)
     max_files_per_request: int = Field(32, ge=1)
+    # Images one request may ask Grad-CAM maps for (explain=gradcam): each costs a forward
+    # and a backward pass of the Keras model (docs/benchmarks.md, "Explanations").
+    max_explained_images: int = Field(8, ge=0)
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1)
     # Seconds between reads of the registry's active pointers (picks up activations

@@ -25,12 +25,20 @@ class Label(BaseModel):
     score: float
 
 
+class Explanation(BaseModel):
+    method: str  # "gradcam"
+    label: str  # the class explained
+    layer: str  # the feature map it was taken at
+    png: str  # base64 RGBA PNG, the size of the image the model saw
+
+
 class ImagePrediction(BaseModel):
     filename: str | None
     # True when the version abstains: its calibrated top score is under its threshold (or
     # the client's), or the top class is its "none of these" class. `top` is still listed.
     unknown: bool = False
     top: list[Label]
+    explanation: Explanation | None = None
 
 
 class PredictResponse(BaseModel):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, File, Query, Request, UploadFile
 
 from app.api.deps import Manager, Metrics, SettingsDep
@@ -42,6 +44,14 @@ async def predict(
         le=1,
         description="your own threshold on the top score, instead of the version's",
     ),
+    explain: Literal["gradcam"] | None = Query(
+        None,
+        description="gradcam: a heat map per image of where the answer came from (at most"
+        " CONVSERVE_MAX_EXPLAINED_IMAGES images)",
+    ),
+    explain_class: str | None = Query(
+        None, description="the class to explain (default each image's top class)"
+    ),
     tta: TTA = Query(
         "none",
         description="test-time augmentation: flip averages the image and its mirror (2"
@@ -53,7 +63,14 @@ async def predict(
     job = Inference(manager, metrics, settings, "convserve", name, abstain, threshold)
     async with job.counted():
         _check_multipart(request)
+        if explain is not None:
+            job.check_explain(len(file))
         outcome = await job.uploads(version, file, tta)
+        explanations = (
+            await job.explain(outcome, job.blobs, explain_class)
+            if explain is not None
+            else [None] * len(file)
+        )
     return PredictResponse(
         model=name,
         version=outcome.loaded.version,
@@ -61,11 +78,14 @@ async def predict(
             ImagePrediction(
                 filename=f.filename,
                 unknown=unknown,
+                explanation=explanation,
                 top=[
                     Label(label=label, index=index, score=score)
                     for index, label, score in ranked(outcome.loaded, row, top_k)
                 ],
             )
-            for f, row, unknown in zip(file, outcome.rows, outcome.unknown, strict=True)
+            for f, row, unknown, explanation in zip(
+                file, outcome.rows, outcome.unknown, explanations, strict=True
+            )
         ],
     )

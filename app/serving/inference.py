@@ -7,11 +7,12 @@ with its protocol."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from app.data.images import ImageError, load_image
 from app.errors import ConvserveError
 from app.serving.batcher import BatcherClosed, QueueFull
 from app.serving.calibration import calibrate, version_trust
+from app.serving.gradcam import Explainer, overlay_png
 from app.serving.loader import LoadedVersion
 from app.serving.manager import ModelManager
 from app.serving.metrics import ServiceMetrics
@@ -100,6 +102,7 @@ class Inference:
         self.manager, self.metrics, self.settings = manager, metrics, settings
         self.protocol, self.name = protocol, name
         self.abstain, self.threshold = abstain, threshold
+        self.blobs: list[bytes] = []  # the encoded images of the last upload
         self.status, self.served = 500, "none"
 
     @asynccontextmanager
@@ -164,6 +167,7 @@ class Inference:
         for upload in files:
             self.check_size(upload.filename, upload.size)
         blobs = [await upload.read() for upload in files]
+        self.blobs = blobs
         return await self.encoded(version, blobs, tta, [f.filename for f in files])
 
     async def tensor(
@@ -175,6 +179,55 @@ class Inference:
         self._check_count(len(images))
         loaded, rows = await self.predict(version, images, target, tta)
         return self._outcome(loaded, rows)
+
+    # -- explanations ------------------------------------------------------------------
+
+    def check_explain(self, images: int) -> None:
+        limit = self.settings.max_explained_images
+        if images > limit:
+            raise ConvserveError(
+                "too_many_explanations",
+                f"explain=gradcam on {images} images; one request may explain at most {limit}"
+                " (CONVSERVE_MAX_EXPLAINED_IMAGES): send fewer, or leave explain out",
+                413,
+            )
+
+    async def explain(
+        self, outcome: Outcome, blobs: list[bytes], label: str | None = None
+    ) -> list[dict[str, Any]]:
+        """A Grad-CAM map per image, for its top class or ``label``: the method, the
+        class, the layer and the map as a base64 RGBA PNG the size the model saw."""
+        loaded = outcome.loaded
+        names = loaded.class_names
+        if label is not None and label not in names:
+            raise ConvserveError(
+                "class_not_found",
+                f"explain_class {label!r} is not a class of {self.name} version {loaded.version}",
+                404,
+            )
+        classes = [
+            names.index(label) if label is not None else int(row.argmax()) for row in outcome.rows
+        ]
+        loop = asyncio.get_running_loop()
+
+        def run() -> tuple[str, np.ndarray]:
+            if loaded.explainer is None:
+                assert loaded.model_path is not None
+                loaded.explainer = Explainer.load(loaded.model_path, loaded.image_size)
+            size, pixels = loaded.image_size, self.settings.max_image_pixels
+            images = np.stack([load_image(blob, size, pixels) for blob in blobs])
+            return loaded.explainer.layer, loaded.explainer.maps(images, classes)
+
+        layer, maps = await loop.run_in_executor(self.manager.explainer, run)
+        return [
+            {
+                "method": "gradcam",
+                "label": names[c],
+                "layer": layer,
+                "png": base64.b64encode(overlay_png(heat)).decode(),
+            }
+            for c, heat in zip(classes, maps, strict=True)
+        ]
 
     # -- the request path: decode, queue on the version's batcher, combine views --------
 

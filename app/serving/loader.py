@@ -8,6 +8,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from setproctitle import setthreadtitle
@@ -31,6 +32,9 @@ class LoadedVersion:
     predictor: Predictor
     batcher: Batcher
     precision_reason: str = ""  # why it serves at its precision
+    model_path: Path | None = None
+    # Its Keras model cut for Grad-CAM, loaded at the first explained request.
+    explainer: Any = None
 
     @property
     def class_names(self) -> list[str]:
@@ -124,7 +128,7 @@ class VersionLoader:
             max_inflight=predictor.parallelism,
         )
         batcher.start()
-        return LoadedVersion(name, version, metadata, predictor, batcher, why)
+        return LoadedVersion(name, version, metadata, predictor, batcher, why, path)
 
 
 def describe(exc: BaseException) -> str:

@@ -62,6 +62,8 @@ class ModelManager:
         self.loader = VersionLoader(settings, registry, metrics)
         # Pillow releases the GIL while decoding and resizing, so these run in parallel.
         self.decoder = named_pool(settings.decode_threads, "decode")
+        # Grad-CAM runs on the Keras model, one request at a time, beside serving.
+        self.explainer = named_pool(1, "explain")
         self._poller: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -83,6 +85,7 @@ class ModelManager:
                     await loaded.batcher.close()
         self.loader.shutdown()
         self.decoder.shutdown(wait=True)
+        self.explainer.shutdown(wait=True)
 
     async def load_initial(self, state: ModelState) -> None:
         """Serve the model's active version (writing version 1 of a built-in model first);

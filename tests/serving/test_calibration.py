@@ -145,7 +145,9 @@ def test_kserve_carries_unknown_and_takes_the_same_parameters(trusting):
     assert r.json()["parameters"]["unknown"] == [True]
     assert r.json()["outputs"][0]["data"][0] == pytest.approx(0.75, abs=1e-4)
     body["parameters"] = {"abstain": False}
-    assert trusting.post("/v2/models/toy/infer", json=body).json()["parameters"]["unknown"] == [False]
+    assert trusting.post("/v2/models/toy/infer", json=body).json()["parameters"]["unknown"] == [
+        False
+    ]
     body["parameters"] = {"threshold": "high"}
     assert trusting.post("/v2/models/toy/infer", json=body).status_code == 400
 
@@ -155,3 +157,45 @@ def test_a_version_without_calibration_serves_as_before(client):
     answer = r.json()["predictions"][0]
     assert answer["unknown"] is False
     assert sum(label["score"] for label in answer["top"]) == pytest.approx(1, abs=1e-4)
+
+
+def test_explain_gradcam_answers_a_map_per_image(client):
+    """On the tiny Keras test model (a plain model, no nested network)."""
+    r = client.post(
+        "/predict",
+        params={"explain": "gradcam"},
+        files=[("file", ("d.png", DARK)), ("file", ("b.png", BRIGHT))],
+    )
+    assert r.status_code == 200, r.text
+    import base64
+    import io
+
+    for prediction in r.json()["predictions"]:
+        explanation = prediction["explanation"]
+        assert explanation["method"] == "gradcam"
+        assert explanation["label"] == prediction["top"][0]["label"]
+        with Image.open(io.BytesIO(base64.b64decode(explanation["png"]))) as png:
+            assert (png.format, png.mode, png.size) == ("PNG", "RGBA", (32, 32))
+    chosen = client.post(
+        "/predict",
+        params={"explain": "gradcam", "explain_class": "square"},
+        files={"file": ("d.png", DARK)},
+    )
+    assert chosen.json()["predictions"][0]["explanation"]["label"] == "square"
+    unknown = client.post(
+        "/predict", params={"explain": "gradcam", "explain_class": "x"}, files={"file": DARK}
+    )
+    assert (unknown.status_code, unknown.json()["code"]) == (404, "class_not_found")
+    plain = client.post("/predict", files={"file": ("d.png", DARK)})
+    assert plain.json()["predictions"][0]["explanation"] is None
+
+
+def test_explanations_are_capped_per_request(registry, settings_for):
+    with TestClient(create_app(settings_for(max_explained_images=1))) as c:
+        r = c.post(
+            "/predict",
+            params={"explain": "gradcam"},
+            files=[("file", ("d.png", DARK)), ("file", ("b.png", BRIGHT))],
+        )
+    assert (r.status_code, r.json()["code"]) == (413, "too_many_explanations")
+    assert "at most 1" in r.json()["detail"]

@@ -1,0 +1,116 @@
+"""Grad-CAM (app/serving/gradcam.py) on the catalogue's networks: a map the size of the
+image the model saw that is hottest where the evidence is, here a bright square that
+decides the class."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.nets.catalog import ARCHITECTURES
+from app.serving.gradcam import Explainer, overlay_png
+from tests.helpers import MOBILENET_WEIGHTS
+
+
+def squares(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Dark noise; class 0 has a bright square (a quarter of the side) somewhere, class 1
+    none. Returns the images, the classes and each square's mask."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 60, (n, size, size, 3)).astype(np.uint8)
+    classes = np.arange(n) % 2
+    masks = np.zeros((n, size, size), dtype=bool)
+    side = size // 4
+    for i in np.flatnonzero(classes == 0):
+        r, c = rng.integers(0, size - side + 1, 2)
+        images[i, r : r + side, c : c + side] = 255
+        masks[i, r : r + side, c : c + side] = True
+    return images, classes, masks
+
+
+def _trained(name: str, size: int, epochs: int, weights: str | None = None):
+    import keras
+
+    from app.nets.transfer import build_classifier
+    from app.training.trainer import recompute_batchnorm_statistics
+
+    keras.utils.set_random_seed(0)
+    images, classes, _ = squares(96, size, seed=0)
+    model = build_classifier(name, 2, size, weights=weights, from_scratch=weights is None)
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    model.fit(images.astype("float32"), classes, epochs=epochs, batch_size=16, verbose=0)
+    if weights is None:
+        batches = [(images[i : i + 32].astype("float32"), None) for i in range(0, 96, 32)]
+        recompute_batchnorm_statistics(model, batches)
+    return model
+
+
+def _localised(model, size: int) -> tuple[float, float]:
+    """(accuracy on new images, share of the maps whose hottest point is on the square, or
+    within one cell of the feature map around it: the map is that coarse)."""
+    images, classes, masks = squares(32, size, seed=1)
+    accuracy = float(
+        (model.predict(images.astype("float32"), verbose=0).argmax(1) == classes).mean()
+    )
+    explainer = Explainer.from_model(model, size)
+    with_square = classes == 0
+    maps = explainer.maps(images[with_square], [0] * int(with_square.sum()))
+    assert maps.shape == (int(with_square.sum()), size, size)
+    assert maps.min() >= 0 and maps.max() <= 1
+    hot = [
+        m[mask].mean() > 2 * m[~mask].mean()
+        for m, mask in zip(maps, masks[with_square], strict=True)
+    ]
+    return accuracy, float(np.mean(hot))
+
+
+# Trained here from scratch on 96 synthetic images, or, for MobileNetV2, its head on the
+# ImageNet weights from ../shared/weights. GoogLeNet and ResNet-50 learn the task from
+# scratch here too (accuracy 1.0), but their maps at 64 pixels (4x4 cells) are hottest on
+# the square for only 44% and 0% of the images: not held to it yet (see the docs).
+RECIPES = {
+    "lenet5": (64, 10, None),
+    "alexnet": (67, 10, None),
+    "mobilenet_v2": (96, 15, "imagenet-file"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_the_map_is_hottest_on_the_square_that_decides_the_class(name):
+    size, epochs, weights = RECIPES[name]
+    if weights is not None:
+        if not MOBILENET_WEIGHTS.is_file():
+            pytest.skip(f"needs the MobileNetV2 weights in {MOBILENET_WEIGHTS}")
+        weights = str(MOBILENET_WEIGHTS)
+    accuracy, localised = _localised(_trained(name, size, epochs, weights), size)
+    assert accuracy >= 0.9, f"{name} did not learn the task ({accuracy:.2f})"
+    assert localised >= 0.75, f"{name}: {localised:.2f} of the maps are hottest on the square"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_every_catalogue_network_gives_a_map_the_size_of_its_input(name):
+    """Untrained: the layer is found and the map and its overlay have the input's size."""
+    from app.nets.transfer import build_classifier
+
+    size = max(ARCHITECTURES[name].min_size, 64)
+    model = build_classifier(name, 3, size, weights=None, from_scratch=True)
+    explainer = Explainer.from_model(model, size)
+    assert explainer.layer.startswith("base/")
+    images, _, _ = squares(2, size, seed=2)
+    maps = explainer.maps(images, [0, 2])
+    assert maps.shape == (2, size, size) and np.isfinite(maps).all()
+    with Image.open(io.BytesIO(overlay_png(maps[0]))) as png:
+        assert (png.format, png.mode, png.size) == ("PNG", "RGBA", (size, size))
+
+
+def test_the_overlay_is_hot_and_opaque_where_the_map_is():
+    heat = np.zeros((32, 32), dtype=np.float32)
+    heat[:8, :8] = 1.0
+    with Image.open(io.BytesIO(overlay_png(heat))) as png:
+        rgba = np.asarray(png)
+    assert tuple(rgba[0, 0])[:3] == (255, 0, 0) and rgba[0, 0, 3] > rgba[31, 31, 3]
+    assert tuple(rgba[31, 31])[:3] == (0, 0, 255)
