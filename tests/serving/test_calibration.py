@@ -51,7 +51,7 @@ def test_calibration_keeps_the_ranking_and_sums_to_one():
 
 @pytest.mark.parametrize("keep", [0.9, 0.97, 1.0])
 def test_the_threshold_keeps_the_stated_share_of_known_images(keep):
-    probs, labels = _overconfident(n=500, seed=1)
+    probs, _ = _overconfident(n=500, seed=1)
     threshold = abstention_threshold(probs, keep)
     kept = (probs.max(axis=1) >= threshold).mean()
     assert keep <= kept <= keep + 1 / 500 + 1e-9
