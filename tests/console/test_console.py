@@ -209,6 +209,21 @@ def test_predict_a_photo_and_see_its_bars(page, service, tmp_path):
     assert page.locator("#camera-start").is_enabled()
 
 
+def test_explain_lays_a_heat_map_over_the_photo(page, service, tmp_path):
+    page.goto("/")
+    page.check("#explain")
+    photo = _photo(tmp_path)
+    page.set_input_files("#files", str(photo))
+    card = page.locator(f'.result[data-file="{photo.name}"]')
+    heat = card.locator("img.heatmap")
+    sync_api.expect(heat).to_have_count(1)
+    # A decoded PNG the size of the image the model saw, over the thumbnail.
+    assert heat.evaluate("img => img.complete && img.naturalWidth") == 32
+    assert "Grad-CAM" in heat.get_attribute("alt")
+    box, thumb = heat.bounding_box(), card.locator("img.thumb").bounding_box()
+    assert (box["x"], box["y"], box["width"]) == (thumb["x"], thumb["y"], thumb["width"])
+
+
 def test_errors_show_as_their_sentence(page, service, tmp_path):
     page.goto("/")
     notes = tmp_path / "notes.txt"

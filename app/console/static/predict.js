@@ -5,6 +5,7 @@ import { api, el, flash } from "./common.js";
 const modelSelect = document.getElementById("model");
 const versionSelect = document.getElementById("version");
 const topK = document.getElementById("top-k");
+const explain = document.getElementById("explain");
 const results = document.getElementById("results");
 const noResults = document.getElementById("no-results");
 const drop = document.getElementById("drop");
@@ -48,30 +49,55 @@ async function classify(file) {
   noResults.hidden = true;
   const url = URL.createObjectURL(file);
   const status = el("p", { class: "muted", text: "classifying…" });
+  const picture = el("div", { class: "picture" }, el("img", { src: url, alt: file.name, class: "thumb" }));
   const card = el(
     "li",
     { class: "result", "data-file": file.name },
-    el("img", { src: url, alt: file.name, class: "thumb" }),
+    picture,
     el("div", { class: "answer" }, el("h3", { text: file.name }), status),
   );
   results.prepend(card);
   const params = new URLSearchParams({ model: modelSelect.value, top_k: topK.value || "5" });
   if (versionSelect.value) params.set("version", versionSelect.value);
+  if (explain.checked) params.set("explain", "gradcam");
   const form = new FormData();
   form.append("file", file, file.name);
   const started = performance.now();
   try {
     const body = await api(`/predict?${params}`, { method: "POST", body: form });
     const ms = performance.now() - started;
-    const top = body.predictions[0].top;
-    status.replaceWith(
+    const prediction = body.predictions[0];
+    const top = prediction.top;
+    const answer = [
       el("p", {
         class: "meta",
         text: `${body.model} version ${body.version} · ${ms.toFixed(0)} ms`,
       }),
-      bars(top),
-    );
+    ];
+    if (prediction.unknown) {
+      answer.push(
+        el("p", {
+          class: "unknown",
+          text: "Unknown: none of this model's classes is likely enough (its best guesses below).",
+        }),
+      );
+    }
+    answer.push(bars(top));
+    status.replaceWith(...answer);
     card.dataset.top = top[0].label;
+    card.dataset.unknown = String(prediction.unknown);
+    const explanation = prediction.explanation;
+    if (explanation) {
+      // The map is the size of the image the model saw (squashed to a square): laid over
+      // the thumbnail, stretched to it.
+      picture.append(
+        el("img", {
+          class: "heatmap",
+          src: `data:image/png;base64,${explanation.png}`,
+          alt: `where ${explanation.label} came from (Grad-CAM at ${explanation.layer})`,
+        }),
+      );
+    }
   } catch (err) {
     card.classList.add("failed");
     status.replaceWith(el("p", { class: "error-text", role: "alert", text: err.message }));
