@@ -63,6 +63,11 @@ class VersionInfo(BaseModel):
     # Accuracy and speed at each inference precision, and the one chosen (app.serving.precision).
     precision_study: dict[str, Any] | None = None
     heldout: dict[str, int] | None = None  # images kept to measure it
+    # Temperature scaling fitted on the validation images: the temperature, the expected
+    # calibration error before and after, the reliability diagrams (app.serving.calibration).
+    calibration: dict[str, Any] | None = None
+    # When the version answers unknown: the score, its threshold, the share kept.
+    abstention: dict[str, Any] | None = None
 
 
 class ModelInfo(BaseModel):

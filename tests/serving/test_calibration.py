@@ -199,3 +199,21 @@ def test_explanations_are_capped_per_request(registry, settings_for):
         )
     assert (r.status_code, r.json()["code"]) == (413, "too_many_explanations")
     assert "at most 1" in r.json()["detail"]
+
+
+def test_the_version_page_shows_the_reliability_diagram(tmp_path, fake_models, settings_for):
+    probs, labels = _overconfident(n=300, classes=2)
+    record = calibration_record(probs, labels, 0.97)
+    registry = ModelRegistry(tmp_path / "models")
+    write_fake_version(registry, "toy", ["circle", "square"], **record)
+    registry.set_active("toy", 1)
+    with TestClient(create_app(settings_for())) as client:
+        page = client.get("/console/models/toy").text
+        detail = client.get("/models/toy").json()["version_details"][0]
+    assert detail["calibration"]["temperature"] == record["calibration"]["temperature"]
+    assert detail["abstention"]["threshold"] == record["abstention"]["threshold"]
+    assert "Calibrated scores" in page and 'id="reliability"' in page
+    for name in ("before", "after"):
+        points = len(record["calibration"][f"reliability_{name}"])
+        assert page.count(f'class="point-{name}"') == points > 0
+    assert f"{record['calibration']['ece_after']:.3f}" in page
