@@ -64,6 +64,11 @@ _INFER_REQUEST = {
                     "maximum": 1,
                     "description": "your own threshold on the top score",
                 },
+                "explain": {
+                    "type": "string",
+                    "enum": ["gradcam"],
+                    "description": "add a 'gradcam' output: a base64 PNG map per image",
+                },
             },
         },
         "inputs": {
@@ -278,6 +283,20 @@ def _parameters(spec: dict[str, Any], where: str) -> dict[str, Any]:
     return params
 
 
+def _explanations(explained: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``gradcam`` output: a base64 RGBA PNG per image, with the classes and layer."""
+    return {
+        "name": "gradcam",
+        "datatype": "BYTES",
+        "shape": [len(explained)],
+        "data": [e["png"] for e in explained],
+        "parameters": {
+            "labels": [e["label"] for e in explained],
+            "layer": explained[0]["layer"] if explained else None,
+        },
+    }
+
+
 def _abstention(params: dict[str, Any]) -> tuple[bool, float | None]:
     """``parameters.abstain`` (false: never unknown) and ``parameters.threshold`` (the
     client's own, 0-1)."""
@@ -372,12 +391,23 @@ async def _infer(
         if tta not in VIEWS:
             raise bad_input(f"parameters.tta must be one of {', '.join(VIEWS)}, not {tta!r}")
         job.abstain, job.threshold = _abstention(params)
+        explain = params.get("explain")
+        if explain not in (None, "gradcam"):
+            raise bad_input(f"parameters.explain must be 'gradcam', not {explain!r}")
+        if explain is not None:
+            array = given.array
+            count = len(given.blobs) if given.blobs is not None else 0
+            count = len(array) if array is not None else count
+            job.check_explain(count)
         if given.blobs is not None:
             outcome = await job.encoded(version, given.blobs, tta)
         else:
             assert given.array is not None
             outcome = await job.tensor(version, given.array, f"input {given.name!r}", tta)
         outputs, data = _outputs(body, outcome)
+        if explain is not None:
+            seen = given.blobs if given.blobs is not None else np.asarray(given.array)
+            outputs.append(_explanations(await job.explain(outcome, seen)))
     answer: dict[str, Any] = {
         "model_name": name,
         "model_version": str(outcome.loaded.version),

@@ -193,10 +193,11 @@ class Inference:
             )
 
     async def explain(
-        self, outcome: Outcome, blobs: list[bytes], label: str | None = None
+        self, outcome: Outcome, images: list[bytes] | np.ndarray, label: str | None = None
     ) -> list[dict[str, Any]]:
-        """A Grad-CAM map per image, for its top class or ``label``: the method, the
-        class, the layer and the map as a base64 RGBA PNG the size the model saw."""
+        """A Grad-CAM map per image (encoded, or pixels the model's size), for its top
+        class or ``label``: the method, the class, the layer and the map as a base64 RGBA
+        PNG the size the model saw."""
         loaded = outcome.loaded
         names = loaded.class_names
         if label is not None and label not in names:
@@ -215,8 +216,12 @@ class Inference:
                 assert loaded.model_path is not None
                 loaded.explainer = Explainer.load(loaded.model_path, loaded.image_size)
             size, pixels = loaded.image_size, self.settings.max_image_pixels
-            images = np.stack([load_image(blob, size, pixels) for blob in blobs])
-            return loaded.explainer.layer, loaded.explainer.maps(images, classes)
+            seen = (
+                images
+                if isinstance(images, np.ndarray)
+                else np.stack([load_image(blob, size, pixels) for blob in images])
+            )
+            return loaded.explainer.layer, loaded.explainer.maps(seen, classes)
 
         layer, maps = await loop.run_in_executor(self.manager.explainer, run)
         return [

@@ -217,3 +217,37 @@ def test_the_version_page_shows_the_reliability_diagram(tmp_path, fake_models, s
         points = len(record["calibration"][f"reliability_{name}"])
         assert page.count(f'class="point-{name}"') == points > 0
     assert f"{record['calibration']['ece_after']:.3f}" in page
+
+
+def test_kserve_explains_on_request(client):
+    import base64
+    import io
+
+    from app.data.images import load_image
+
+    encoded = {
+        "name": "image_bytes",
+        "datatype": "BYTES",
+        "shape": [1],
+        "data": [base64.b64encode(DARK).decode()],
+    }
+    pixels = load_image(BRIGHT, 32)
+    tensor = {
+        "name": "images",
+        "datatype": "UINT8",
+        "shape": [1, 32, 32, 3],
+        "data": pixels.ravel().tolist(),
+    }
+    for given in (encoded, tensor):
+        body = {"inputs": [given], "parameters": {"explain": "gradcam"}}
+        r = client.post("/v2/models/toy/infer", json=body)
+        assert r.status_code == 200, r.text
+        gradcam = next(o for o in r.json()["outputs"] if o["name"] == "gradcam")
+        assert gradcam["shape"] == [1] and gradcam["parameters"]["labels"][0] in (
+            "circle",
+            "square",
+        )
+        with Image.open(io.BytesIO(base64.b64decode(gradcam["data"][0]))) as png:
+            assert png.size == (32, 32)
+    bad = {"inputs": [encoded], "parameters": {"explain": "lime"}}
+    assert client.post("/v2/models/toy/infer", json=bad).status_code == 400
