@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import FileResponse
 
-from app.api.deps import Admin, Jobs, Manager, Registry, SettingsDep
+from app.api.deps import Admin, Jobs, Manager, Metrics, Registry, SettingsDep
 from app.errors import ConvserveError
 from app.export import Format, export_version
 from app.schemas import (
@@ -19,6 +20,7 @@ from app.schemas import (
     ValidationImages,
     VersionInfo,
 )
+from app.serving.inference import Inference
 from app.serving.manager import ModelState
 from app.storage.registry import ModelRegistry
 
@@ -193,6 +195,43 @@ def validation_image(
             "image_not_found", f"{name} version {version} has no validation image {file!r}", 404
         )
     return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+
+@router.get(
+    "/{name}/versions/{version}/validation/{file}/gradcam",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, 404: {"model": ErrorBody}},
+)
+async def validation_gradcam(
+    name: str,
+    file: str,
+    registry: Registry,
+    manager: Manager,
+    metrics: Metrics,
+    settings: SettingsDep,
+    version: int = VersionPath,
+    label: str | None = Query(None, description="the class to explain (default the predicted)"),
+) -> Response:
+    """A kept validation image's Grad-CAM map (an RGBA PNG the size the model saw) for the
+    class the version predicted for it, or ``label``: the confusion matrix's images can
+    show where their answers came from."""
+    path = registry.validation_image(name, version, file)
+    samples = registry.validation_samples(name, version) if path is not None else None
+    item = next((i for i in (samples or {}).get("images", []) if i["file"] == file), None)
+    if path is None or item is None:
+        raise ConvserveError(
+            "image_not_found", f"{name} version {version} has no validation image {file!r}", 404
+        )
+    classes = registry.metadata(name, version)["class_names"]
+    job = Inference(manager, metrics, settings, "convserve", name)
+    explained = await job.explain_image(
+        version, path.read_bytes(), label or classes[item["predicted"]]
+    )
+    return Response(
+        base64.b64decode(explained["png"]),
+        media_type="image/png",
+        headers={"Cache-Control": "max-age=3600", "X-Explained-Class": explained["label"]},
+    )
 
 
 @router.get(

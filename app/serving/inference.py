@@ -234,6 +234,13 @@ class Inference:
             for c, heat in zip(classes, maps, strict=True)
         ]
 
+    async def explain_image(self, version: int, blob: bytes, label: str) -> dict[str, Any]:
+        """One encoded image's map for ``label`` on ``version`` (loaded if need be), as
+        `explain` answers it."""
+        loaded = await self.manager.resolve(self.name, version)
+        placeholder = np.zeros(len(loaded.class_names), dtype=np.float32)
+        return (await self.explain(Outcome(loaded, [placeholder], [False]), [blob], label))[0]
+
     # -- the request path: decode, queue on the version's batcher, combine views --------
 
     async def decode(

@@ -251,6 +251,15 @@ def test_validation_images_of_a_confusion_matrix_cell(registry, client, tmp_path
     picture = client.get(image["url"])
     assert picture.status_code == 200 and picture.headers["content-type"] == "image/jpeg"
     assert picture.content[:3] == b"\xff\xd8\xff"
+    # Its Grad-CAM map, for the class it was predicted as (or another one).
+    heat = client.get(image["url"] + "/gradcam")
+    assert heat.status_code == 200 and heat.headers["content-type"] == "image/png"
+    assert heat.headers["x-explained-class"] == "square"
+    assert heat.content[:8] == b"\x89PNG\r\n\x1a\n"
+    other = client.get(image["url"] + "/gradcam", params={"label": "circle"})
+    assert other.headers["x-explained-class"] == "circle"
+    missing = client.get("/models/toy/versions/2/validation/x.jpg/gradcam")
+    assert (missing.status_code, missing.json()["code"]) == (404, "image_not_found")
     # Squares, least confident first.
     squares = client.get("/models/toy/versions/2/validation?true=square").json()["images"]
     assert [i["score"] for i in squares] == [0.7, 0.8]

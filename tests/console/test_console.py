@@ -294,6 +294,14 @@ def test_a_confusion_matrix_cell_shows_its_images(page, service):
     assert images.first.evaluate("img => img.naturalWidth") > 0
     page.locator('#confusion button.cell[data-true="0"][data-predicted="0"]').click()
     sync_api.expect(images).to_have_count(3)
+    # Explain: each image gets its Grad-CAM map over it (a PNG from the service).
+    page.check("#cell-explain")
+    maps = page.locator("#cell-images .gallery img.heatmap")
+    sync_api.expect(maps).to_have_count(3)
+    maps.first.evaluate("img => img.decode()")
+    assert maps.first.evaluate("img => img.naturalWidth") > 0
+    page.uncheck("#cell-explain")
+    sync_api.expect(maps).to_have_count(0)
     # The recorded curves are drawn: two epochs, train and validation.
     assert page.locator("#loss-chart").get_attribute("data-points") == "2"
     assert page.locator("#loss-chart canvas").count() == 1

@@ -91,16 +91,43 @@ async function showCell(trueClass, predicted, button) {
         el(
           "li",
           {},
-          el("img", {
-            src: img.url,
-            alt: `${img.source || "validation image"}: ${img.true}, predicted ${img.predicted}`,
-            loading: "lazy",
-          }),
+          el(
+            "div",
+            { class: "cell-picture" },
+            el("img", {
+              src: img.url,
+              alt: `${img.source || "validation image"}: ${img.true}, predicted ${img.predicted}`,
+              loading: "lazy",
+            }),
+          ),
           el("span", { class: "muted", text: `${pct(img.score)} ${img.source || ""}` }),
         ),
       ),
     );
-    box.replaceChildren(heading, ...(kept ? [kept] : []), body.images.length ? grid : el("p", { text: "No images in this cell." }));
+    // Grad-CAM maps over the images, for the class each was predicted as (fetched when
+    // asked for: each costs the service a forward and a backward pass).
+    const explain = el("input", { type: "checkbox", id: "cell-explain" });
+    explain.addEventListener("change", () => {
+      for (const [i, img] of body.images.entries()) {
+        const frame = grid.children[i].querySelector(".cell-picture");
+        frame.querySelector(".heatmap")?.remove();
+        if (explain.checked) {
+          frame.append(
+            el("img", {
+              class: "heatmap",
+              src: `${img.url}/gradcam`,
+              alt: `where ${img.predicted} came from (Grad-CAM)`,
+            }),
+          );
+        }
+      }
+    });
+    const toggle = el("label", { class: "choice" }, explain, " Explain: show where each answer came from (Grad-CAM)");
+    box.replaceChildren(
+      heading,
+      ...(kept ? [kept] : []),
+      ...(body.images.length ? [toggle, grid] : [el("p", { text: "No images in this cell." })]),
+    );
   } catch (err) {
     box.replaceChildren(el("p", { class: "error-text", text: err.message }));
   }
