@@ -6,12 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from app.names import LABEL_REGEX
-
-LABEL_RULE = (
-    "a class name: 1-100 characters, no '/', '\\' or control characters, not starting"
-    " with '.', no space at either end"
-)
+from app.names import LABEL_REGEX, LABEL_RULE
 
 
 class ErrorBody(BaseModel):

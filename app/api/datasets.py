@@ -25,9 +25,8 @@ from app.jobs.intake import (
     check_only,
     stored_dataset_summary,
 )
-from app.names import LABEL_REGEX, NAME_PATTERN, NAME_REGEX
+from app.names import LABEL_REGEX, LABEL_RULE, NAME_PATTERN, NAME_REGEX
 from app.schemas import (
-    LABEL_RULE,
     DatasetChange,
     DatasetDiff,
     DatasetImages,

@@ -13,8 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import ConvserveError
-from app.names import LABEL_REGEX, NAME_REGEX
-from app.schemas import LABEL_RULE
+from app.names import LABEL_REGEX, LABEL_RULE, NAME_REGEX, NAME_RULE
 
 log = logging.getLogger("convserve.api")
 
@@ -72,7 +71,7 @@ _FILE_FIELDS = {
 _NAMES = {
     NAME_REGEX: (
         "invalid_name",
-        "1-64 letters, digits, '_', '.' or '-', starting with a letter or digit",
+        NAME_RULE,
     ),
     LABEL_REGEX: ("invalid_label", LABEL_RULE),
 }

@@ -348,12 +348,14 @@ class Inference:
         if temperature != 1.0 and rows:
             rows = list(calibrate(np.stack(rows), temperature))
         negative = (loaded.metadata.get("abstention") or {}).get("negative_class")
-        names = loaded.class_names
+        # The negative class's index, looked up once (an ImageNet model has 1,000 names).
+        names = loaded.class_names if negative is not None else []
+        negative_index = names.index(negative) if negative in names else -1
         unknown = [
             self.abstain
             and (
                 (threshold is not None and float(row.max()) < threshold)
-                or (negative is not None and names[int(row.argmax())] == negative)
+                or int(row.argmax()) == negative_index
             )
             for row in rows
         ]

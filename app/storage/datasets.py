@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from app.errors import ConvserveError
-from app.names import LABEL_PATTERN, NAME_PATTERN
+from app.names import LABEL_PATTERN, LABEL_RULE, NAME_PATTERN
 from app.storage.objects import (
     ObjectExists,
     ObjectMissing,
@@ -64,8 +64,7 @@ def check_label(label: str) -> str:
     if not LABEL_PATTERN.match(label):
         raise DatasetStoreError(
             "invalid_label",
-            f"{label!r} is not a usable class name: 1-100 characters, no '/', '\\' or control"
-            " characters, not starting with '.' or a space",
+            f"{label!r} is not usable: {LABEL_RULE}",
             422,
         )
     return label

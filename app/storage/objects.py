@@ -10,13 +10,13 @@ from abc import ABC, abstractmethod
 from datetime import UTC, datetime
 from pathlib import Path
 
+from app.names import NAME_RULE
+
 # Model and dataset names.
 
 
 def name_rule(kind: str) -> str:
-    return (
-        f"a {kind} name is 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
-    )
+    return f"a {kind} name is {NAME_RULE}"
 
 
 def utc_now() -> str:

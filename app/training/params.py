@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from app.names import LABEL_PATTERN
+from app.names import LABEL_PATTERN, LABEL_RULE
 from app.nets.catalog import ARCHITECTURES, BASES
 
 # Every key of app.nets.catalog.ARCHITECTURES (a test keeps the two equal).
@@ -162,7 +162,7 @@ class TrainParams(BaseModel):
     @classmethod
     def _a_class_name(cls, value: str | None) -> str | None:
         if value is not None and not LABEL_PATTERN.match(value):
-            raise ValueError(f"{value!r} is not a usable class name")
+            raise ValueError(f"{value!r} is not usable: {LABEL_RULE}")
         return value
 
     @field_validator("fine_tune_at")

@@ -152,8 +152,6 @@ def test_pip_install_without_the_server_extra_gives_a_working_client(service, tm
         text=True,
         timeout=900,
     )
-    if install.returncode != 0 and "Could not find a version" in install.stderr:
-        pytest.skip(f"the package index cannot be reached: {install.stderr[-300:]}")
     assert install.returncode == 0, install.stderr
     frozen = subprocess.run(
         [str(python), "-m", "pip", "freeze"], capture_output=True, text=True, check=True
