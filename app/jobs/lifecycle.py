@@ -21,6 +21,12 @@ from app.jobs.store import CANCELLED, CANCELLING, FINAL_STATES, QUEUED, RUNNING,
 
 log = logging.getLogger("convserve.jobs")
 
+# A job that does not stop this long after it was cancelled is killed.
+CANCEL_GRACE_SECONDS = 8.0
+# On shutdown a job process gets SIGTERM, which it turns into a clean stop at its next step
+# (app.jobs.runner); after this long it is killed (its checkpoints survive that too).
+STOP_GRACE_SECONDS = 10.0
+
 
 class Next(Enum):
     """What the job's owner does after `settle`."""

@@ -21,7 +21,14 @@ from typing import Any
 
 from app.config import Settings
 from app.errors import ConvserveError
-from app.jobs.lifecycle import Next, promotion_result, settle, succeed
+from app.jobs.lifecycle import (
+    CANCEL_GRACE_SECONDS,
+    STOP_GRACE_SECONDS,
+    Next,
+    promotion_result,
+    settle,
+    succeed,
+)
 from app.jobs.runner import remove_job_files, study_command
 from app.jobs.store import CANCELLING, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
 from app.serving.manager import ModelManager
@@ -30,11 +37,6 @@ from app.shutdown import DrainState
 from app.storage.registry import ModelRegistry
 
 log = logging.getLogger("convserve.jobs")
-
-CANCEL_GRACE_SECONDS = 8.0
-# On shutdown a job process gets SIGTERM, which it turns into a clean stop at its next step
-# (app.jobs.runner); after this long it is killed (its checkpoints survive that too).
-STOP_GRACE_SECONDS = 10.0
 
 
 class JobSupervisor:

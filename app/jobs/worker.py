@@ -33,7 +33,14 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
 from app.config import Settings
-from app.jobs.lifecycle import Next, promotion_result, settle, succeed
+from app.jobs.lifecycle import (
+    CANCEL_GRACE_SECONDS,
+    STOP_GRACE_SECONDS,
+    Next,
+    promotion_result,
+    settle,
+    succeed,
+)
 from app.jobs.runner import store_for, study_command
 from app.jobs.store import CANCELLING, QUEUED, RUNNING
 from app.storage.factory import open_registry
@@ -44,10 +51,6 @@ QUEUE_NAME = "convserve-jobs"
 ACTOR_NAME = "train_job"
 # Dramatiq stops an actor after 10 minutes by default; a job runs as long as its budget.
 TIME_LIMIT_MS = 7 * 24 * 3600 * 1000
-# A job that does not stop this long after it was cancelled is killed.
-CANCEL_GRACE_SECONDS = 8.0
-# On shutdown a job process gets SIGTERM and this long to stop at its next step.
-STOP_GRACE_SECONDS = 10.0
 
 
 def broker_for(url: str) -> RedisBroker:
