@@ -98,6 +98,11 @@ class Settings(BaseSettings):
     # (413 past them).
     max_dataset_images: int = Field(100_000, ge=1)
     max_dataset_bytes: int = Field(20 * 1024**3, ge=1)
+    # Captured predictions (PUT /models/{name}/capture): the most image bytes kept across
+    # every model (a capture past it is dropped and counted), and the images waiting to be
+    # written (past it a capture is dropped: a prediction never waits for one).
+    max_capture_bytes: int = Field(1024**3, ge=0)
+    capture_queue_size: int = Field(256, ge=1)
 
     @field_validator("served_models", mode="before")
     @classmethod

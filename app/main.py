@@ -18,10 +18,11 @@ from app.console import routes as console
 from app.jobs.runner import store_for
 from app.jobs.supervisor import JobSupervisor
 from app.protocols import kserve_v2, tfserving
+from app.serving.capture import Capturer
 from app.serving.manager import ModelManager
 from app.serving.metrics import ServiceMetrics
 from app.shutdown import DrainState
-from app.storage.factory import open_datasets, open_registry
+from app.storage.factory import open_captures, open_datasets, open_registry
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -37,6 +38,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         datasets = open_datasets(settings, registry)
         metrics = ServiceMetrics()
         manager = ModelManager(settings, registry, metrics)
+        captures = open_captures(settings, registry)
+        manager.capture = Capturer(captures, metrics, settings.capture_queue_size)
+        manager.capture.start()
         await manager.start()
         jobs = store_for(settings)
         supervisor = JobSupervisor(settings, jobs, registry, manager, metrics, app.state.drain)
@@ -46,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield {
                 "registry": registry,
                 "datasets": datasets,
+                "captures": captures,
                 "metrics": metrics,
                 "manager": manager,
                 "jobs": jobs,

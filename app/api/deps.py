@@ -14,6 +14,7 @@ from app.jobs.store import JobStore
 from app.jobs.supervisor import JobSupervisor
 from app.serving.manager import ModelManager
 from app.serving.metrics import ServiceMetrics
+from app.storage.captures import CaptureStore
 from app.storage.datasets import DatasetStore
 from app.storage.registry import ModelRegistry
 
@@ -31,6 +32,11 @@ async def get_registry(request: Request) -> ModelRegistry:
 async def get_datasets(request: Request) -> DatasetStore:
     datasets: DatasetStore = request.state.datasets
     return datasets
+
+
+async def get_captures(request: Request) -> CaptureStore:
+    captures: CaptureStore = request.state.captures
+    return captures
 
 
 async def get_metrics(request: Request) -> ServiceMetrics:
@@ -63,6 +69,7 @@ Manager = Annotated[ModelManager, Depends(get_manager)]
 Registry = Annotated[ModelRegistry, Depends(get_registry)]
 Metrics = Annotated[ServiceMetrics, Depends(get_metrics)]
 Datasets = Annotated[DatasetStore, Depends(get_datasets)]
+Captures = Annotated[CaptureStore, Depends(get_captures)]
 
 
 # Declared as a security scheme, so the OpenAPI document marks the admin operations.

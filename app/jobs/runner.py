@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from app.config import Settings, cores_available
 from app.errors import ConvserveError, disk_error, writing_to
 from app.jobs.store import CANCELLED, CANCELLING, FAILED, JobStore
+from app.storage.sql import settings_database
 from app.training import interrupt
 
 if TYPE_CHECKING:
@@ -45,8 +46,8 @@ def remove_job_files(settings: Settings, job_id: str) -> None:
 
 
 def store_for(settings: Settings) -> JobStore:
-    """The job store: the database at ``database_url``, or SQLite under the data folder."""
-    return JobStore(settings.database_url or settings.data_dir / "jobs.sqlite")
+    """The job store, in the database the settings name."""
+    return JobStore(settings_database(settings))
 
 
 def study_command(settings: Settings, name: str, version: int) -> list[str] | None:

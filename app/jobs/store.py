@@ -1,10 +1,6 @@
-"""Fine-tuning jobs in a SQL database: the API reads them, job processes and workers write them.
-
-SQLite (a file under the data folder) is the default; PostgreSQL is used when
-``CONVSERVE_DATABASE_URL`` is set, so that API replicas and training workers on several
-hosts share one store. Both go through the same SQLAlchemy Core statements. Every write is
-one transaction, and writes are serialized (``BEGIN IMMEDIATE`` on SQLite, a transaction
-advisory lock on PostgreSQL), so a claim, a cancel and an event number are never raced.
+"""Fine-tuning jobs in the service's SQL database (`app.storage.sql`: SQLite, or PostgreSQL
+shared by replicas and workers): the API reads them, job processes and workers write them.
+Writes are serialized, so a claim, a cancel and an event number are never raced.
 
 Every change a client may want to follow is also appended, in the same transaction, to the
 job's event log (``job_events``): ``status`` (a new status), ``progress`` (phase, epoch,
@@ -22,17 +18,15 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.engine import Connection
 
 from app.storage.objects import utc_now
+from app.storage.sql import SqlStore
 
 QUEUED, RUNNING, CANCELLING = "queued", "running", "cancelling"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
@@ -79,8 +73,6 @@ job_events = sa.Table(
 )
 # Columns added after the first release, with their SQL type, for stores that predate them.
 ADDED_COLUMNS = {"owner": "TEXT", "lease_expires_at": "DOUBLE PRECISION"}
-# Key of the PostgreSQL advisory lock that serializes writes (any constant; "convserv").
-WRITE_LOCK_KEY = 0x636F6E7673657276
 
 STATUS, PROGRESS, EPOCH, DONE = "status", "progress", "epoch", "done"
 
@@ -140,57 +132,13 @@ def _emit_epochs(db: Connection, job_id: str, history: list[dict[str, Any]], now
             _emit(db, job_id, EPOCH, entry, now)
 
 
-def database_url(target: str | Path) -> str:
-    """A SQLAlchemy URL for ``target``: a URL as it is, a path as a SQLite file."""
-    text = str(target)
-    if "://" in text:
-        if text.startswith(("postgresql://", "postgres://")):
-            # the driver this project installs (psycopg 3), not SQLAlchemy's default psycopg2
-            text = "postgresql+psycopg://" + text.split("://", 1)[1]
-        return text
-    return f"sqlite:///{Path(text)}"
+class JobStore(SqlStore):
+    """Jobs and their events, in the service's database (`app.storage.sql`)."""
 
-
-def _sqlite_engine(url: str) -> Engine:
-    path = sa.engine.make_url(url).database
-    if path and path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    # No pool: each call opens its own short-lived connection, so the API process and the
-    # job processes never share one and a killed process leaves nothing locked.
-    engine = sa.create_engine(url, poolclass=NullPool, connect_args={"timeout": 30})
-
-    @sa.event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # transactions are begun below, not by the driver
-        dbapi_connection.execute("PRAGMA journal_mode=WAL")
-
-    @sa.event.listens_for(engine, "begin")
-    def _on_begin(connection: Connection) -> None:
-        # Reads run without a transaction (WAL lets them overlap writes); writes take the
-        # write lock at once, so two of them never interleave.
-        if not connection.get_execution_options().get("read_only"):
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    return engine
-
-
-class JobStore:
-    def __init__(self, target: str | Path) -> None:
-        """Open (creating if needed) the store at ``target``: a SQLite file path, or a
-        database URL (``postgresql://user:password@host/db``, ``sqlite:///path``)."""
-        self.url = database_url(target)
-        if self.url.startswith("sqlite"):
-            self.engine = _sqlite_engine(self.url)
-        else:
-            self.engine = sa.create_engine(self.url, pool_pre_ping=True, pool_size=4)
-        self.is_postgresql = self.engine.dialect.name == "postgresql"
-        with self._write() as db:
-            metadata.create_all(db)
-            self._migrate(db)
-            self._backfill_events(db)
-
-    def close(self) -> None:
-        self.engine.dispose()
+    def _setup(self, db: Connection) -> None:
+        metadata.create_all(db)
+        self._migrate(db)
+        self._backfill_events(db)
 
     @staticmethod
     def _migrate(db: Connection) -> None:
@@ -210,19 +158,6 @@ class JobStore:
         for job_id, history, updated_at in rows:
             _emit_epochs(db, job_id, json.loads(history or "[]"), updated_at)
             _emit_status(db, job_id, updated_at)
-
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        with self.engine.connect().execution_options(read_only=True) as db:
-            yield db
-
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        """One write transaction, serialized against every other writer of the store."""
-        with self.engine.begin() as db:
-            if self.is_postgresql:
-                db.execute(sa.select(sa.func.pg_advisory_xact_lock(WRITE_LOCK_KEY)))
-            yield db
 
     @staticmethod
     def _decode(row: sa.Row[Any] | None) -> dict[str, Any] | None:

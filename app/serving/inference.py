@@ -144,7 +144,9 @@ class Inference:
         for name, blob in zip(names, blobs, strict=True):
             self.check_size(name, len(blob))
         loaded, rows = await self.classify(version, blobs, names, tta)
-        return self._outcome(loaded, rows)
+        outcome = self._outcome(loaded, rows)
+        self._capture(outcome, blobs, names)
+        return outcome
 
     def check_size(self, name: str | None, size: int | None) -> None:
         """Refuse an image over ``max_image_bytes`` (before it is read, when its size is
@@ -178,7 +180,28 @@ class Inference:
         images = pixels(array, target.image_size, where)
         self._check_count(len(images))
         loaded, rows = await self.predict(version, images, target, tta)
-        return self._outcome(loaded, rows)
+        outcome = self._outcome(loaded, rows)
+        self._capture(outcome, images, [f"{where}[{n}]" for n in range(len(images))])
+        return outcome
+
+    def _capture(
+        self,
+        outcome: Outcome,
+        images: Sequence[bytes | np.ndarray],
+        names: Sequence[str | None],
+    ) -> None:
+        """Offer the answered images to the model's capture rule (never waits, never
+        fails the request)."""
+        loaded = outcome.loaded
+        self.manager.capture.offer(
+            self.name,
+            loaded.version,
+            loaded.class_names,
+            outcome.rows,
+            outcome.unknown,
+            images,
+            list(names),
+        )
 
     # -- explanations ------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from app.config import Settings
 from app.errors import ConvserveError
 from app.serving.bootstrap import BOOTSTRAP_MODELS, bootstrap
+from app.serving.capture import Capturer
 from app.serving.follower import RegistryFollower
 from app.serving.loader import LoadedVersion, VersionLoader, describe, named_pool
 from app.serving.metrics import ServiceMetrics
@@ -64,6 +65,9 @@ class ModelManager:
         self.decoder = named_pool(settings.decode_threads, "decode")
         # Grad-CAM runs on the Keras model, one request at a time, beside serving.
         self.explainer = named_pool(1, "explain")
+        # Keeps the predictions a model's capture rule asks for (none until the service
+        # gives it a store: app.main).
+        self.capture = Capturer(None, metrics)
         self._poller: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -86,6 +90,7 @@ class ModelManager:
         self.loader.shutdown()
         self.decoder.shutdown(wait=True)
         self.explainer.shutdown(wait=True)
+        await asyncio.to_thread(self.capture.stop)
 
     async def load_initial(self, state: ModelState) -> None:
         """Serve the model's active version (writing version 1 of a built-in model first);

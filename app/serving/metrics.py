@@ -38,6 +38,13 @@ class ServiceMetrics:
             ["model", "version"],
             registry=r,
         )
+        self.captures = Counter(
+            "convserve_captures_total",
+            "Predictions offered for capture, by model and outcome: kept, or dropped and why"
+            " (busy, max_per_hour, max_images, max_bytes, storage).",
+            ["model", "outcome"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "convserve_batch_size",
             "Images per model batch.",

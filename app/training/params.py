@@ -129,6 +129,11 @@ class TrainParams(BaseModel):
         description="a class of photos of none of the others (Custom Vision's negative tag):"
         " a prediction of it is answered as unknown",
     )
+    label_health: bool = Field(
+        True,
+        description="after training, look for images whose label the model doubts, near"
+        " duplicates and confused classes (the dataset's label-health report)",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -42,6 +42,7 @@ from app.training.evaluate import (
     predict_probabilities,
     write_validation_samples,
 )
+from app.training.health import HEALTH_FILE, HealthImage, label_health
 from app.training.params import TrainParams
 
 Log = Callable[[str], None]
@@ -549,8 +550,9 @@ def train(
     run.train_phases()
     evaluation = run.evaluate()
     metadata = run.describe(evaluation, source, weights, stored, started)
+    health = run.label_health(stored, metadata) if params.label_health else None
     version = registry.write_version(
-        name, run.saver(evaluation, metadata, study), metadata, activate=activate
+        name, run.saver(evaluation, metadata, study, health), metadata, activate=activate
     )
     hooks.log(f"wrote {name} version {version}")
     return TrainResult(
@@ -869,11 +871,48 @@ class _Run:
         sources_file = self.workspace / "images" / SOURCES_FILE
         return json.loads(sources_file.read_text()) if sources_file.exists() else {}
 
+    def label_health(
+        self, stored: StoredDataset | None, metadata: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The label-health report of the images the version trained and validated on
+        (`app.training.health`); its counts and cost go into the metadata."""
+        self.hooks.log("checking the labels: suspects, near duplicates, confused classes")
+        names, sources = self.summary.class_names, self.sources
+        images = []
+        for file in sorted((self.workspace / "images").glob("*/*.png")):
+            source = sources.get(
+                f"{file.parent.name}/{file.name}", f"{file.parent.name}/{file.name}"
+            )
+            image_id = stored.ids.get(source, source) if stored is not None else source
+            images.append(
+                HealthImage(image_id, names[int(file.parent.name)], source, file.read_bytes)
+            )
+        report = label_health(self.model, images, names, self.params.image_size)
+        if stored is not None:
+            report["dataset"] = {"name": stored.name, "version": stored.version}
+        metadata["label_health"] = {
+            "suspects": report["suspects_found"],
+            "near_duplicates": report["duplicates_found"],
+            "out_of_fold_accuracy": report["out_of_fold_accuracy"],
+            "seconds": round(sum(report["seconds"].values()), 1),
+        }
+        self.hooks.log(
+            f"label health: {report['suspects_found']} suspect labels,"
+            f" {report['duplicates_found']} near-duplicate pairs"
+            f" ({metadata['label_health']['seconds']} s)"
+        )
+        return report
+
     def saver(
-        self, evaluation: _Evaluation, metadata: dict[str, Any], study: bool
+        self,
+        evaluation: _Evaluation,
+        metadata: dict[str, Any],
+        study: bool,
+        health: dict[str, Any] | None = None,
     ) -> Callable[[Path], None]:
         """What writes the version's files into its folder: the model, the validation
-        samples, the held-out set and (``study``) the precision study."""
+        samples, the held-out set, the label-health report and (``study``) the precision
+        study."""
         val_files = self.datasets[2]
         images_dir = self.workspace / "images"
         image_size = self.params.image_size
@@ -894,6 +933,8 @@ class _Run:
                 val_files, _training_files(images_dir, val_files), image_size
             )
             heldout.save(folder)
+            if health is not None:
+                write_text_atomic(folder / HEALTH_FILE, json.dumps(health))
             if study:
                 self.hooks.log("measuring the version's accuracy at each inference precision")
                 metadata["precision_study"] = study_or_fallback(
