@@ -9,7 +9,18 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from app.api import architectures, datasets, finetune, health, models, openapi, predict
+from app.api import (
+    architectures,
+    datasets,
+    finetune,
+    health,
+    label_health,
+    models,
+    openapi,
+    predict,
+    retrain,
+    review,
+)
 from app.api.drain import DrainMiddleware
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
@@ -41,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         captures = open_captures(settings, registry)
         manager.capture = Capturer(captures, metrics, settings.capture_queue_size)
         manager.capture.start()
+        app.state.capture = manager.capture  # the writer, whose queue tests wait on
         await manager.start()
         jobs = store_for(settings)
         supervisor = JobSupervisor(settings, jobs, registry, manager, metrics, app.state.drain)
@@ -88,7 +100,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.drain = DrainState()
     app.add_middleware(DrainMiddleware, state=app.state.drain)
     install_error_handlers(app)
-    routers = (predict, models, architectures, finetune, datasets, health, tfserving, kserve_v2)
+    routers = (
+        predict,
+        models,
+        retrain,
+        review,
+        architectures,
+        finetune,
+        datasets,
+        label_health,
+        health,
+        tfserving,
+        kserve_v2,
+    )
     for module in (*routers, console):
         app.include_router(module.router)
     app.mount(console.STATIC_URL, console.static_files(), name="console-static")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from app.names import LABEL_REGEX, LABEL_RULE
+from app.names import LABEL_REGEX, LABEL_RULE, NAME_REGEX
 
 
 class ErrorBody(BaseModel):
@@ -252,6 +252,8 @@ class DatasetImage(BaseModel):
     added_at: str
     url: str
     thumbnail_url: str
+    # A reviewed prediction's: the model, its version, its guess and score, when captured.
+    origin: dict[str, Any] | None = None
 
 
 class DatasetImages(BaseModel):
@@ -299,3 +301,126 @@ class Relabel(BaseModel):
 
 class NewClass(BaseModel):
     label: str = Field(pattern=LABEL_REGEX, description=LABEL_RULE)
+
+
+# -- capture and review --------------------------------------------------------------------
+
+
+class CaptureSettings(BaseModel):
+    """What a model keeps of its predictions (``PUT /models/{name}/capture``): an image is
+    kept when its top score is under ``below_score``, or when a random draw falls under
+    ``sample_rate``, within the caps."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    below_score: float | None = Field(
+        0.5, ge=0, le=1, description="keep images whose top score is under this (null: none)"
+    )
+    sample_rate: float = Field(0.0, ge=0, le=1, description="keep this share of all images")
+    max_per_hour: int = Field(100, ge=1, le=1_000_000, description="at most this many an hour")
+    max_images: int = Field(1000, ge=1, le=10_000_000, description="at most this many kept")
+    expire_after_days: float | None = Field(
+        None, gt=0, le=3650, description="delete a kept image after this many days (null: never)"
+    )
+    dataset: str | None = Field(
+        None,
+        pattern=NAME_REGEX,
+        description="the dataset accepted images go to; default: the one the model's"
+        " version trained on",
+    )
+
+
+class CaptureStatus(BaseModel):
+    model: str
+    enabled: bool
+    settings: CaptureSettings | None = None
+    images: int = 0  # kept now
+    last_hour: int = 0
+    bytes: int = 0
+
+
+class ReviewLabel(BaseModel):
+    label: str
+    score: float
+
+
+class ReviewItem(BaseModel):
+    """A kept prediction waiting for review."""
+
+    id: str
+    model: str
+    version: int
+    top: list[ReviewLabel]
+    label: str  # the model's guess
+    score: float
+    unknown: bool
+    reason: str  # below_score | sampled
+    filename: str | None = None
+    bytes: int
+    created_at: str
+    image_url: str
+
+
+class ReviewList(BaseModel):
+    items: list[ReviewItem]
+    total: int
+    offset: int
+    limit: int
+    order: str
+    classes: list[str] = []  # the model's classes (its active version), when one is named
+    dataset: str | None = None  # where accepted images go, when one is named and known
+
+
+class ReviewAction(BaseModel):
+    """``accept`` adds the image to the dataset under ``label`` (default: the model's
+    guess; a new name makes a new class); ``discard`` deletes it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["accept", "discard"]
+    label: str | None = Field(None, pattern=LABEL_REGEX, description=LABEL_RULE)
+    dataset: str | None = Field(
+        None, pattern=NAME_REGEX, description="the dataset to add to (default: see capture)"
+    )
+
+
+class ReviewResult(BaseModel):
+    id: str
+    action: str
+    label: str | None = None
+    dataset: str | None = None
+    version: int | None = None  # the dataset's new version
+    image_id: str | None = None
+    new_class: bool = False
+
+
+class Deleted(BaseModel):
+    deleted: int
+
+
+class RetrainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_version: int | None = Field(
+        None, ge=1, description="the dataset's version; default the latest"
+    )
+    promote: bool = True
+
+
+class Comparison(BaseModel):
+    """Two versions of a model on the same images."""
+
+    model: str
+    images: int
+    basis: str  # which images, and why they are fair to both
+    versions: dict[str, Any]  # version -> {"accuracy", "correct", "per_class"}
+
+
+class HealthRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    keep: list[str] = Field(
+        default_factory=list,
+        max_length=10_000,
+        description="image ids whose label a reviewer confirmed: reports mark them kept",
+    )

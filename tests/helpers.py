@@ -210,3 +210,20 @@ def hot_swap_under_load(app, send, clients: int = 32, total: int = 320, after: i
 
     asyncio.run(scenario())
     return results, swapped_at[0]
+
+
+def mount_tmpfs(path: Path, size: int) -> None:
+    """A tmpfs of ``size`` bytes at ``path`` (a small real disk that fills up); skips,
+    saying why, where it cannot be mounted (not root). Unmount with ``umount -l``."""
+    import subprocess
+
+    import pytest
+
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"needs to mount a small tmpfs (root): {done.stderr.strip()}")

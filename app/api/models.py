@@ -8,7 +8,7 @@ import base64
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import FileResponse
 
-from app.api.deps import Admin, Jobs, Manager, Metrics, Registry, SettingsDep
+from app.api.deps import Admin, Captures, Jobs, Manager, Metrics, Registry, SettingsDep
 from app.errors import ConvserveError
 from app.export import Format, export_version
 from app.schemas import (
@@ -98,9 +98,11 @@ async def delete_version(
 
 
 @router.delete("/{name}", status_code=204, dependencies=[Admin])
-async def delete_model(name: str, manager: Manager, jobs: Jobs, settings: SettingsDep) -> None:
-    """Delete a whole model, every version of it. Refused for the default model and while
-    a fine-tuning job for it is queued or running."""
+async def delete_model(
+    name: str, manager: Manager, jobs: Jobs, settings: SettingsDep, captures: Captures
+) -> None:
+    """Delete a whole model, every version of it, and its captured predictions. Refused for
+    the default model and while a fine-tuning job for it is queued or running."""
     manager.state(name)  # 404 for an unknown model
     if name == settings.default_model:
         raise ConvserveError(
@@ -116,6 +118,8 @@ async def delete_model(name: str, manager: Manager, jobs: Jobs, settings: Settin
             409,
         )
     await manager.delete_model(name)
+    await asyncio.to_thread(captures.delete_model, name, True)
+    await asyncio.to_thread(manager.capture.reload)
 
 
 def _class_index(classes: list[str], value: str | None, field: str) -> int | None:

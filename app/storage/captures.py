@@ -217,7 +217,8 @@ class CaptureStore(SqlStore):
     ) -> tuple[list[dict[str, Any]], int]:
         """One page of captures (of one model, of one predicted class) and how many there
         are in all."""
-        where = []
+        # What expired is hidden at once; the writer's housekeeping deletes it.
+        where = [sa.or_(captures.c.expires_ts.is_(None), captures.c.expires_ts > time.time())]
         if model is not None:
             where.append(captures.c.model == model)
         if label is not None:

@@ -79,6 +79,7 @@ class NewImage:
     source: str = "api"
     data: bytes | None = None
     path: Path | None = None
+    origin: dict[str, Any] | None = None  # where it came from (a captured prediction)
 
     def read(self) -> bytes:
         if self.data is not None:
@@ -346,6 +347,7 @@ class DatasetStore:
                 "bytes": len(data),
                 "source": item.source,
                 "added_at": now,
+                **({"origin": item.origin} if item.origin else {}),
             }
         classes |= {i.label for i in items}
         change = {**change, "added": len(new), "duplicates": len(duplicates)}
@@ -472,6 +474,7 @@ class DatasetStore:
                     409,
                 )
             self.objects.delete(f"{name}/versions/{version}.json")
+            self.objects.delete(f"{name}/health/{version}.json")
             kept: set[str] = set()
             for v in versions:
                 if v != version:
@@ -489,6 +492,34 @@ class DatasetStore:
             for v in reversed(versions):
                 self.objects.delete(f"{name}/versions/{v}.json")
             self.objects.delete_prefix(f"{name}/")
+
+    # -- label health ------------------------------------------------------------------------
+
+    def health(self, name: str, version: int) -> dict[str, Any] | None:
+        """The label-health report last computed for a version, if any."""
+        try:
+            report: dict[str, Any] = json.loads(self.objects.read(f"{name}/health/{version}.json"))
+        except ObjectMissing:
+            return None
+        return report
+
+    def save_health(self, name: str, version: int, report: dict[str, Any]) -> None:
+        self.manifest(name, version)  # 404 for a version that is gone
+        self.objects.write(f"{name}/health/{version}.json", json.dumps(report).encode())
+
+    def confirmed(self, name: str) -> set[str]:
+        """Images a reviewer kept with their label: a report marks them."""
+        try:
+            return set(json.loads(self.objects.read(f"{name}/health/confirmed.json")))
+        except ObjectMissing:
+            return set()
+
+    def confirm(self, name: str, image_ids: Iterable[str]) -> set[str]:
+        with self.objects.locked(f"datasets/{name}"):
+            self.latest(name)
+            ids = self.confirmed(name) | {i for i in image_ids if IMAGE_ID.match(i)}
+            self.objects.write(f"{name}/health/confirmed.json", json.dumps(sorted(ids)).encode())
+        return ids
 
     # -- using a version -------------------------------------------------------------------
 

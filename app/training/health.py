@@ -20,6 +20,7 @@ well the flipped labels are found nonetheless.
 
 from __future__ import annotations
 
+import functools
 import io
 import time
 from collections.abc import Callable, Iterator
@@ -213,3 +214,26 @@ def label_health(
             "duplicates": round(hashed - fitted, 2),
         },
     }
+
+
+def stored_version_health(
+    model_path: Any, image_size: int, datasets: Any, name: str, version: int
+) -> dict[str, Any]:
+    """The report of stored dataset version ``name``:``version`` from the Keras model at
+    ``model_path`` (a version of a model trained on that dataset)."""
+    import keras
+
+    manifest = datasets.manifest(name, version)
+    images = [
+        HealthImage(
+            image_id,
+            record["label"],
+            record["filename"],
+            functools.partial(datasets.image_bytes, name, image_id),
+        )
+        for image_id, record in sorted(manifest["images"].items())
+    ]
+    model = keras.models.load_model(model_path, compile=False)
+    report = label_health(model, images, list(manifest["classes"]), image_size)
+    report["dataset"] = {"name": name, "version": version}
+    return report

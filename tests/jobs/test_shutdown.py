@@ -227,28 +227,17 @@ def test_a_job_whose_version_is_written_as_the_service_stops_is_promoted_at_the_
         service.stop()
 
 
-def _mount_tmpfs(path: Path, size: int) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"needs to mount a small tmpfs (root): {done.stderr.strip()}")
-
-
 @pytest.fixture
 def small_models_disk(tmp_path):
     """The registry on a tmpfs with room for the toy model and little more."""
     staging = ModelRegistry(tmp_path / "staging")
-    from tests.helpers import write_toy_version
+    from tests.helpers import mount_tmpfs, write_toy_version
 
     write_toy_version(staging, "toy", ["circle", "square"], seed=0)
     staging.set_active("toy", 1)
     used = sum(p.stat().st_size for p in (tmp_path / "staging").rglob("*") if p.is_file())
     models = tmp_path / "models"
-    _mount_tmpfs(models, used + 256 * 1024)
+    mount_tmpfs(models, used + 256 * 1024)
     try:
         subprocess.run(["cp", "-a", f"{tmp_path / 'staging'}/.", str(models)], check=True)
         yield models
