@@ -19,13 +19,15 @@ from fastapi.templating import Jinja2Templates
 
 from app import __version__
 from app.api.datasets import dataset_info
-from app.api.deps import Datasets, Jobs, Manager, Registry, SettingsDep
+from app.api.deps import Captures, Datasets, Jobs, Manager, Registry, SettingsDep
 from app.api.models import model_detail, model_info
+from app.api.review import get_capture, target_dataset
 from app.data.datasets import FEW_IMAGES_WARNING
 from app.errors import ConvserveError
 from app.names import NAME_PATTERN
 from app.nets.catalog import ARCHITECTURES
 from app.schemas import Job
+from app.storage.captures import ORDERS
 from app.storage.datasets import not_found
 from app.training.params import TrainParams
 
@@ -273,6 +275,55 @@ def _trained_on(dataset: str, manager: Any, registry: Any) -> list[dict[str, Any
                     {"model": model, "version": version, "dataset_version": record["version"]}
                 )
     return found
+
+
+@router.get("/console/review", response_class=HTMLResponse)
+def review_page(
+    request: Request,
+    manager: Manager,
+    registry: Registry,
+    captures: Captures,
+    model: str | None = None,
+    order: str = "least_confident",
+):
+    """The review queue of one model (the first served, unless named)."""
+    models = [model_info(s, registry) for s in manager.models.values()]
+    if model not in manager.models:
+        model = next(iter(manager.models), None)
+    if order not in ORDERS:
+        order = "least_confident"
+    context: dict[str, Any] = {"models": models, "model": model, "order": order}
+    if model is not None:
+        state = manager.models[model]
+        context.update(
+            classes=list(state.active.class_names) if state.active is not None else [],
+            dataset=target_dataset(manager, registry, captures, model),
+            total=captures.page(model, order, None, 0, 1)[1],
+            capture=get_capture(manager, captures, model),
+        )
+    return _page(request, "review.html", "Review", **context)
+
+
+@router.get("/console/datasets/{name}/health", response_class=HTMLResponse)
+def health_page(request: Request, name: str, datasets: Datasets, version: int | None = None):
+    """A dataset version's label health (the page's script reads the report)."""
+    try:
+        if not NAME_PATTERN.match(name):
+            raise not_found(name)
+        latest = datasets.latest(name)
+        shown = version if version is not None else latest
+        manifest = datasets.manifest(name, shown)
+    except ConvserveError as exc:
+        return _not_found(request, exc)
+    return _page(
+        request,
+        "health.html",
+        f"Label health: {name}",
+        name=name,
+        version=shown,
+        latest=latest,
+        classes=manifest["classes"],
+    )
 
 
 @router.get("/console/jobs", response_class=HTMLResponse)

@@ -174,4 +174,20 @@ function keyBox() {
   show();
 }
 
+// A note to show once the page has reloaded (after a change that reloads it).
+const FLASH_STORE = "convserve.flash";
+
+export function flashAfterReload(message) {
+  sessionStorage.setItem(FLASH_STORE, message);
+}
+
+function storedFlash() {
+  const note = sessionStorage.getItem(FLASH_STORE);
+  if (note) {
+    sessionStorage.removeItem(FLASH_STORE);
+    flash(note, "ok");
+  }
+}
+
 keyBox();
+storedFlash();

@@ -1,6 +1,6 @@
 // Dataset page: add images to a class (drop or picker), relabel or remove an image, show
 // more of a class, download a version. Every change is a new dataset version.
-import { api, download, el, flash, guarded, upload } from "./common.js";
+import { api, download, el, flash, flashAfterReload, guarded, upload } from "./common.js";
 
 const root = document.getElementById("dataset");
 const name = root.dataset.name;
@@ -41,7 +41,7 @@ async function addFiles(label, files, button) {
     );
     const skipped = change.skipped.map((s) => `${s.path}: ${s.reason}`).join("; ");
     const note = `Added ${change.added} image(s) to ${label} (version ${change.version}).`;
-    sessionStorage.setItem("convserve.flash", skipped ? `${note} Skipped ${skipped}` : note);
+    flashAfterReload(skipped ? `${note} Skipped ${skipped}` : note);
     location.reload();
   });
 }
@@ -146,9 +146,3 @@ addClass?.addEventListener("submit", (e) => {
   const label = document.getElementById("class-name").value.trim();
   addFiles(label, [...document.getElementById("class-files").files], addClass.querySelector("button"));
 });
-
-const note = sessionStorage.getItem("convserve.flash");
-if (note) {
-  sessionStorage.removeItem("convserve.flash");
-  flash(note, "ok");
-}
