@@ -32,6 +32,8 @@ from pydantic import BaseModel
 
 from app.schemas import (
     ArchitectureList,
+    CaptureStatus,
+    Comparison,
     DatasetChange,
     DatasetImages,
     DatasetInfo,
@@ -44,6 +46,9 @@ from app.schemas import (
     ModelDetail,
     ModelList,
     PredictResponse,
+    ReviewItem,
+    ReviewList,
+    ReviewResult,
 )
 
 DEFAULT_URL = "http://localhost:8000"
@@ -350,6 +355,90 @@ class Calls:
         url = f"/datasets/{name}/versions/{version}/export"
         return Call("GET", url, lambda r: path, download=path)
 
+    # -- capture, review, retrain, label health --------------------------------------------
+
+    @staticmethod
+    def capture(model: str) -> Call[CaptureStatus]:
+        return Call("GET", f"/models/{model}/capture", _reads(CaptureStatus))
+
+    @staticmethod
+    def set_capture(model: str, **rule: Any) -> Call[CaptureStatus]:
+        """Turn capture on (or change it): ``below_score``, ``sample_rate``,
+        ``max_per_hour``, ``max_images``, ``expire_after_days``, ``dataset``."""
+        return Call("PUT", f"/models/{model}/capture", _reads(CaptureStatus), json=rule)
+
+    @staticmethod
+    def stop_capture(model: str) -> Call[CaptureStatus]:
+        return Call("DELETE", f"/models/{model}/capture", _reads(CaptureStatus))
+
+    @staticmethod
+    def review(
+        model: str | None = None,
+        order: str = "newest",
+        label: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> Call[ReviewList]:
+        params = _params(model=model, order=order, label=label, offset=offset, limit=limit)
+        return Call("GET", "/review", _reads(ReviewList), params=params)
+
+    @staticmethod
+    def review_item(capture_id: str) -> Call[ReviewItem]:
+        return Call("GET", f"/review/{capture_id}", _reads(ReviewItem))
+
+    @staticmethod
+    def accept(
+        capture_id: str, label: str | None = None, dataset: str | None = None
+    ) -> Call[ReviewResult]:
+        """Add a kept image to the dataset under ``label`` (default the model's guess)."""
+        body = _params(action="accept", label=label, dataset=dataset)
+        return Call("POST", f"/review/{capture_id}", _reads(ReviewResult), json=body)
+
+    @staticmethod
+    def discard(capture_id: str) -> Call[ReviewResult]:
+        body = {"action": "discard"}
+        return Call("POST", f"/review/{capture_id}", _reads(ReviewResult), json=body)
+
+    @staticmethod
+    def clear_review(model: str) -> Call[int]:
+        """Delete every kept image of ``model``: how many."""
+        return Call(
+            "DELETE", "/review", lambda r: int(r.json()["deleted"]), params={"model": model}
+        )
+
+    @staticmethod
+    def export_review(model: str, target: str | os.PathLike[str]) -> Call[Path]:
+        """Download ``model``'s kept images (class folders of the guesses, and
+        ``captures.json``) to ``target`` (a file, or a folder for ``MODEL-captures.zip``)."""
+        path = _target(target, f"{model}-captures.zip")
+        return Call("GET", "/review/export", lambda r: path, params={"model": model}, download=path)
+
+    @staticmethod
+    def retrain(
+        model: str, dataset_version: int | None = None, promote: bool = True
+    ) -> Call[JobCreated]:
+        """A job training ``model`` again on its dataset's latest version, with the
+        parameters of the version serving now."""
+        body = {"dataset_version": dataset_version, "promote": promote}
+        return Call("POST", f"/models/{model}/retrain", _reads(JobCreated), json=body)
+
+    @staticmethod
+    def compare(model: str, a: int, b: int) -> Call[Comparison]:
+        params = {"a": a, "b": b}
+        return Call("GET", f"/models/{model}/compare", _reads(Comparison), params=params)
+
+    @staticmethod
+    def label_health(
+        name: str, version: int, model: str | None = None, refresh: bool = False
+    ) -> Call[dict[str, Any]]:
+        """The label-health report of a dataset version."""
+        params = _params(model=model, refresh=refresh or None)
+        return Call("GET", f"/datasets/{name}/versions/{version}/health", _json, params=params)
+
+
+def _json(response: httpx.Response) -> Any:
+    return response.json()
+
 
 def _sync(build: Callable[P, Call[R]]) -> Callable[Concatenate[Client, P], R]:
     def method(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -486,6 +575,18 @@ class Client(_Base):
     check_stored_dataset = _sync(Calls.check_stored_dataset)
     delete_dataset = _sync(Calls.delete_dataset)
     export_dataset = _sync(Calls.export_dataset)
+    capture = _sync(Calls.capture)
+    set_capture = _sync(Calls.set_capture)
+    stop_capture = _sync(Calls.stop_capture)
+    review = _sync(Calls.review)
+    review_item = _sync(Calls.review_item)
+    accept = _sync(Calls.accept)
+    discard = _sync(Calls.discard)
+    clear_review = _sync(Calls.clear_review)
+    export_review = _sync(Calls.export_review)
+    retrain = _sync(Calls.retrain)
+    compare = _sync(Calls.compare)
+    label_health = _sync(Calls.label_health)
 
     def events(self, job_id: str, last_event_id: int | None = None) -> Iterator[Event]:
         """The job's events until ``done``, connecting again (with ``Last-Event-ID``) when
@@ -587,6 +688,18 @@ class AsyncClient(_Base):
     check_stored_dataset = _async(Calls.check_stored_dataset)
     delete_dataset = _async(Calls.delete_dataset)
     export_dataset = _async(Calls.export_dataset)
+    capture = _async(Calls.capture)
+    set_capture = _async(Calls.set_capture)
+    stop_capture = _async(Calls.stop_capture)
+    review = _async(Calls.review)
+    review_item = _async(Calls.review_item)
+    accept = _async(Calls.accept)
+    discard = _async(Calls.discard)
+    clear_review = _async(Calls.clear_review)
+    export_review = _async(Calls.export_review)
+    retrain = _async(Calls.retrain)
+    compare = _async(Calls.compare)
+    label_health = _async(Calls.label_health)
 
     async def events(self, job_id: str, last_event_id: int | None = None) -> AsyncIterator[Event]:
         """The job's events until ``done``, connecting again (with ``Last-Event-ID``) when

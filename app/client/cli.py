@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import argcomplete
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -42,10 +41,11 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
-from rich.table import Table
 
 from app import __version__
 from app.client.api import DEFAULT_URL, APIError, AsyncClient, Client, Event, zip_folder
+from app.client.output import Failure, _table, err, out
+from app.client.review import add_review_commands
 from app.schemas import Job
 from app.training.params import add_arguments, from_arguments
 
@@ -59,44 +59,7 @@ BAD_INPUT = {400, 413, 415, 422}
 # Codes of those that are about the request, not a file in it: said once.
 REQUEST_ERRORS = {"invalid_parameters", "unknown_tta"}
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-class Rows:
-    """A table: drawn for a terminal, tab-separated lines (a header, then a line per row)
-    when standard output is a pipe or a file, so nothing wraps mid-word and ``cut``,
-    ``sort`` and ``awk`` can read it."""
-
-    def __init__(self, *columns: str, title: str | None = None) -> None:
-        self.columns, self.title = columns, title
-        self.rows: list[tuple[str, ...]] = []
-
-    def add_row(self, *cells: str) -> None:
-        self.rows.append(tuple(cells))
-
-    def show(self) -> None:
-        if out.is_terminal:
-            table = Table(title=self.title)
-            for name in self.columns:
-                table.add_column(name, overflow="fold")
-            for row in self.rows:
-                table.add_row(*row)
-            out.print(table)
-            return
-        if self.title:
-            print(f"\n{self.title}")
-        for row in (self.columns, *self.rows):
-            print("\t".join(str(c).replace("\t", " ").replace("\n", " ") for c in row))
-
-
-def _table(*columns: str, title: str | None = None) -> Rows:
-    return Rows(*columns, title=title)
-
-
-class Failure(Exception):
-    """A command failure that is not an API error; ``message`` is printed as is."""
-
+from app.client.output import Rows  # noqa: E402,F401
 
 # -- predict --------------------------------------------------------------------------------
 
@@ -383,6 +346,12 @@ def _started(client: Client, created: Any, args: argparse.Namespace) -> int:
         err.print(f"follow it with: convserve jobs {job_id} --follow")
         return 0
     return follow(client, job_id, args)
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    with Client(args.url, args.api_key) as client:
+        created = client.retrain(args.model, args.dataset_version, not args.no_promote)
+        return _started(client, created, args)
 
 
 def follow(client: Client, job_id: str, args: argparse.Namespace) -> int:
@@ -951,6 +920,17 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--wait", action="store_true", help="follow the job to its end")
     f.set_defaults(func=cmd_finetune)
 
+    t = sub.add_parser(
+        "retrain",
+        parents=[remote],
+        help="train a model again on its dataset's latest version (reviewed images included)",
+    )
+    t.add_argument("model")
+    t.add_argument("--dataset-version", type=int, help="default the latest")
+    t.add_argument("--no-promote", action="store_true", help="do not activate the new version")
+    t.add_argument("--wait", action="store_true", help="follow the job to its end")
+    t.set_defaults(func=cmd_retrain)
+
     j = sub.add_parser("jobs", parents=[remote], help="list, show, follow or cancel jobs")
     j.add_argument("job_id", nargs="?", metavar="ID")
     j.add_argument("-f", "--follow", action="store_true", help="follow the job to its end")
@@ -997,6 +977,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_delete)
 
     add_dataset_commands(sub, remote)
+    add_review_commands(sub, remote)
     return parser
 
 
