@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import zipfile
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from tests.helpers import (
     write_toy_version,
     zip_directory,
 )
-from tests.jobs.service import ROOT, Service
+from tests.jobs.service import ROOT, Service, wait_for
 
 CHROMIUM = Path(os.environ.get("CONVSERVE_CHROMIUM", "/usr/bin/chromium"))
 # The flags this machine needs: no sandbox as root, no GPU, and no background traffic to
@@ -578,3 +579,67 @@ def test_the_api_reference_works_offline(browser, service, path, ready):
     context.close()
     sent = [u for u in elsewhere if not u.startswith(("data:", "blob:")) and u not in blocked]
     assert sent == []
+
+
+def _train_loop_model(c: httpx.Client, tmp_path: Path) -> None:
+    """Model "loop-net" (LeNet-5, a few seconds) on stored dataset "loop", capture on."""
+    folder = make_dataset(tmp_path / "loop", classes=("checks", "hstripes"), per_class=10)
+    r = c.post(
+        "/datasets", data={"name": "loop"}, files={"archive": ("l.zip", zip_directory(folder))}
+    )
+    assert r.status_code == 201, r.text
+    fields = {
+        "dataset_name": "loop",
+        "model": "loop-net",
+        "base": "lenet5",
+        "epochs": "2",
+        "image_size": "32",
+        "batch_size": "8",
+    }
+    r = c.post("/finetune", data=fields)
+    assert r.status_code == 202, r.text
+    job = wait_for(c, r.json()["job_id"], lambda j: j["status"] in ("succeeded", "failed"), 180)
+    assert job["status"] == "succeeded", job
+    r = c.put("/models/loop-net/capture", json={"below_score": 1.0, "sample_rate": 1.0})
+    assert r.status_code == 200, r.text
+
+
+def test_review_a_kept_prediction_with_the_keyboard_then_retrain(page, service, tmp_path):
+    with api(service) as c:
+        _train_loop_model(c, tmp_path)
+        photo = image_bytes(pattern_image("checks", 32, seed=91))
+        r = c.post("/predict", params={"model": "loop-net"}, files={"file": ("door.png", photo)})
+        assert r.status_code == 200
+        deadline = time.time() + 20
+        while c.get("/review", params={"model": "loop-net"}).json()["total"] < 1:
+            assert time.time() < deadline, "the prediction was not kept"
+            time.sleep(0.2)
+
+    page.goto("/console/review?model=loop-net")
+    use_key(page)
+    sync_api.expect(page.locator("#left")).to_have_text("1")
+    sync_api.expect(page.locator("#review-meta")).to_contain_text("door.png")
+    sync_api.expect(page.locator("#class-buttons button").first).to_contain_text("1 checks")
+    page.keyboard.press("1")  # the first class: checks
+    sync_api.expect(page.locator("#flash")).to_contain_text("Added to loop as checks (version 2)")
+    sync_api.expect(page.locator("#left")).to_have_text("0")
+    sync_api.expect(page.locator("#empty")).to_be_visible()
+    with api(service) as c:
+        dataset = c.get("/datasets/loop").json()
+        assert dataset["latest_version"] == 2 and dataset["classes"]["checks"] == 11
+
+    page.click("#retrain")
+    page.wait_for_url("**/console/jobs/*")
+    page.wait_for_selector('body[data-job-done="succeeded"]', timeout=180_000)
+    with api(service) as c:
+        model = c.get("/models/loop-net").json()
+        assert model["active_version"] == 2
+        job = c.get("/finetune", params={"limit": 1}).json()["jobs"][0]
+        assert job["dataset"]["version"] == 2 and job["params"]["epochs"] == 2
+        r = c.post("/predict", params={"model": "loop-net"}, files={"file": ("x.png", photo)})
+        assert r.json()["version"] == 2
+
+    # The dataset's label health, from the report the retraining job wrote.
+    page.goto("/console/datasets/loop/health?version=2")
+    sync_api.expect(page.locator("#judge")).to_have_text("loop-net version 2")
+    sync_api.expect(page.locator("#h-images")).to_have_text("21")

@@ -56,7 +56,7 @@ async function act(item, key) {
 }
 
 grid.addEventListener("keydown", (e) => {
-  const item = e.target.closest("li");
+  const item = e.target.closest("li[data-image]");
   if (!item || e.ctrlKey || e.metaKey || e.altKey) return;
   const key = e.key.toLowerCase();
   if (["r", "d", "k"].includes(key)) {
@@ -82,7 +82,7 @@ function render(report) {
   document.getElementById("h-duplicates").textContent = String(report.duplicates_found);
   document.getElementById("h-accuracy").textContent = pct(report.out_of_fold_accuracy);
   grid.replaceChildren(...report.suspects.map(card));
-  if (!report.suspects.length) grid.replaceChildren(el("li", { text: "No label looks wrong." }));
+  if (!report.suspects.length) grid.replaceChildren(el("li", { class: "empty", text: "No label looks wrong." }));
   const pairs = document.getElementById("duplicates");
   pairs.replaceChildren(
     ...report.duplicates.map((p) =>
@@ -95,12 +95,24 @@ function render(report) {
       ),
     ),
   );
-  if (!report.duplicates.length) pairs.replaceChildren(el("li", { text: "None." }));
+  if (!report.duplicates.length) pairs.replaceChildren(el("li", { class: "empty", text: "None." }));
   document.querySelector("#confused tbody").replaceChildren(
     ...report.confused.map((c) =>
-      el("tr", {}, el("td", { text: c.label }), el("td", { text: c.guess }), el("td", { text: String(c.count) }), el("td", { text: pct(c.share) })),
+      el(
+        "tr",
+        {},
+        el("td", { text: c.label }),
+        el("td", { text: c.guess }),
+        el("td", { text: String(c.count) }),
+        el("td", { text: pct(c.share) }),
+      ),
     ),
   );
+  if (!report.confused.length) {
+    document
+      .querySelector("#confused tbody")
+      .replaceChildren(el("tr", {}, el("td", { colspan: "4", text: "None: every out-of-fold answer was right." })));
+  }
 }
 
 async function load(refresh) {
