@@ -12,6 +12,7 @@ from fastapi import APIRouter, Query
 from app.api.datasets import DatasetName
 from app.api.deps import Admin, Datasets, Registry
 from app.errors import ConvserveError
+from app.names import NAME_REGEX
 from app.schemas import HealthRequest
 from app.storage.datasets import DatasetStore
 from app.storage.objects import utc_now
@@ -77,6 +78,7 @@ async def dataset_health(
     registry: Registry,
     model: str | None = Query(
         None,
+        pattern=NAME_REGEX,
         description="judge with this model (default: the newest version trained on this dataset)",
     ),
     model_version: int | None = Query(None, ge=1, description="that model's version"),

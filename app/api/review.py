@@ -15,7 +15,7 @@ from fastapi import Path as PathParam
 
 from app.api.deps import Admin, Captures, Datasets, Manager, Registry
 from app.errors import ConvserveError
-from app.names import NAME_PATTERN
+from app.names import NAME_PATTERN, NAME_REGEX
 from app.schemas import (
     CaptureSettings,
     CaptureStatus,
@@ -124,7 +124,7 @@ def list_review(
     manager: Manager,
     registry: Registry,
     captures: Captures,
-    model: str | None = Query(None, description="only this model's"),
+    model: str | None = Query(None, pattern=NAME_REGEX, description="only this model's"),
     order: Literal["newest", "least_confident", "class"] = Query(
         "newest", description="newest first, least confident first, or by predicted class"
     ),
@@ -154,7 +154,8 @@ def list_review(
 
 @router.delete("/review", response_model=Deleted, dependencies=[Admin])
 def delete_all(
-    captures: Captures, model: str = Query(..., description="the model whose captures go")
+    captures: Captures,
+    model: str = Query(..., pattern=NAME_REGEX, description="the model whose captures go"),
 ) -> Deleted:
     """Delete every kept prediction of a model."""
     return Deleted(deleted=captures.delete_model(model))
@@ -167,7 +168,8 @@ def delete_all(
     responses={200: {"content": {"application/zip": {}}, "description": "the kept images"}},
 )
 def export_review(
-    captures: Captures, model: str = Query(..., description="the model whose captures")
+    captures: Captures,
+    model: str = Query(..., pattern=NAME_REGEX, description="the model whose captures"),
 ) -> Response:
     """A model's kept predictions as a .zip: ``<guess>/<id>.<ext>`` and ``captures.json``
     (each image's answer, version, time and file name)."""
