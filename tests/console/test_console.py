@@ -631,6 +631,9 @@ def test_review_a_kept_prediction_with_the_keyboard_then_retrain(page, service, 
     page.click("#retrain")
     page.wait_for_url("**/console/jobs/*")
     page.wait_for_selector('body[data-job-done="succeeded"]', timeout=180_000)
+    # The two versions side by side on the same images, and which ones.
+    sync_api.expect(page.locator("#same-images h3")).to_contain_text("On the same")
+    sync_api.expect(page.locator("#same-images")).to_contain_text("did not train on")
     with api(service) as c:
         model = c.get("/models/loop-net").json()
         assert model["active_version"] == 2

@@ -57,6 +57,28 @@ function trainingChoices(training) {
   return items.map((text) => el("li", { text }));
 }
 
+// Both versions on the same images (their own validation sets differ once a dataset grew).
+function sameImages(same, older, newer) {
+  const a = same.versions[String(older)];
+  const b = same.versions[String(newer)];
+  return el(
+    "div",
+    { id: "same-images" },
+    el("h3", { text: `On the same ${same.images} images` }),
+    el("p", { class: "muted", text: `${same.basis}.` }),
+    el(
+      "table",
+      { class: "compare" },
+      el("thead", {}, el("tr", {}, el("th", { text: "" }), el("th", { text: `version ${older}` }), el("th", { text: `version ${newer}` }))),
+      el(
+        "tbody",
+        {},
+        el("tr", {}, el("th", { scope: "row", text: "accuracy" }), el("td", { text: pct(a.accuracy) }), el("td", { text: pct(b.accuracy) })),
+      ),
+    ),
+  );
+}
+
 async function outcome(done) {
   const box = document.getElementById("outcome");
   const text = document.getElementById("outcome-text");
@@ -106,8 +128,13 @@ async function outcome(done) {
   if (before && before.version !== result.version)
     buttons.push(activate(before.version, `Roll back to version ${before.version}`));
   actions.replaceChildren(...buttons);
-  if (fresh && before?.metrics?.per_class && fresh.metrics?.per_class)
+  if (fresh && before?.metrics?.per_class && fresh.metrics?.per_class) {
     compareTable(document.getElementById("compare"), before, fresh);
+    if (fresh.dataset?.name && before.dataset?.name) {
+      const same = await api(`${modelUrl}/compare?a=${before.version}&b=${fresh.version}`).catch(() => null);
+      if (same) document.getElementById("compare").append(sameImages(same, before.version, fresh.version));
+    }
+  }
   else if (fresh && before)
     document
       .getElementById("compare")
