@@ -7,9 +7,11 @@ the defaults (``POST /finetune`` with ``dataset_name``: MobileNetV2 from the Ima
 weights in ``../shared/weights``), then reads the dataset version's label-health report
 (``GET /datasets/{name}/versions/1/health``, written by the training job) and prints:
 
-- precision and recall at k = the number flipped: of the k most suspect images, the share
-  that were flipped (= the share of the flipped found among them);
-- the same for every image cleanlab flagged (its own count);
+- precision and recall at k = the number of wrong labels: of the k images whose given label
+  the out-of-fold predictions believe least, the share that are wrong (= the share of the
+  wrong ones found among them);
+- the same for the suspects cleanlab flagged (its own count): the share of them that are
+  wrong, and the share of the wrong ones they hold;
 - the report's cost (features, out-of-fold fits, hashes) and the job's wall time.
 
     python bench/label_health.py [--seeds 1,2,3] [--share 0.05] [--json FILE]
@@ -82,16 +84,17 @@ def run(url: str, seed: int, share: float) -> dict[str, Any]:
             for i in page
             if i["filename"] in flipped and not (SIGNS / i["label"] / i["filename"]).exists()
         }
-    ranked = [s["id"] in wrong for s in report["suspects"]]
     k = len(wrong)
-    hits_at_k = sum(ranked[:k])
+    # The k images whose given label the out-of-fold predictions believe least.
+    hits_at_k = sum(i in wrong for i in report["least_confident"][:k])
     flagged = report["suspects_found"]
-    listed = min(flagged, len(ranked))
-    hits_flagged = sum(ranked[:listed])
+    listed = min(flagged, len(report["suspects"]))
+    hits_flagged = sum(s["id"] in wrong for s in report["suspects"][:listed])
     return {
         "seed": seed,
         "images": report["images"],
         "flipped": k,
+        # With k = the number of wrong labels, precision and recall at k are one number.
         "precision_at_k": round(hits_at_k / k, 3),
         "recall_at_k": round(hits_at_k / k, 3),
         "flagged": flagged,
@@ -131,6 +134,10 @@ def main() -> None:
         "share": args.share,
         "runs": results,
         "mean_precision_at_k": round(sum(r["precision_at_k"] for r in results) / len(results), 3),
+        "mean_precision_flagged": round(
+            sum(r["precision_flagged"] or 0 for r in results) / len(results), 3
+        ),
+        "mean_recall_flagged": round(sum(r["recall_flagged"] for r in results) / len(results), 3),
     }
     print(json.dumps(summary))
     if args.json:

@@ -177,6 +177,10 @@ def label_health(
         flagged_count = 0
     duplicates = near_duplicates(perceptual_hashes(images), images)
     hashed = time.perf_counter()
+    # Every image by the probability of its given label, lowest first (the flagged ones
+    # are among the first): what a reviewer would look at after the suspects.
+    given = probs[np.arange(len(labels)), labels]
+    doubted = [images[i].id for i in np.argsort(given, kind="stable")[: 2 * SUSPECTS_LISTED]]
     guesses = probs.argmax(axis=1)
     confused: dict[tuple[int, int], int] = {}
     for given, guess in zip(labels, guesses, strict=True):
@@ -197,6 +201,7 @@ def label_health(
         "out_of_fold_accuracy": round(float((guesses == labels).mean()), 4) if folds else None,
         "suspects_found": flagged_count,
         "suspects": suspects,
+        "least_confident": doubted if folds else [],
         "duplicates": duplicates[:SUSPECTS_LISTED],
         "duplicates_found": len(duplicates),
         "confused": [
