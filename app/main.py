@@ -20,6 +20,7 @@ from app.api import (
     predict,
     retrain,
     review,
+    rollout,
 )
 from app.api.drain import DrainMiddleware
 from app.api.errors import install_error_handlers
@@ -32,8 +33,11 @@ from app.protocols import kserve_v2, tfserving
 from app.serving.capture import Capturer
 from app.serving.manager import ModelManager
 from app.serving.metrics import ServiceMetrics
+from app.serving.rollout import Rollouts
 from app.shutdown import DrainState
 from app.storage.factory import open_captures, open_datasets, open_registry
+from app.storage.rollouts import RolloutStore
+from app.storage.sql import settings_database
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -52,8 +56,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         captures = open_captures(settings, registry)
         manager.capture = Capturer(captures, metrics, settings.capture_queue_size)
         manager.capture.start()
+        rollouts = RolloutStore(settings_database(settings))
+        manager.rollouts = Rollouts(rollouts, metrics)
+        app.state.rollouts = manager.rollouts  # whose shadow runs tests wait on
         app.state.capture = manager.capture  # the writer, whose queue tests wait on
         await manager.start()
+        await manager.rollouts.start(manager)
         jobs = store_for(settings)
         supervisor = JobSupervisor(settings, jobs, registry, manager, metrics, app.state.drain)
         if settings.run_jobs:
@@ -63,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "registry": registry,
                 "datasets": datasets,
                 "captures": captures,
+                "rollouts": rollouts,
                 "metrics": metrics,
                 "manager": manager,
                 "jobs": jobs,
@@ -105,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         models,
         retrain,
         review,
+        rollout,
         architectures,
         finetune,
         datasets,

@@ -424,3 +424,61 @@ class HealthRequest(BaseModel):
         max_length=10_000,
         description="image ids whose label a reviewer confirmed: reports mark them kept",
     )
+
+
+# -- rollouts ------------------------------------------------------------------------------
+
+
+class RolloutRequest(BaseModel):
+    """A candidate version in front of ``share`` of the traffic (``canary``) or beside it
+    (``shadow``), with the bounds that stop it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1, description="the candidate version")
+    mode: Literal["canary", "shadow"]
+    share: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="canary: the share of requests the candidate answers; shadow: the share"
+        " it is also run on (each one costs a second inference)",
+    )
+    max_error_rate: float | None = Field(
+        0.05, ge=0, le=1, description="stop when the candidate's error rate passes this"
+    )
+    max_p99_ms: float | None = Field(
+        None, gt=0, description="stop when the candidate's p99 latency (ms) passes this"
+    )
+    min_agreement: float | None = Field(
+        None, ge=0, le=1, description="stop when agreement with the active version falls under"
+    )
+    min_requests: int = Field(
+        50, ge=1, le=1_000_000, description="judge the bounds after this many requests"
+    )
+
+
+class VersionFigures(BaseModel):
+    requests: int
+    errors: int
+    error_rate: float | None
+    latency_ms: dict[str, Any]
+    compared: int
+    agreement: float | None
+    unknown_rate: float | None
+
+
+class RolloutStatus(BaseModel):
+    model: str
+    id: str
+    version: int  # the candidate
+    baseline: int  # the version active when it began
+    mode: str
+    share: float
+    status: str  # running | promoted | aborted | stopped | replaced
+    reason: str | None = None
+    started_at: str
+    ended_at: str | None = None
+    guards: dict[str, Any]
+    replicas: int  # replicas whose figures are summed
+    figures: dict[str, VersionFigures]  # version -> its live figures

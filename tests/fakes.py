@@ -23,7 +23,9 @@ class FakePredictor:
 
     def __init__(self, model_path: Path, image_size: int) -> None:
         self.image_size = image_size
-        self.classes = json.loads((Path(model_path).parent / FAKE_FILE).read_text())["classes"]
+        spec = json.loads((Path(model_path).parent / FAKE_FILE).read_text())
+        self.classes = spec["classes"]
+        self.fail = spec.get("fail", False)  # fails every batch of images, on purpose
 
     def load(self) -> None:
         pass
@@ -31,6 +33,8 @@ class FakePredictor:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Class ``k`` of ``n`` for an image whose mean brightness is in the k-th n-th of
         0-255, with a score of 0.9 (the rest shared by the others)."""
+        if self.fail and batch.any():  # warm-up (all zeros) passes, so it loads
+            raise RuntimeError("this fake version fails on purpose")
         n = len(self.classes)
         brightness = batch.reshape(len(batch), -1).mean(axis=1)
         chosen = np.minimum((brightness / 256 * n).astype(int), n - 1)
@@ -40,13 +44,18 @@ class FakePredictor:
 
 
 def write_fake_version(
-    registry: ModelRegistry, name: str, classes: list[str], size: int = 32, **metadata: object
+    registry: ModelRegistry,
+    name: str,
+    classes: list[str],
+    size: int = 32,
+    fail: bool = False,
+    **metadata: object,
 ) -> int:
     """A registry version that `FakePredictor` serves (see the ``fake_models`` fixture)."""
 
     def save(folder: Path) -> None:
         (folder / MODEL_FILE).write_bytes(b"not a network: served by tests.fakes")
-        (folder / FAKE_FILE).write_text(json.dumps({"classes": classes}))
+        (folder / FAKE_FILE).write_text(json.dumps({"classes": classes, "fail": fail}))
 
     meta = {
         "source": "test",

@@ -17,6 +17,7 @@ from app.serving.metrics import ServiceMetrics
 from app.storage.captures import CaptureStore
 from app.storage.datasets import DatasetStore
 from app.storage.registry import ModelRegistry
+from app.storage.rollouts import RolloutStore
 
 
 async def get_manager(request: Request) -> ModelManager:
@@ -37,6 +38,11 @@ async def get_datasets(request: Request) -> DatasetStore:
 async def get_captures(request: Request) -> CaptureStore:
     captures: CaptureStore = request.state.captures
     return captures
+
+
+async def get_rollouts(request: Request) -> RolloutStore:
+    rollouts: RolloutStore = request.state.rollouts
+    return rollouts
 
 
 async def get_metrics(request: Request) -> ServiceMetrics:
@@ -70,6 +76,7 @@ Registry = Annotated[ModelRegistry, Depends(get_registry)]
 Metrics = Annotated[ServiceMetrics, Depends(get_metrics)]
 Datasets = Annotated[DatasetStore, Depends(get_datasets)]
 Captures = Annotated[CaptureStore, Depends(get_captures)]
+Rollouts = Annotated[RolloutStore, Depends(get_rollouts)]
 
 
 # Declared as a security scheme, so the OpenAPI document marks the admin operations.

@@ -8,7 +8,7 @@ import base64
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import FileResponse
 
-from app.api.deps import Admin, Captures, Jobs, Manager, Metrics, Registry, SettingsDep
+from app.api.deps import Admin, Captures, Jobs, Manager, Metrics, Registry, Rollouts, SettingsDep
 from app.errors import ConvserveError
 from app.export import Format, export_version
 from app.schemas import (
@@ -99,7 +99,12 @@ async def delete_version(
 
 @router.delete("/{name}", status_code=204, dependencies=[Admin])
 async def delete_model(
-    name: str, manager: Manager, jobs: Jobs, settings: SettingsDep, captures: Captures
+    name: str,
+    manager: Manager,
+    jobs: Jobs,
+    settings: SettingsDep,
+    captures: Captures,
+    rollouts: Rollouts,
 ) -> None:
     """Delete a whole model, every version of it, and its captured predictions. Refused for
     the default model and while a fine-tuning job for it is queued or running."""
@@ -119,6 +124,7 @@ async def delete_model(
         )
     await manager.delete_model(name)
     await asyncio.to_thread(captures.delete_model, name, True)
+    await asyncio.to_thread(rollouts.delete_model, name)
     await asyncio.to_thread(manager.capture.reload)
 
 

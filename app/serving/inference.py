@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -26,6 +27,8 @@ from app.serving.loader import LoadedVersion
 from app.serving.manager import ModelManager
 from app.serving.metrics import ServiceMetrics
 from app.serving.tta import VIEWS, combine, decode_size, expand
+
+log = logging.getLogger("convserve.inference")
 
 
 class InputSizeChanged(ConvserveError):
@@ -104,6 +107,8 @@ class Inference:
         self.abstain, self.threshold = abstain, threshold
         self.blobs: list[bytes] = []  # the encoded images of the last upload
         self.status, self.served = 500, "none"
+        # A request that names no version takes part in a rollout (`_route`).
+        self.pinned, self.unknown_count = True, 0
 
     @asynccontextmanager
     async def counted(self) -> AsyncIterator[Inference]:
@@ -116,9 +121,15 @@ class Inference:
             self.status = exc.status
             raise
         finally:
+            seconds = time.perf_counter() - started
             labels = (label, self.served, str(self.status), self.protocol)
             self.metrics.requests.labels(*labels).inc()
-            self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)
+            self.metrics.latency.labels(*labels).observe(seconds)
+            if not self.pinned and self.served != "none":
+                ok = self.status < 500
+                self.manager.rollouts.observe(
+                    self.name, int(self.served), seconds, ok, self.unknown_count
+                )
 
     def _check_count(self, n: int) -> None:
         if n > self.settings.max_files_per_request:
@@ -143,10 +154,55 @@ class Inference:
         names = names or [f"image {n}" for n in range(len(blobs))]
         for name, blob in zip(names, blobs, strict=True):
             self.check_size(name, len(blob))
-        loaded, rows = await self.classify(version, blobs, names, tta)
+        routed = self._route(version)
+
+        def run(v: int | None) -> Awaitable[tuple[LoadedVersion, list[np.ndarray]]]:
+            return self.classify(v, blobs, names, tta)
+
+        loaded, rows = await self._routed(routed, run)
         outcome = self._outcome(loaded, rows)
         self._capture(outcome, blobs, names)
+        self._compare(outcome, run)
         return outcome
+
+    # -- rollouts ----------------------------------------------------------------------------
+
+    def _route(self, version: int | None) -> int | None:
+        """The version that answers: the pinned one, or a rollout's pick (the canary
+        candidate for its share of requests), or None (the active one)."""
+        self.pinned = version is not None
+        return self.manager.rollouts.route(self.name, version)
+
+    async def _routed(
+        self,
+        routed: int | None,
+        run: Callable[[int | None], Awaitable[tuple[LoadedVersion, list[np.ndarray]]]],
+    ) -> tuple[LoadedVersion, list[np.ndarray]]:
+        """Run on ``routed``; a canary candidate that fails is counted against it and the
+        active version answers instead."""
+        started = time.perf_counter()
+        try:
+            return await run(routed)
+        except Exception as exc:
+            client_error = isinstance(exc, ConvserveError) and exc.status < 500
+            if self.pinned or routed is None or client_error:
+                raise
+            log.warning(
+                "%s: canary version %s failed (%s); the active one answers", self.name, routed, exc
+            )
+            self.manager.rollouts.observe(self.name, routed, time.perf_counter() - started, False)
+            return await run(None)
+
+    def _compare(
+        self,
+        outcome: Outcome,
+        run: Callable[[int | None], Awaitable[tuple[LoadedVersion, list[np.ndarray]]]],
+    ) -> None:
+        if not self.pinned:
+            loaded = outcome.loaded
+            self.manager.rollouts.compare_later(
+                self.manager, self.name, loaded.version, outcome.rows, loaded.class_names, run
+            )
 
     def check_size(self, name: str | None, size: int | None) -> None:
         """Refuse an image over ``max_image_bytes`` (before it is read, when its size is
@@ -176,12 +232,25 @@ class Inference:
         self, version: int | None, array: np.ndarray, where: str, tta: str = "none"
     ) -> Outcome:
         """Classify a pixel tensor ``[N, S, S, 3]``."""
-        target = await self.manager.resolve(self.name, version)
+        routed = self._route(version)
+        target = await self.manager.resolve(self.name, routed)
+        if routed is not None and not self.pinned:
+            active = await self.manager.resolve(self.name)
+            if active.image_size != target.image_size:  # the tensor is for the active one
+                routed, target = None, active
         images = pixels(array, target.image_size, where)
         self._check_count(len(images))
-        loaded, rows = await self.predict(version, images, target, tta)
+
+        async def run(v: int | None) -> tuple[LoadedVersion, list[np.ndarray]]:
+            on = await self.manager.resolve(self.name, v)
+            if on.image_size != len(images[0]):
+                raise ConvserveError("invalid_shape", "another input size", 400)  # not compared
+            return await self.predict(v, images, on, tta)
+
+        loaded, rows = await self._routed(routed, run)
         outcome = self._outcome(loaded, rows)
         self._capture(outcome, images, [f"{where}[{n}]" for n in range(len(images))])
+        self._compare(outcome, run)
         return outcome
 
     def _capture(
@@ -382,6 +451,7 @@ class Inference:
             )
             for row in rows
         ]
+        self.unknown_count = sum(unknown)
         if any(unknown):
             self.metrics.unknown.labels(self.name, self.served).inc(sum(unknown))
         return Outcome(loaded, rows, unknown)

@@ -25,6 +25,7 @@ from app.serving.capture import Capturer
 from app.serving.follower import RegistryFollower
 from app.serving.loader import LoadedVersion, VersionLoader, describe, named_pool
 from app.serving.metrics import ServiceMetrics
+from app.serving.rollout import Rollouts
 from app.storage.registry import ModelRegistry
 
 log = logging.getLogger("convserve.models")
@@ -68,6 +69,8 @@ class ModelManager:
         # Keeps the predictions a model's capture rule asks for (none until the service
         # gives it a store: app.main).
         self.capture = Capturer(None, metrics)
+        # The rollouts this replica follows (none until the service gives it a store).
+        self.rollouts = Rollouts(None, metrics)
         self._poller: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -79,6 +82,7 @@ class ModelManager:
             self._poller = asyncio.get_running_loop().create_task(RegistryFollower(self).run())
 
     async def stop(self) -> None:
+        await self.rollouts.stop()
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -45,6 +45,21 @@ class ServiceMetrics:
             ["model", "outcome"],
             registry=r,
         )
+        self.shadow = Counter(
+            "convserve_shadow_predictions_total",
+            "Images a rollout's candidate (shadow) or its active version (canary) was run on"
+            " off the request path, by model, candidate version and outcome: agree,"
+            " disagree (top classes), error, skipped (too many in flight).",
+            ["model", "version", "outcome"],
+            registry=r,
+        )
+        self.shadow_latency = Histogram(
+            "convserve_shadow_latency_seconds",
+            "Time of a shadow run of a rollout's candidate (decode and classify).",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.batch_size = Histogram(
             "convserve_batch_size",
             "Images per model batch.",
