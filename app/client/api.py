@@ -49,6 +49,7 @@ from app.schemas import (
     ReviewItem,
     ReviewList,
     ReviewResult,
+    RolloutStatus,
 )
 
 DEFAULT_URL = "http://localhost:8000"
@@ -435,6 +436,30 @@ class Calls:
         params = _params(model=model, refresh=refresh or None)
         return Call("GET", f"/datasets/{name}/versions/{version}/health", _json, params=params)
 
+    # -- rollouts ----------------------------------------------------------------------------
+
+    @staticmethod
+    def start_rollout(
+        model: str, version: int, mode: str, share: float = 0.1, **guards: Any
+    ) -> Call[RolloutStatus]:
+        """Put ``version`` in front of ``share`` of the traffic (``canary``) or beside it
+        (``shadow``); ``guards``: ``max_error_rate``, ``max_p99_ms``, ``min_agreement``,
+        ``min_requests``."""
+        body = {"version": version, "mode": mode, "share": share, **_params(**guards)}
+        return Call("PUT", f"/models/{model}/rollout", _reads(RolloutStatus), json=body)
+
+    @staticmethod
+    def rollout(model: str) -> Call[RolloutStatus]:
+        return Call("GET", f"/models/{model}/rollout", _reads(RolloutStatus))
+
+    @staticmethod
+    def promote_rollout(model: str) -> Call[RolloutStatus]:
+        return Call("POST", f"/models/{model}/rollout/promote", _reads(RolloutStatus))
+
+    @staticmethod
+    def abort_rollout(model: str) -> Call[RolloutStatus]:
+        return Call("DELETE", f"/models/{model}/rollout", _reads(RolloutStatus))
+
 
 def _json(response: httpx.Response) -> Any:
     return response.json()
@@ -587,6 +612,10 @@ class Client(_Base):
     retrain = _sync(Calls.retrain)
     compare = _sync(Calls.compare)
     label_health = _sync(Calls.label_health)
+    start_rollout = _sync(Calls.start_rollout)
+    rollout = _sync(Calls.rollout)
+    promote_rollout = _sync(Calls.promote_rollout)
+    abort_rollout = _sync(Calls.abort_rollout)
 
     def events(self, job_id: str, last_event_id: int | None = None) -> Iterator[Event]:
         """The job's events until ``done``, connecting again (with ``Last-Event-ID``) when
@@ -700,6 +729,10 @@ class AsyncClient(_Base):
     retrain = _async(Calls.retrain)
     compare = _async(Calls.compare)
     label_health = _async(Calls.label_health)
+    start_rollout = _async(Calls.start_rollout)
+    rollout = _async(Calls.rollout)
+    promote_rollout = _async(Calls.promote_rollout)
+    abort_rollout = _async(Calls.abort_rollout)
 
     async def events(self, job_id: str, last_event_id: int | None = None) -> AsyncIterator[Event]:
         """The job's events until ``done``, connecting again (with ``Last-Event-ID``) when

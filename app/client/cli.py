@@ -46,6 +46,7 @@ from app import __version__
 from app.client.api import DEFAULT_URL, APIError, AsyncClient, Client, Event, zip_folder
 from app.client.output import Failure, _table, err, out
 from app.client.review import add_review_commands
+from app.client.rollout import add_rollout_commands
 from app.schemas import Job
 from app.training.params import add_arguments, from_arguments
 
@@ -978,6 +979,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_dataset_commands(sub, remote)
     add_review_commands(sub, remote)
+    add_rollout_commands(sub, remote)
     return parser
 
 

@@ -646,3 +646,28 @@ def test_review_a_kept_prediction_with_the_keyboard_then_retrain(page, service, 
     page.goto("/console/datasets/loop/health?version=2")
     sync_api.expect(page.locator("#judge")).to_have_text("loop-net version 2")
     sync_api.expect(page.locator("#h-images")).to_have_text("21")
+
+
+def test_start_a_shadow_rollout_and_watch_agreement_grow(page, service, tmp_path):
+    # A second version of the toy model to put in the shadow of the first.
+    with api(service) as c:
+        before = c.get("/models/toy").json()
+        assert len(before["versions"]) >= 2, before
+        candidate = next(v for v in before["versions"] if v != before["active_version"])
+    page.goto("/console/models/toy")
+    use_key(page)
+    page.select_option("#rollout-version", str(candidate))
+    page.select_option("#rollout-mode", "shadow")
+    page.fill("#rollout-share", "1")
+    page.click("#rollout-start")
+    sync_api.expect(page.locator("#rollout-state")).to_contain_text("shadow rollout of version")
+    photo = image_bytes(pattern_image("checks", 32, seed=5))
+    with api(service) as c:
+        for _ in range(12):
+            r = c.post("/predict", params={"model": "toy"}, files={"file": ("p.png", photo)})
+            assert r.json()["version"] == before["active_version"]  # shadow: never answers
+    row = page.locator(f"#rollout-figures tr[data-version='{candidate}']")
+    sync_api.expect(row.locator("td.requests")).to_have_text("12", timeout=15_000)
+    sync_api.expect(row.locator("td.agreement")).not_to_have_text("—")
+    page.click("#rollout-abort")
+    sync_api.expect(page.locator("#rollout-state")).to_contain_text("ended: aborted")
