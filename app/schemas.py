@@ -131,6 +131,7 @@ class Job(BaseModel):
     model: str
     status: str
     promote: bool
+    rollout: dict[str, Any] | None = None  # {"mode", "share"}: rolled out, not promoted
     params: dict[str, Any]
     created_at: str
     started_at: str | None = None

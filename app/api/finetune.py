@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Union, get_args
+from typing import Annotated, Any, Literal, Union, get_args
 
 from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -154,7 +154,14 @@ async def create_job(
         description="the model (default the default model); a new name creates it",
     ),
     given: dict[str, Any] = Depends(train_form),
-    promote: bool = Form(True),
+    promote: Literal["true", "false", "canary", "shadow"] = Form(
+        "true",
+        description="true: serve the new version; false: keep it back; canary or shadow:"
+        " start a rollout of it (rollout_share of the traffic)",
+    ),
+    rollout_share: float = Form(
+        None, gt=0, le=1, description="with promote=canary or shadow; default 0.1"
+    ),
 ) -> JobCreated:
     """Queue a fine-tuning job on an uploaded archive (checked before the job is queued)
     or on a stored dataset version. A ``model`` that does not exist yet is created by the
@@ -170,6 +177,19 @@ async def create_job(
     active = state.active if state is not None else None
     architecture = active.metadata.get("base") if active else None
     params = _params(given, architecture if architecture in ARCHITECTURES else "mobilenet_v2")
+    rollout = None
+    if promote in ("canary", "shadow"):
+        rollout = {"mode": promote, "share": rollout_share or 0.1}
+    elif rollout_share is not None:
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("form", "rollout_share"),
+                    "type": "value_error",
+                    "msg": "rollout_share goes with promote=canary or promote=shadow",
+                }
+            ]
+        )
     row = await asyncio.to_thread(
         queue_job,
         settings,
@@ -177,10 +197,11 @@ async def create_job(
         dataset.file if dataset is not None else None,
         name,
         params,
-        promote,
+        promote == "true",
         datasets,
         dataset_name,
         dataset_version,
+        rollout,
     )
     await supervisor.submit(row["id"])
     response.headers["Location"] = f"/finetune/{row['id']}"

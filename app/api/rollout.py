@@ -14,8 +14,8 @@ from app.errors import ConvserveError
 from app.names import NAME_PATTERN
 from app.schemas import RolloutRequest, RolloutStatus, VersionFigures
 from app.serving.manager import ModelManager
-from app.serving.rollout import GUARD_DEFAULTS, Figures
-from app.storage.rollouts import RUNNING, RolloutStore, no_rollout
+from app.serving.rollout import Figures
+from app.storage.rollouts import GUARD_DEFAULTS, RUNNING, RolloutStore, no_rollout
 
 router = APIRouter(prefix="/models", tags=["rollouts"])
 ModelName = PathParam(pattern=NAME_PATTERN.pattern, description="the model's name")

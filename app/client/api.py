@@ -128,7 +128,9 @@ def _params(**given: Any) -> dict[str, Any]:
     return {k: v for k, v in given.items() if v is not None}
 
 
-def _finetune_form(model: str | None, promote: bool, params: dict[str, Any]) -> dict[str, str]:
+def _finetune_form(
+    model: str | None, promote: bool | str, params: dict[str, Any]
+) -> dict[str, str]:
     form = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in params.items()}
     form = {k: v for k, v in form.items() if v != "None"}
     if model:
@@ -243,7 +245,7 @@ class Calls:
     def finetune(
         dataset: DatasetInput | None = None,
         model: str | None = None,
-        promote: bool = True,
+        promote: bool | str = True,
         dataset_name: str | None = None,
         dataset_version: int | None = None,
         **params: Any,
@@ -251,7 +253,8 @@ class Calls:
         """Queue a job on an uploaded dataset (a folder of class folders, an archive path,
         or an open archive), on a stored one (``dataset_name``, ``dataset_version``), or
         on an upload stored as ``dataset_name``'s next version; ``params`` are the
-        training parameters."""
+        training parameters (and ``rollout_share``). ``promote``: True, False, or
+        ``"canary"`` / ``"shadow"`` to roll the new version out instead."""
         form = _finetune_form(model, promote, params)
         form.update(
             {

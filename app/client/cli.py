@@ -297,7 +297,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     stored, version = args.stored if args.stored else (None, None)
     form = dict(
         model=args.model,
-        promote=not args.no_promote,
+        promote=args.rollout or not args.no_promote,
+        rollout_share=args.rollout_share,
         dataset_name=stored,
         dataset_version=version,
         **from_arguments(args),
@@ -918,6 +919,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(f)
     f.add_argument("--no-promote", action="store_true", help="do not activate the new version")
+    f.add_argument(
+        "--rollout",
+        choices=["canary", "shadow"],
+        help="roll the new version out instead of promoting it (see convserve rollout)",
+    )
+    f.add_argument("--rollout-share", type=float, help="with --rollout; default 0.1")
     f.add_argument("--wait", action="store_true", help="follow the job to its end")
     f.set_defaults(func=cmd_finetune)
 

@@ -89,6 +89,7 @@ def queue_job(
     datasets: DatasetStore | None = None,
     dataset_name: str | None = None,
     dataset_version: int | None = None,
+    rollout: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Queue a job for an upload (stored, extracted and checked here) or for a stored
     dataset version (``dataset_name``; an upload sent with it is first stored as that
@@ -112,7 +113,9 @@ def queue_job(
             settings, datasets, dataset_name, dataset_version, params.validation_split
         )
         # The job reads the images from the dataset store, on whichever host runs it.
-        return store.create(model, params.model_dump(), promote, skipped, dataset, job_id=job_id)
+        return store.create(
+            model, params.model_dump(), promote, skipped, dataset, job_id=job_id, rollout=rollout
+        )
     assert upload is not None
     folder = job_dir(settings, job_id)
     try:
@@ -134,7 +137,13 @@ def queue_job(
         summary_dict = summary.to_dict()
         skipped = summary_dict.pop("skipped")
         return store.create(
-            model, params.model_dump(), promote, skipped, summary_dict, job_id=job_id
+            model,
+            params.model_dump(),
+            promote,
+            skipped,
+            summary_dict,
+            job_id=job_id,
+            rollout=rollout,
         )
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)

@@ -18,6 +18,7 @@ from typing import Any
 from app.config import Settings
 from app.jobs.runner import EXIT_STOPPED, remove_job_files
 from app.jobs.store import CANCELLED, CANCELLING, FINAL_STATES, QUEUED, RUNNING, SUCCEEDED, JobStore
+from app.storage.rollouts import GUARD_DEFAULTS, RolloutStore
 
 log = logging.getLogger("convserve.jobs")
 
@@ -98,3 +99,19 @@ def succeed(
     store.finish(job["id"], SUCCEEDED, result=result)
     remove_job_files(settings, job["id"])
     log.info("job %s succeeded: %s version %s", job["id"], job["model"], result["version"])
+
+
+def start_rollout(
+    rollouts: RolloutStore, job: dict[str, Any], baseline: int | None, result: dict[str, Any]
+) -> bool:
+    """Begin the rollout a job asked for (``promote=canary|shadow``) of its new version
+    against ``baseline``, with the default guards, and say so in ``result``; false when
+    there is nothing to roll out against (a new model: its version is promoted)."""
+    if baseline is None:
+        return False
+    spec, version = job["rollout"], int(result["version"])
+    row = rollouts.start(
+        job["model"], version, baseline, spec["mode"], float(spec["share"]), dict(GUARD_DEFAULTS)
+    )
+    result["rollout"] = {"id": row["id"], "mode": row["mode"], "share": row["share"]}
+    return True

@@ -32,7 +32,7 @@ QUEUED, RUNNING, CANCELLING = "queued", "running", "cancelling"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
 ACTIVE_STATES = (QUEUED, RUNNING, CANCELLING)
 FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
-JSON_COLUMNS = ("params", "progress", "history", "skipped", "result", "dataset")
+JSON_COLUMNS = ("params", "progress", "history", "skipped", "result", "dataset", "rollout")
 
 metadata = sa.MetaData()
 jobs = sa.Table(
@@ -60,6 +60,8 @@ jobs = sa.Table(
     # Added with leases; a store written before them gains the columns at open (`_migrate`).
     sa.Column("owner", sa.Text),
     sa.Column("lease_expires_at", sa.Float),
+    # A job that rolls its version out instead of promoting it: {"mode", "share"}.
+    sa.Column("rollout", sa.Text),
     sa.Index("jobs_status", "status", "seq"),
 )
 job_events = sa.Table(
@@ -72,7 +74,7 @@ job_events = sa.Table(
     sa.Column("created_at", sa.Text, nullable=False),
 )
 # Columns added after the first release, with their SQL type, for stores that predate them.
-ADDED_COLUMNS = {"owner": "TEXT", "lease_expires_at": "DOUBLE PRECISION"}
+ADDED_COLUMNS = {"owner": "TEXT", "lease_expires_at": "DOUBLE PRECISION", "rollout": "TEXT"}
 
 STATUS, PROGRESS, EPOCH, DONE = "status", "progress", "epoch", "done"
 
@@ -251,6 +253,7 @@ class JobStore(SqlStore):
         skipped: list[dict[str, Any]],
         dataset: dict[str, Any],
         job_id: str | None = None,
+        rollout: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         job_id = job_id or new_job_id()
         now = utc_now()
@@ -267,6 +270,7 @@ class JobStore(SqlStore):
                     updated_at=now,
                     skipped=json.dumps(skipped),
                     dataset=json.dumps(dataset),
+                    rollout=json.dumps(rollout) if rollout else None,
                     seq=seq,
                 )
             )

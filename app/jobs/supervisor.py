@@ -27,6 +27,7 @@ from app.jobs.lifecycle import (
     Next,
     promotion_result,
     settle,
+    start_rollout,
     succeed,
 )
 from app.jobs.runner import remove_job_files, study_command
@@ -251,6 +252,19 @@ class JobSupervisor:
         state = self.manager.models.get(name)
         previous = state.active.version if state is not None and state.active else None
         result = promotion_result(job, previous)
+        rollouts = self.manager.rollouts.store
+        if job.get("rollout") and rollouts is not None and name in self.manager.models:
+            try:
+                await self.manager.resolve(name, version)  # loaded before any traffic
+                if await asyncio.to_thread(start_rollout, rollouts, job, previous, result):
+                    await self.manager.rollouts.sync(self.manager)
+                    job = {**job, "promote": False}
+                else:
+                    job = {**job, "promote": True}  # nothing serves yet: it is promoted
+            except ConvserveError as exc:
+                result["promotion_error"] = f"the rollout could not start: {exc.message}"
+        elif job.get("rollout"):
+            job = {**job, "promote": True}
         if job["promote"]:
             try:
                 if name in self.manager.models:

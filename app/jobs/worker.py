@@ -39,11 +39,14 @@ from app.jobs.lifecycle import (
     Next,
     promotion_result,
     settle,
+    start_rollout,
     succeed,
 )
 from app.jobs.runner import store_for, study_command
 from app.jobs.store import CANCELLING, QUEUED, RUNNING
 from app.storage.factory import open_registry
+from app.storage.rollouts import RolloutStore
+from app.storage.sql import settings_database
 
 log = logging.getLogger("convserve.worker")
 
@@ -188,8 +191,18 @@ class TrainingWorker:
         """Point the model at the new version (the API replicas follow the pointer), then
         record the job's success."""
         name, version = job["model"], int(job["result"]["version"])
-        result = promotion_result(job, self.registry.active_version(name))
-        if job["promote"]:
+        baseline = self.registry.active_version(name)
+        result = promotion_result(job, baseline)
+        promote = job["promote"]
+        if job.get("rollout"):
+            # The API replicas follow the rollout from the shared database (and load the
+            # candidate); a new model has nothing to roll out against: it is promoted.
+            rollouts = RolloutStore(settings_database(self.settings))
+            try:
+                promote = not start_rollout(rollouts, job, baseline, result)
+            finally:
+                rollouts.close()
+        if promote:
             try:
                 self.registry.set_active(name, version)
                 result["promoted"] = True

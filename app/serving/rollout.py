@@ -36,7 +36,7 @@ import numpy as np
 
 from app.errors import ConvserveError
 from app.serving.metrics import ServiceMetrics
-from app.storage.rollouts import RolloutStore
+from app.storage.rollouts import GUARD_DEFAULTS, RolloutStore
 
 if TYPE_CHECKING:
     from app.serving.manager import ModelManager
@@ -46,12 +46,6 @@ SYNC_SECONDS = 1.0
 MAX_SHADOWS_IN_FLIGHT = 64
 # Latency histogram bounds, in ms (the last bucket is everything above).
 BOUNDS_MS = (5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 2000, 5000, 10000)
-GUARD_DEFAULTS: dict[str, Any] = {
-    "max_error_rate": 0.05,
-    "max_p99_ms": None,
-    "min_agreement": None,
-    "min_requests": 50,
-}
 
 
 @dataclass

@@ -22,6 +22,13 @@ from app.storage.objects import utc_now
 from app.storage.sql import SqlStore
 
 RUNNING = "running"
+# The bounds that stop a rollout when none are given (judged after ``min_requests``).
+GUARD_DEFAULTS: dict[str, Any] = {
+    "max_error_rate": 0.05,
+    "max_p99_ms": None,
+    "min_agreement": None,
+    "min_requests": 50,
+}
 ENDED = ("promoted", "aborted", "stopped", "replaced")
 
 metadata = sa.MetaData()

@@ -421,3 +421,51 @@ def test_a_dataset_made_on_one_replica_is_trained_by_a_worker_and_seen_by_the_ot
         record = details[version]["dataset"]
         assert (record["name"], record["version"]) == ("shared", 3)
         assert record["per_class"] == {"dark": 5, "hstripes": 11, "vstripes": 6}
+
+
+def test_a_job_rolled_out_as_a_shadow_is_followed_by_both_replicas_and_summed(cluster, tmp_path):
+    """``promote=shadow``: the worker starts the rollout in the shared database; both API
+    replicas follow it (the candidate runs beside each request), the figures are summed
+    across them, and a promote on one is followed by the other."""
+    api1, api2 = cluster.apis
+    with api1.client() as one, api2.client() as two:
+        baseline = one.get("/models/toy").json()["active_version"]
+        job_id = upload_job(
+            one,
+            tmp_path,
+            per_class=8,
+            epochs=1,
+            fine_tune_epochs=0,
+            image_size=32,
+            batch_size=8,
+            promote="shadow",
+            rollout_share="1",
+        )
+        job = wait_for(one, job_id, lambda j: j["status"] in FINAL)
+        assert job["status"] == "succeeded", job
+        candidate = job["result"]["version"]
+        assert job["result"]["rollout"]["mode"] == "shadow" and not job["result"]["promoted"]
+        deadline = time.time() + 30
+        while two.get("/models/toy/rollout").json().get("status") != "running":
+            assert time.time() < deadline
+            time.sleep(0.5)
+        time.sleep(2 * POLL_SECONDS + 1)  # both replicas follow it (they sync every second)
+        for client in (one, two):
+            for _ in range(10):
+                r = client.post("/predict", files={"file": ("a.png", PNG)})
+                assert r.status_code == 200 and r.json()["version"] == baseline
+        deadline = time.time() + 30
+        while True:
+            shown = two.get("/models/toy/rollout").json()
+            figures = shown["figures"][str(candidate)]
+            if shown["replicas"] == 2 and figures["compared"] == 20:
+                break
+            assert time.time() < deadline, shown
+            time.sleep(0.5)
+        assert figures["requests"] == 20 and shown["figures"][str(baseline)]["requests"] == 20
+
+        assert one.post("/models/toy/rollout/promote").json()["status"] == "promoted"
+        deadline = time.time() + 30
+        while two.post("/predict", files={"file": ("a.png", PNG)}).json()["version"] != candidate:
+            assert time.time() < deadline
+            time.sleep(0.5)
