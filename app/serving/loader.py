@@ -115,8 +115,8 @@ class VersionLoader:
         )
 
         def on_batch(n: int, seconds: float) -> None:
-            self.metrics.batch_size.labels(name).observe(n)
-            self.metrics.batch_seconds.labels(name).observe(seconds)
+            self.metrics.batch_size.labels(name, str(version)).observe(n)
+            self.metrics.batch_seconds.labels(name, str(version)).observe(seconds)
 
         batcher = Batcher(
             predictor.predict,

@@ -63,14 +63,14 @@ class ServiceMetrics:
         self.batch_size = Histogram(
             "convserve_batch_size",
             "Images per model batch.",
-            ["model"],
+            ["model", "version"],
             buckets=BATCH_BUCKETS,
             registry=r,
         )
         self.batch_seconds = Histogram(
             "convserve_batch_seconds",
             "Time of one model batch.",
-            ["model"],
+            ["model", "version"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

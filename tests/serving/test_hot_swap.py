@@ -54,7 +54,7 @@ def test_concurrent_requests_are_batched(registry, settings_for):
                 return (await client.get("/metrics")).text
 
     text = asyncio.run(scenario())
-    count = float(text.split('convserve_batch_size_count{model="toy"} ')[1].split()[0])
+    count = float(text.split('convserve_batch_size_count{model="toy",version="1"} ')[1].split()[0])
     assert count < 32 / 2, "32 concurrent images should need far fewer than 16 batches"
 
 

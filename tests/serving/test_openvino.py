@@ -51,7 +51,7 @@ def _batches_for(client: TestClient, images: int) -> float:
     files = [("file", (f"{i}.png", png)) for i in range(images)]
     assert client.post("/predict", files=files).status_code == 200
     for line in client.get("/metrics").text.splitlines():
-        if line.startswith('convserve_batch_size_count{model="toy"}'):
+        if line.startswith('convserve_batch_size_count{model="toy",version="1"}'):
             return float(line.split()[-1])
     raise AssertionError("no batch-size histogram for toy")
 
