@@ -13,7 +13,7 @@ from app.api.datasets import DatasetName
 from app.api.deps import Admin, Datasets, Registry
 from app.errors import ConvserveError
 from app.names import NAME_REGEX
-from app.schemas import HealthRequest
+from app.schemas import ErrorBody, HealthRequest
 from app.storage.datasets import DatasetStore
 from app.storage.objects import utc_now
 from app.storage.registry import ModelRegistry
@@ -70,7 +70,10 @@ def _check_model(registry: ModelRegistry, model: str, version: int) -> None:
         raise ConvserveError("version_not_found", f"model {model!r} has no version {version}", 404)
 
 
-@router.get("/datasets/{name}/versions/{version}/health")
+@router.get(
+    "/datasets/{name}/versions/{version}/health",
+    responses={409: {"model": ErrorBody, "description": "no model trained on this dataset yet"}},
+)
 async def dataset_health(
     name: DatasetName,
     version: int,

@@ -52,9 +52,22 @@ _HEADERS = {
     "503": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "string"}}},
     "401": {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
 }
-_PATH_NAMES = ("{name}", "{version}", "{label}", "{job_id}", "{file}", "{image_id}")
-_NAMING_PARAMETERS = {"model", "version"}  # /predict?model=&version=, /console/train?model=
-_WRITES = ("/finetune", "/datasets", "/models/")
+_PATH_NAMES = (
+    "{name}",
+    "{version}",
+    "{label}",
+    "{job_id}",
+    "{file}",
+    "{image_id}",
+    "{capture_id}",
+)
+_NAMING_PARAMETERS = {
+    "model",
+    "version",
+    "a",
+    "b",
+}  # /predict?model=&version=, /console/train?model=
+_WRITES = ("/finetune", "/datasets", "/models/", "/review")
 
 
 def _is_page(path: str) -> bool:

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Response
 from app.api.deps import Admin, Datasets, Jobs, Manager, Metrics, Registry, SettingsDep, Supervisor
 from app.errors import ConvserveError
 from app.jobs.intake import queue_job
-from app.schemas import Comparison, JobCreated, RetrainRequest
+from app.schemas import Comparison, ErrorBody, JobCreated, RetrainRequest
 from app.serving.inference import Inference
 from app.storage.datasets import DatasetStore
 from app.storage.registry import ModelRegistry
@@ -100,7 +100,13 @@ def fair_images(
     return [(i, manifest_b["images"][i]["label"]) for i in validation], basis
 
 
-@router.get("/{name}/compare", response_model=Comparison)
+@router.get(
+    "/{name}/compare",
+    response_model=Comparison,
+    responses={
+        409: {"model": ErrorBody, "description": "a version not trained on a stored dataset"}
+    },
+)
 async def compare(
     name: str,
     manager: Manager,

@@ -129,7 +129,7 @@ def list_review(
         "newest", description="newest first, least confident first, or by predicted class"
     ),
     label: str | None = Query(None, description="only images predicted as this class"),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=2**31 - 1),  # the database's integers
     limit: int = Query(50, ge=1, le=500),
 ) -> ReviewList:
     """Kept predictions waiting for review, each with the model's answer."""
