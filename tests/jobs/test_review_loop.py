@@ -99,3 +99,37 @@ def test_capture_review_retrain_compare_and_label_health(service, tmp_path):
         # The new dataset version's report, from the retraining job.
         health = c.get("/datasets/shapes/versions/6/health").json()
         assert health["images"] == 29 and health["model"]["version"] == 2
+
+
+@pytest.mark.slow  # 30 s: a service start and two short trainings
+def test_a_job_can_start_a_canary_rollout_instead_of_promoting(service, tmp_path):
+    folder = make_dataset(tmp_path / "photos", classes=("checks", "hstripes"), per_class=10)
+    with service.client() as c:
+        r = c.post(
+            "/datasets", data={"name": "c"}, files={"archive": ("d.zip", zip_directory(folder))}
+        )
+        assert r.status_code == 201, r.text
+        _finished(c, c.post("/finetune", data={**FIELDS, "dataset_name": "c", "model": "net"}))
+        fields = {
+            **FIELDS,
+            "dataset_name": "c",
+            "model": "net",
+            "promote": "canary",
+            "rollout_share": "0.5",
+        }
+        job = _finished(c, c.post("/finetune", data=fields))
+        assert job["rollout"] == {"mode": "canary", "share": 0.5}
+        assert job["result"]["promoted"] is False and job["result"]["rollout"]["mode"] == "canary"
+        assert c.get("/models/net").json()["active_version"] == 1
+        shown = c.get("/models/net/rollout").json()
+        assert (shown["status"], shown["version"], shown["baseline"]) == ("running", 2, 1)
+        photo = image_bytes(pattern_image("checks", 32, seed=9))
+        served = {
+            c.post("/predict", params={"model": "net"}, files={"file": ("p.png", photo)}).json()[
+                "version"
+            ]
+            for _ in range(30)
+        }
+        assert served == {1, 2}  # each answer by either, half and half (all alike: 2 in 10^9)
+        r = c.post("/finetune", data={**fields, "promote": "true"})
+        assert r.status_code == 422  # rollout_share goes with canary or shadow only
