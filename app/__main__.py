@@ -28,6 +28,18 @@ def _fail(message: str, code: str, status: int = 2) -> int:
     return status
 
 
+def loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: assume others can reach it
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -35,6 +47,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.shutdown import DrainingServer
 
     settings = get_settings()
+    if not loopback(args.host) and not settings.api_key and not settings.allow_open:
+        return _fail(
+            f"refusing to listen on {args.host} with no CONVSERVE_API_KEY: anyone who can"
+            " reach this machine could train, promote, delete and export. Set"
+            " CONVSERVE_API_KEY (then send 'Authorization: Bearer <key>' with admin calls),"
+            " or CONVSERVE_ALLOW_OPEN=true to serve without one, or listen on 127.0.0.1",
+            "open_admin_api",
+        )
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -230,7 +250,12 @@ def add_service_commands(sub: Any) -> None:
     """``serve``, ``train``, ``evaluate`` and ``run-job``: shared by ``python -m app`` and
     the ``convserve`` command."""
     serve = sub.add_parser("serve", help="start the HTTP service")
-    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the address to listen on (default 127.0.0.1: this machine only; another"
+        " address needs CONVSERVE_API_KEY, or CONVSERVE_ALLOW_OPEN=true)",
+    )
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(func=cmd_serve)

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     # "imagenet" (Keras' download/cache), "none" (random init) or a path to a weights file.
     pretrained: str = "imagenet"
     api_key: str | None = None
+    # Serve on an address other machines can reach with no API key (every caller is then an
+    # admin: can train, promote, delete, export). Without it `serve` refuses to.
+    allow_open: bool = False
     backend: Literal["auto", "keras", "openvino"] = "auto"
     # OpenVINO's inference precision. "auto": each version's own choice, the fastest that
     # keeps its held-out accuracy (its precision study, app.serving.precision), f32 for a version

@@ -32,6 +32,25 @@ def test_evaluate_unknown_model(tmp_path):
     assert r.returncode == 2 and last_json(r.stdout)["code"] == "model_not_found"
 
 
+def test_serve_will_not_open_the_admin_api_to_the_network_by_accident(tmp_path):
+    open_env = {"CONVSERVE_API_KEY": "", "CONVSERVE_ALLOW_OPEN": ""}
+    for host in ("0.0.0.0", "192.0.2.7", "::", "example.org"):
+        r = run_cli(tmp_path, "serve", "--host", host, env_extra=open_env, timeout=120)
+        assert r.returncode == 2, (host, r.stderr)
+        assert last_json(r.stdout)["code"] == "open_admin_api"
+        assert "CONVSERVE_API_KEY" in r.stderr and "CONVSERVE_ALLOW_OPEN" in r.stderr
+    assert not (tmp_path / "models").exists()  # refused before anything was loaded
+
+
+def test_serve_listens_on_loopback_unless_told_otherwise():
+    from app.__main__ import build_parser, loopback
+
+    args = build_parser().parse_args(["serve"])
+    assert args.host == "127.0.0.1"
+    assert loopback("127.0.0.1") and loopback("::1") and loopback("localhost")
+    assert not loopback("0.0.0.0") and not loopback("10.0.0.5") and not loopback("host.lan")
+
+
 @pytest.mark.slow  # 36 s: a training and an evaluation through the command
 def test_train_evaluate_and_list_on_generated_images(tmp_path):
     data = make_dataset(tmp_path / "data", per_class=10, size=32)
