@@ -27,6 +27,7 @@ def _json(r):
     return json.loads(r.stdout)
 
 
+@pytest.mark.slow  # 18 s: a service start and some twenty commands
 def test_capture_review_and_the_errors_that_say_what_to_do(service, tmp_path):
     on = _json(
         convserve(
