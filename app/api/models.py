@@ -92,7 +92,14 @@ async def activate_version(
 async def delete_version(
     name: str, manager: Manager, registry: Registry, version: int = VersionPath
 ) -> ModelDetail:
-    """Delete a version that is not active."""
+    """Delete a version that is not active (nor the candidate of a running rollout)."""
+    if manager.rollouts.candidate(name) == version:
+        raise ConvserveError(
+            "version_in_rollout",
+            f"version {version} of {name!r} is being rolled out: abort or promote the"
+            " rollout first",
+            409,
+        )
     state = await manager.delete(name, version)
     return model_detail(state, registry)
 

@@ -210,7 +210,15 @@ class Rollouts:
                 if model not in rows or rows[model]["id"] != self.running[model].row["id"]:
                     del self.running[model]
             for model, row in rows.items():
-                if model not in manager.models:
+                state = manager.models.get(model)
+                if state is None:
+                    continue
+                if state.active is not None and state.active.version == int(row["version"]):
+                    # Activated some other way (the version list, another replica).
+                    await asyncio.to_thread(
+                        store.end, row["id"], "promoted", "the candidate was activated"
+                    )
+                    self.running.pop(model, None)
                     continue
                 if model not in self.running:
                     try:

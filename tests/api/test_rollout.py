@@ -130,6 +130,15 @@ def test_promote_and_abort(api) -> None:
     assert (r.status_code, r.json()["code"]) == (404, "rollout_not_found")
 
 
+def test_a_candidate_cannot_be_deleted_and_activating_it_ends_the_rollout(api) -> None:
+    rollout(api, version=2, mode="canary", share=0.5)
+    r = api.delete("/models/toy/versions/2")
+    assert (r.status_code, r.json()["code"]) == (409, "version_in_rollout")
+    assert api.post("/models/toy/versions/2/activate").status_code == 200
+    shown = status(api)
+    assert (shown["status"], shown["reason"]) == ("promoted", "the candidate was activated")
+
+
 def test_bad_rollouts_are_refused_with_their_reason(api) -> None:
     r = api.put("/models/toy/rollout", json={"version": 1, "mode": "canary"})
     assert (r.status_code, r.json()["code"]) == (409, "version_is_active")
