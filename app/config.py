@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     # Serve on an address other machines can reach with no API key (every caller is then an
     # admin: can train, promote, delete, export). Without it `serve` refuses to.
     allow_open: bool = False
+    # Predictions (/predict, TF Serving, KServe) open to callers without a key; false: they
+    # need a key with the predict scope (once keys are on).
+    public_predictions: bool = True
     backend: Literal["auto", "keras", "openvino"] = "auto"
     # OpenVINO's inference precision. "auto": each version's own choice, the fastest that
     # keeps its held-out accuracy (its precision study, app.serving.precision), f32 for a version

@@ -14,6 +14,7 @@ from app.api import (
     datasets,
     finetune,
     health,
+    keys,
     label_health,
     models,
     openapi,
@@ -22,6 +23,8 @@ from app.api import (
     review,
     rollout,
 )
+from app.api.audit import AuditLog
+from app.api.deps import Auth
 from app.api.drain import DrainMiddleware
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
@@ -36,6 +39,7 @@ from app.serving.metrics import ServiceMetrics
 from app.serving.rollout import Rollouts
 from app.shutdown import DrainState
 from app.storage.factory import open_captures, open_datasets, open_registry
+from app.storage.keys import KeyStore
 from app.storage.rollouts import RolloutStore
 from app.storage.sql import settings_database
 
@@ -57,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         manager.capture = Capturer(captures, metrics, settings.capture_queue_size)
         manager.capture.start()
         rollouts = RolloutStore(settings_database(settings))
+        auth = Auth(KeyStore(settings_database(settings)))
         manager.rollouts = Rollouts(rollouts, metrics)
         app.state.rollouts = manager.rollouts  # whose shadow runs tests wait on
         app.state.capture = manager.capture  # the writer, whose queue tests wait on
@@ -72,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "datasets": datasets,
                 "captures": captures,
                 "rollouts": rollouts,
+                "auth": auth,
                 "metrics": metrics,
                 "manager": manager,
                 "jobs": jobs,
@@ -107,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     # Outermost: while the service drains, new requests are answered before anything else.
     app.state.drain = DrainState()
+    app.add_middleware(AuditLog)
     app.add_middleware(DrainMiddleware, state=app.state.drain)
     install_error_handlers(app)
     routers = (
@@ -115,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         retrain,
         review,
         rollout,
+        keys,
         architectures,
         finetune,
         datasets,

@@ -483,3 +483,52 @@ class RolloutStatus(BaseModel):
     guards: dict[str, Any]
     replicas: int  # replicas whose figures are summed
     figures: dict[str, VersionFigures]  # version -> its live figures
+
+
+# -- keys and audit ------------------------------------------------------------------------
+
+
+class NewKey(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100, description="what the key is for")
+    scopes: list[Literal["predict", "train", "admin"]] = Field(min_length=1)
+    models: list[str] | None = Field(
+        None, min_length=1, description="only these models (default all)"
+    )
+
+
+class KeyInfo(BaseModel):
+    id: str
+    prefix: str  # cs_<id>: how the key begins
+    name: str
+    scopes: list[str]
+    models: list[str] | None = None
+    created_at: str
+    revoked_at: str | None = None
+
+
+class KeyCreated(KeyInfo):
+    key: str  # shown this once
+
+
+class KeyList(BaseModel):
+    keys: list[KeyInfo]
+
+
+class AuditEntry(BaseModel):
+    seq: int
+    at: str
+    key_id: str | None  # "bootstrap": CONVSERVE_API_KEY; null: no key
+    method: str
+    path: str
+    status: int
+    client: str | None = None
+    scope: str
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEntry]
+    total: int
+    offset: int
+    limit: int

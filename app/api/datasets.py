@@ -16,7 +16,7 @@ from fastapi.responses import FileResponse
 from PIL import Image
 from starlette.background import BackgroundTask
 
-from app.api.deps import Admin, Datasets, Jobs, SettingsDep
+from app.api.deps import Admin, Datasets, Jobs, SettingsDep, Train
 from app.data.datasets import DatasetSummary
 from app.errors import ConvserveError
 from app.jobs.intake import (
@@ -78,7 +78,7 @@ def _busy(jobs: Any, name: str, version: int | None = None) -> None:
             )
 
 
-@router.post("/check", response_model=DatasetReport, dependencies=[Admin], tags=["finetune"])
+@router.post("/check", response_model=DatasetReport, dependencies=[Train], tags=["finetune"])
 async def check_dataset(
     settings: SettingsDep,
     dataset: UploadFile = File(..., description=".zip, .tar or .tar.gz, one folder per class"),
@@ -90,7 +90,7 @@ async def check_dataset(
     return await asyncio.to_thread(check_only, settings, dataset.file, validation_split)
 
 
-@router.post("", status_code=201, response_model=DatasetChange, dependencies=[Admin])
+@router.post("", status_code=201, response_model=DatasetChange, dependencies=[Train])
 def create_dataset(
     response: Response,
     settings: SettingsDep,
@@ -124,7 +124,7 @@ def get_dataset(name: DatasetName, datasets: Datasets) -> DatasetInfo:
     return dataset_info(datasets, name)
 
 
-@router.delete("/{name}", status_code=204, dependencies=[Admin])
+@router.delete("/{name}", status_code=204, dependencies=[Train])
 def delete_dataset(name: DatasetName, datasets: Datasets, jobs: Jobs) -> Response:
     """Delete a dataset and its images (refused while a job reads it). Model versions
     trained on it keep their record of it."""
@@ -134,7 +134,7 @@ def delete_dataset(name: DatasetName, datasets: Datasets, jobs: Jobs) -> Respons
     return Response(status_code=204)
 
 
-@router.post("/{name}/images", status_code=201, response_model=DatasetChange, dependencies=[Admin])
+@router.post("/{name}/images", status_code=201, response_model=DatasetChange, dependencies=[Train])
 def add_images(
     name: DatasetName,
     settings: SettingsDep,
@@ -203,7 +203,7 @@ def get_image(
     return Response(out.getvalue(), media_type="image/jpeg", headers=headers)
 
 
-@router.patch("/{name}/images/{image_id}", response_model=DatasetChange, dependencies=[Admin])
+@router.patch("/{name}/images/{image_id}", response_model=DatasetChange, dependencies=[Train])
 def relabel_image(
     name: DatasetName, image_id: str, body: Relabel, datasets: Datasets
 ) -> DatasetChange:
@@ -213,13 +213,13 @@ def relabel_image(
     return DatasetChange(name=name, version=version)
 
 
-@router.delete("/{name}/images/{image_id}", response_model=DatasetChange, dependencies=[Admin])
+@router.delete("/{name}/images/{image_id}", response_model=DatasetChange, dependencies=[Train])
 def remove_image(name: DatasetName, image_id: str, datasets: Datasets) -> DatasetChange:
     """Remove an image from the dataset (a new version; older versions keep it)."""
     return DatasetChange(name=name, version=datasets.remove(name, image_id))
 
 
-@router.post("/{name}/classes", status_code=201, response_model=DatasetChange, dependencies=[Admin])
+@router.post("/{name}/classes", status_code=201, response_model=DatasetChange, dependencies=[Train])
 def add_class(name: DatasetName, body: NewClass, datasets: Datasets) -> DatasetChange:
     """Add an empty class (a new version)."""
     return DatasetChange(name=name, version=datasets.add_class(name, body.label))
@@ -235,7 +235,7 @@ def get_version(name: DatasetName, version: int, datasets: Datasets) -> DatasetV
     return DatasetVersionDetail(name=name, **info, diff=diff)
 
 
-@router.delete("/{name}/versions/{version}", status_code=204, dependencies=[Admin])
+@router.delete("/{name}/versions/{version}", status_code=204, dependencies=[Train])
 def delete_version(name: DatasetName, version: int, datasets: Datasets, jobs: Jobs) -> Response:
     """Delete an old version (not the latest). Images no other version lists are deleted
     with it; model versions trained on it keep their record (name, version, counts, the

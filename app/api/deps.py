@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import hmac
-from typing import Annotated
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -16,6 +20,7 @@ from app.serving.manager import ModelManager
 from app.serving.metrics import ServiceMetrics
 from app.storage.captures import CaptureStore
 from app.storage.datasets import DatasetStore
+from app.storage.keys import GRANTS, SCOPES, KeyStore
 from app.storage.registry import ModelRegistry
 from app.storage.rollouts import RolloutStore
 
@@ -43,6 +48,16 @@ async def get_captures(request: Request) -> CaptureStore:
 async def get_rollouts(request: Request) -> RolloutStore:
     rollouts: RolloutStore = request.state.rollouts
     return rollouts
+
+
+async def get_keys(request: Request) -> KeyStore:
+    auth: Auth = request.state.auth
+    return auth.keys
+
+
+async def get_auth(request: Request) -> Auth:
+    auth: Auth = request.state.auth
+    return auth
 
 
 async def get_metrics(request: Request) -> ServiceMetrics:
@@ -77,31 +92,145 @@ Metrics = Annotated[ServiceMetrics, Depends(get_metrics)]
 Datasets = Annotated[DatasetStore, Depends(get_datasets)]
 Captures = Annotated[CaptureStore, Depends(get_captures)]
 Rollouts = Annotated[RolloutStore, Depends(get_rollouts)]
+Keys = Annotated[KeyStore, Depends(get_keys)]
 
 
-# Declared as a security scheme, so the OpenAPI document marks the admin operations.
+# Declared as a security scheme, so the OpenAPI document marks the operations that need a key.
 _bearer = HTTPBearer(
     scheme_name="bearer",
-    description="CONVSERVE_API_KEY, needed by admin operations when it is set",
+    description="an API key (CONVSERVE_API_KEY, or one made with POST /keys) with the"
+    " operation's scope; needed once CONVSERVE_API_KEY is set or a key exists",
     auto_error=False,
 )
+KEY_CACHE_SECONDS = 30.0  # a key revoked on another replica is refused within this
+KEYS_EXIST_SECONDS = 5.0
 
 
-async def require_admin(
-    settings: SettingsDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """Admin endpoints need ``Authorization: Bearer <CONVSERVE_API_KEY>`` when it is set."""
-    if not settings.api_key:
-        return
-    token = credentials.credentials.strip() if credentials is not None else ""
-    if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: a key's id ("bootstrap": CONVSERVE_API_KEY; None: no key on an
+    open service), what it may do, and the models it is limited to (None: all)."""
+
+    key_id: str | None
+    scopes: frozenset[str]
+    models: tuple[str, ...] | None = None
+
+
+OPEN = Caller(None, frozenset(SCOPES))
+
+
+class Auth:
+    """The keys of the service's database, remembered for a while per replica (a check is
+    an Argon2 hash)."""
+
+    def __init__(self, keys: KeyStore) -> None:
+        self.keys = keys
+        self._known: dict[str, tuple[dict[str, Any] | None, float]] = {}
+        self._exist = (False, 0.0)
+
+    def keys_exist(self) -> bool:
+        exist, until = self._exist
+        if time.monotonic() >= until:
+            exist = self.keys.active() > 0
+            self._exist = (exist, time.monotonic() + KEYS_EXIST_SECONDS)
+        return exist
+
+    def lookup(self, token: str) -> dict[str, Any] | None:
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        found = self._known.get(digest)
+        if found is not None and time.monotonic() < found[1]:
+            return found[0]
+        row = self.keys.verify(token)
+        self._known[digest] = (row, time.monotonic() + KEY_CACHE_SECONDS)
+        return row
+
+    def forget(self) -> None:
+        """After a key was made or revoked here: this replica knows at once."""
+        self._known.clear()
+        self._exist = (False, 0.0)
+
+
+def _unauthorized() -> ConvserveError:
+    return ConvserveError(
+        "unauthorized",
+        "this endpoint needs an 'Authorization: Bearer <api key>' header with a valid key",
+        401,
+        {"WWW-Authenticate": "Bearer"},
+    )
+
+
+def check_model(caller: Caller, model: str | None) -> None:
+    """403 when ``caller``'s key is limited to other models than ``model``."""
+    if caller.models is not None and model is not None and model not in caller.models:
         raise ConvserveError(
-            "unauthorized",
-            "this endpoint needs an 'Authorization: Bearer <api key>' header with the right key",
-            401,
-            {"WWW-Authenticate": "Bearer"},
+            "model_not_allowed",
+            f"this key is limited to the models {', '.join(caller.models)}; not {model!r}",
+            403,
         )
 
 
-Admin = Depends(require_admin)
+def _model_of(request: Request, settings: Settings) -> str | None:
+    """The model a request acts on, where its path or query names it."""
+    path = request.url.path
+    if path.startswith(("/models/", "/v1/models/", "/v2/models/")):
+        name = request.path_params.get("name")
+        if name is not None:
+            return str(name).split(":", 1)[0]
+    if path == "/predict":
+        return request.query_params.get("model") or settings.default_model
+    return request.query_params.get("model")
+
+
+def require(scope: str, public: str | None = None) -> Any:
+    """A dependency: the request needs a key with ``scope`` (once keys are on), limited to
+    no other model than the one it acts on; none while the setting named ``public`` is
+    true. Train and admin actions go to the audit log."""
+
+    async def check(
+        request: Request,
+        settings: SettingsDep,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Caller:
+        if public is not None and getattr(settings, public):
+            return OPEN
+        auth: Auth = request.state.auth
+        token = credentials.credentials.strip() if credentials is not None else ""
+        if scope != "predict":
+            request.state.audit = (None, scope)  # recorded with the answer's status
+        if not settings.api_key and not await asyncio.to_thread(auth.keys_exist):
+            return OPEN
+        if (
+            settings.api_key
+            and token
+            and hmac.compare_digest(token.encode(), settings.api_key.encode())
+        ):
+            caller = Caller("bootstrap", frozenset(SCOPES))
+        else:
+            row = await asyncio.to_thread(auth.lookup, token) if token else None
+            if row is None:
+                raise _unauthorized()
+            granted = frozenset().union(*(GRANTS[s] for s in row["scopes"]))
+            models = tuple(row["models"]) if row["models"] else None
+            caller = Caller(row["id"], granted, models)
+        if scope != "predict":
+            request.state.audit = (caller.key_id, scope)
+        if scope not in caller.scopes:
+            raise ConvserveError(
+                "forbidden",
+                f"this needs a key with the {scope!r} scope; this key has"
+                f" {', '.join(s for s in SCOPES if s in caller.scopes)}",
+                403,
+            )
+        check_model(caller, _model_of(request, settings))
+        return caller
+
+    return Depends(check)
+
+
+Admin = require("admin")
+Train = require("train")
+# Predictions are open to anyone unless CONVSERVE_PUBLIC_PREDICTIONS=false.
+Predict = require("predict", public="public_predictions")
+
+
+AuthDep = Annotated[Auth, Depends(get_auth)]

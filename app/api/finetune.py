@@ -12,7 +12,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import ValidationError
 
-from app.api.deps import Admin, Datasets, Jobs, Manager, Registry, SettingsDep, Supervisor
+from app.api.deps import (
+    Caller,
+    Datasets,
+    Jobs,
+    Manager,
+    Registry,
+    SettingsDep,
+    Supervisor,
+    Train,
+    check_model,
+)
 from app.errors import ConvserveError
 from app.jobs.intake import queue_job
 from app.jobs.store import CANCELLED, DONE, PROGRESS, JobEvent
@@ -102,7 +112,6 @@ def _check_source(
     "",
     status_code=202,
     response_model=JobCreated,
-    dependencies=[Admin],
     # The images: an upload (with no dataset_version: it becomes the next version), or a
     # stored dataset (dataset_name, and dataset_version if not the latest).
     openapi_extra={
@@ -127,6 +136,7 @@ def _check_source(
 )
 async def create_job(
     response: Response,
+    caller: Annotated[Caller, Train],
     settings: SettingsDep,
     jobs: Jobs,
     manager: Manager,
@@ -172,6 +182,7 @@ async def create_job(
         raise RequestValidationError(
             [{"loc": ("form", "model"), "type": "value_error", "msg": MODEL_NAME_RULE}]
         )
+    check_model(caller, name)
     # A name that is not served yet creates that model with the job's first version.
     state = manager.models.get(name)
     active = state.active if state is not None else None
@@ -226,7 +237,7 @@ def get_job(job_id: str, jobs: Jobs) -> Job:
     return Job.from_row(_get(jobs, job_id))
 
 
-@router.delete("/{job_id}", response_model=Job, dependencies=[Admin])
+@router.delete("/{job_id}", response_model=Job, dependencies=[Train])
 def cancel_job(job_id: str, jobs: Jobs, supervisor: Supervisor) -> Job:
     """Cancel: a queued job at once, a running one at its next batch."""
     row = _get(jobs, job_id)

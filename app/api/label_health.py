@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Query
 
 from app.api.datasets import DatasetName
-from app.api.deps import Admin, Datasets, Registry
+from app.api.deps import Datasets, Registry, Train
 from app.errors import ConvserveError
 from app.names import NAME_REGEX
 from app.schemas import ErrorBody, HealthRequest
@@ -134,7 +134,7 @@ async def dataset_health(
     return _present(report, datasets, name)
 
 
-@router.post("/datasets/{name}/health/keep", dependencies=[Admin])
+@router.post("/datasets/{name}/health/keep", dependencies=[Train])
 def keep_labels(name: DatasetName, body: HealthRequest, datasets: Datasets) -> dict[str, Any]:
     """Mark images whose label a reviewer checked and kept: reports show them as kept."""
     return {"name": name, "kept": len(datasets.confirm(name, body.keep))}

@@ -15,8 +15,8 @@ the same rules the code follows:
 - 400, 413 and 415 where a request has a body (bad archive, image or JSON; too large;
   not an image format);
 - 401 on admin operations (those with the bearer security scheme of
-  `app.api.deps.require_admin`, when ``CONVSERVE_API_KEY`` is set); 409 on those, as they
-  change models or jobs, and 507 on those that write to disk.
+  `app.api.deps.require`, once keys are on) and 403 (a key without the scope); 409 on
+  those, as they change models or jobs, and 507 on those that write to disk.
 
 ``tests/api/test_fuzz.py`` holds the service to this document.
 """
@@ -38,7 +38,8 @@ PROTOCOL_ERROR_BODY = "#/components/schemas/ProtocolErrorBody"
 
 _DESCRIPTIONS = {
     "400": "the request body cannot be used (bad archive, image or JSON)",
-    "401": "an admin operation without the right 'Authorization: Bearer <api key>'",
+    "401": "no 'Authorization: Bearer <api key>' with a valid key, where one is needed",
+    "403": "the key lacks the operation's scope, or is limited to other models",
     "404": "no such model, version, job or file",
     "409": "the operation conflicts with the current state (an active version, an ended job)",
     "413": "the request, a file or an archive is larger than allowed",
@@ -60,6 +61,7 @@ _PATH_NAMES = (
     "{file}",
     "{image_id}",
     "{capture_id}",
+    "{key_id}",
 )
 _NAMING_PARAMETERS = {
     "model",
@@ -67,6 +69,7 @@ _NAMING_PARAMETERS = {
     "a",
     "b",
 }  # /predict?model=&version=, /console/train?model=
+PREDICTIONS = ("/predict", ":predict", ":classify", "/infer")
 _WRITES = ("/finetune", "/datasets", "/models/", "/review")
 
 
@@ -87,7 +90,7 @@ def _error_statuses(path: str, operation: dict[str, Any], admin: bool) -> set[st
     if has_body:
         statuses.update(("400", "413", "415"))
     if admin:
-        statuses.update(("401", "409"))
+        statuses.update(("401", "403", "409"))
         if path.startswith(_WRITES):
             statuses.add("507")
     return statuses
@@ -110,7 +113,10 @@ def _document(spec: dict[str, Any]) -> None:
     for path, operations in spec.get("paths", {}).items():
         body = PROTOCOL_ERROR_BODY if path.startswith(PROTOCOL_PREFIXES) else ERROR_BODY
         for operation in operations.values():
-            admin = "security" in operation  # the routes that depend on require_admin
+            if "security" in operation and path.endswith(PREDICTIONS):
+                # A key only where CONVSERVE_PUBLIC_PREDICTIONS=false: none, or the bearer.
+                operation["security"] = [{}, {"bearer": []}]
+            admin = "security" in operation  # the routes that depend on a key's scope
             responses = operation.setdefault("responses", {})
             for status in sorted(_error_statuses(path, operation, admin)):
                 entry = responses.get(status) or {}

@@ -6,7 +6,7 @@ from typing import Literal
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
 
-from app.api.deps import Manager, Metrics, SettingsDep
+from app.api.deps import Manager, Metrics, Predict, SettingsDep
 from app.errors import ConvserveError
 from app.schemas import ImagePrediction, Label, PredictResponse
 from app.serving.inference import Inference, ranked
@@ -24,7 +24,7 @@ def _check_multipart(request: Request) -> None:
         )
 
 
-@router.post("/predict", response_model=PredictResponse)
+@router.post("/predict", response_model=PredictResponse, dependencies=[Predict])
 async def predict(
     request: Request,
     manager: Manager,

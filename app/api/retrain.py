@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Response
 
-from app.api.deps import Admin, Datasets, Jobs, Manager, Metrics, Registry, SettingsDep, Supervisor
+from app.api.deps import Datasets, Jobs, Manager, Metrics, Registry, SettingsDep, Supervisor, Train
 from app.errors import ConvserveError
 from app.jobs.intake import queue_job
 from app.schemas import Comparison, ErrorBody, JobCreated, RetrainRequest
@@ -33,7 +33,7 @@ def _dataset(meta: dict[str, Any], name: str, version: int) -> dict[str, Any]:
     return dataset
 
 
-@router.post("/{name}/retrain", status_code=202, response_model=JobCreated, dependencies=[Admin])
+@router.post("/{name}/retrain", status_code=202, response_model=JobCreated, dependencies=[Train])
 async def retrain(
     name: str,
     response: Response,

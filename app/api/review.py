@@ -13,7 +13,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query, Response
 from fastapi import Path as PathParam
 
-from app.api.deps import Admin, Captures, Datasets, Manager, Registry
+from app.api.deps import Admin, Captures, Datasets, Manager, Registry, Train
 from app.errors import ConvserveError
 from app.names import NAME_PATTERN, NAME_REGEX
 from app.schemas import (
@@ -152,7 +152,7 @@ def list_review(
     )
 
 
-@router.delete("/review", response_model=Deleted, dependencies=[Admin])
+@router.delete("/review", response_model=Deleted, dependencies=[Train])
 def delete_all(
     captures: Captures,
     model: str = Query(..., pattern=NAME_REGEX, description="the model whose captures go"),
@@ -215,7 +215,7 @@ def get_image(capture_id: str, captures: Captures) -> Response:
     )
 
 
-@router.delete("/review/{capture_id}", status_code=204, dependencies=[Admin])
+@router.delete("/review/{capture_id}", status_code=204, dependencies=[Train])
 def delete_item(capture_id: str, captures: Captures) -> Response:
     captures.delete(capture_id)
     return Response(status_code=204)
@@ -270,7 +270,7 @@ def accept(
     )
 
 
-@router.post("/review/{capture_id}", response_model=ReviewResult, dependencies=[Admin])
+@router.post("/review/{capture_id}", response_model=ReviewResult, dependencies=[Train])
 def review_item(
     capture_id: str,
     body: ReviewAction,

@@ -22,7 +22,7 @@ import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from app.api.deps import Manager, Metrics, SettingsDep
+from app.api.deps import Manager, Metrics, Predict, SettingsDep
 from app.errors import ConvserveError
 from app.protocols.common import b64decode, parse_version
 from app.serving.inference import Inference, Outcome, bad_input, ranked
@@ -428,7 +428,7 @@ async def _infer(
     )
 
 
-@router.post("/models/{name}/infer", openapi_extra=_BODY)
+@router.post("/models/{name}/infer", openapi_extra=_BODY, dependencies=[Predict])
 async def infer(
     request: Request, name: str, manager: Manager, metrics: Metrics, settings: SettingsDep
 ) -> Response:
@@ -437,7 +437,7 @@ async def infer(
     return await _infer(request, name, None, manager, job)
 
 
-@router.post("/models/{name}/versions/{version}/infer", openapi_extra=_BODY)
+@router.post("/models/{name}/versions/{version}/infer", openapi_extra=_BODY, dependencies=[Predict])
 async def infer_version(
     request: Request,
     name: str,

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request
 
-from app.api.deps import Manager, Metrics, SettingsDep
+from app.api.deps import Manager, Metrics, Predict, SettingsDep
 from app.errors import ConvserveError
 from app.protocols.common import b64decode, parse_version
 from app.serving.inference import Inference, Outcome, bad_input, ranked
@@ -298,7 +298,7 @@ def _job(manager: ModelManager, metrics: Any, settings: Any, name: str) -> Infer
     return Inference(manager, metrics, settings, "tfserving", name)
 
 
-@router.post("/{name}:predict", openapi_extra=_PREDICT_BODY)
+@router.post("/{name}:predict", openapi_extra=_PREDICT_BODY, dependencies=[Predict])
 async def predict(
     request: Request, name: str, manager: Manager, metrics: Metrics, settings: SettingsDep
 ) -> dict[str, Any]:
@@ -306,8 +306,12 @@ async def predict(
     return await _predict(request, name, None, manager, _job(manager, metrics, settings, name))
 
 
-@router.post("/{name}/versions/{version}:predict", openapi_extra=_PREDICT_BODY)
-@router.post("/{name}/labels/{version}:predict", openapi_extra=_PREDICT_BODY)
+@router.post(
+    "/{name}/versions/{version}:predict", openapi_extra=_PREDICT_BODY, dependencies=[Predict]
+)
+@router.post(
+    "/{name}/labels/{version}:predict", openapi_extra=_PREDICT_BODY, dependencies=[Predict]
+)
 async def predict_version(
     request: Request,
     name: str,
@@ -321,7 +325,7 @@ async def predict_version(
     return await _predict(request, name, version, manager, job)
 
 
-@router.post("/{name}:classify", openapi_extra=_CLASSIFY_BODY)
+@router.post("/{name}:classify", openapi_extra=_CLASSIFY_BODY, dependencies=[Predict])
 async def classify(
     request: Request, name: str, manager: Manager, metrics: Metrics, settings: SettingsDep
 ) -> dict[str, Any]:
@@ -329,8 +333,12 @@ async def classify(
     return await _classify(request, name, None, manager, _job(manager, metrics, settings, name))
 
 
-@router.post("/{name}/versions/{version}:classify", openapi_extra=_CLASSIFY_BODY)
-@router.post("/{name}/labels/{version}:classify", openapi_extra=_CLASSIFY_BODY)
+@router.post(
+    "/{name}/versions/{version}:classify", openapi_extra=_CLASSIFY_BODY, dependencies=[Predict]
+)
+@router.post(
+    "/{name}/labels/{version}:classify", openapi_extra=_CLASSIFY_BODY, dependencies=[Predict]
+)
 async def classify_version(
     request: Request,
     name: str,

@@ -50,6 +50,14 @@ def fuzz_service(tmp_path_factory):
         )
         assert r.status_code == 202, r.text
         service.job_id = r.json()["job_id"]
+        # A labeller's key: train scope, limited to the toy model.
+        r = client.post(
+            "/keys",
+            json={"name": "fuzz", "scopes": ["train"], "models": ["toy"]},
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        )
+        assert r.status_code == 201, r.text
+        service.train_key = r.json()["key"]
     yield service
     service.stop()
 
@@ -74,10 +82,10 @@ BOUNDED = hypothesis.settings(
 )
 
 
-def _call_and_validate(case, service, excluded_checks=()) -> None:
+def _call_and_validate(case, service, excluded_checks=(), key=API_KEY) -> None:
     case.call_and_validate(
         base_url=service.url,
-        headers={"Authorization": f"Bearer {API_KEY}"},
+        headers={"Authorization": f"Bearer {key}"},
         excluded_checks=list(excluded_checks),
         # Every check the configuration enables (all of them), max_response_time too.
         timeout=30,
@@ -89,6 +97,14 @@ def _call_and_validate(case, service, excluded_checks=()) -> None:
 @hypothesis.seed(SEED)
 def test_no_operation_answers_5xx_or_off_schema(case, fuzz_service):
     _call_and_validate(case, fuzz_service)
+
+
+@schema.parametrize()
+@hypothesis.settings(BOUNDED, max_examples=EXAMPLES // 2)
+@hypothesis.seed(SEED)
+def test_with_a_scoped_key_no_operation_answers_5xx_or_off_schema(case, fuzz_service):
+    """A train key limited to one model: what it may not do is a documented 403."""
+    _call_and_validate(case, fuzz_service, key=fuzz_service.train_key)
 
 
 @schema.parametrize()

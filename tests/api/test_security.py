@@ -82,8 +82,9 @@ def test_a_registry_model_name_cannot_be_a_path(setup):
 
 # The operations that change nothing but the caller's own answer: open to anyone.
 ANONYMOUS_POSTS = ("/predict", ":predict", ":classify", "/infer")
-# Reads that hand out a whole model (its weights) and cost a conversion: admin only.
-ADMIN_GETS = ("/export",)
+# Reads that hand out a whole model (its weights) or every image, and the keys and the
+# audit log: admin only.
+ADMIN_GETS = ("/export", "/keys", "/audit")
 
 
 def test_anonymous_callers_cannot_change_anything(setup):
@@ -92,10 +93,14 @@ def test_anonymous_callers_cannot_change_anything(setup):
     refused = 0
     for path, operations in spec["paths"].items():
         for method, operation in operations.items():
-            if (method == "get" and not path.endswith(ADMIN_GETS)) or path.endswith(
-                ANONYMOUS_POSTS
-            ):
+            if method == "get" and not path.endswith(ADMIN_GETS):
                 assert "security" not in operation, (method, path)
+                continue
+            if path.endswith(ANONYMOUS_POSTS):
+                # A key is asked only with CONVSERVE_PUBLIC_PREDICTIONS=false (test_keys.py).
+                assert operation.get("security") == [{}, {"bearer": []}], (method, path)
+                r = client.request(method.upper(), path.replace("{name}", "toy"))
+                assert r.status_code not in (401, 403), (method, path, r.text)
                 continue
             # Everything else changes models, jobs or files, or exports a model: admin only.
             assert operation.get("security") == [{"bearer": []}], (method, path)

@@ -1,0 +1,53 @@
+"""``/keys`` and ``/audit``: API keys with scopes (made, listed, revoked by an admin) and the
+log of what was done with them."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Query, Response
+
+from app.api.deps import Admin, AuthDep, Keys
+from app.schemas import AuditPage, KeyCreated, KeyInfo, KeyList, NewKey
+
+router = APIRouter(tags=["keys"])
+
+
+@router.post("/keys", status_code=201, response_model=KeyCreated, dependencies=[Admin])
+async def create_key(body: NewKey, response: Response, keys: Keys, auth: AuthDep) -> Any:
+    """Make a key with ``scopes`` (``predict``: predictions and reads; ``train``: also
+    datasets, review and jobs; ``admin``: everything), limited to ``models`` if given.
+    The key is in this answer only: it is stored as a hash."""
+    row, token = await asyncio.to_thread(keys.create, body.name, body.scopes, body.models)
+    auth.forget()
+    response.headers["Location"] = f"/keys/{row['id']}"
+    return KeyCreated(**row, key=token)
+
+
+@router.get("/keys", response_model=KeyList, dependencies=[Admin])
+def list_keys(keys: Keys) -> KeyList:
+    """Every key: its id, prefix, name, scopes, models and whether it is revoked (never
+    the key itself)."""
+    return KeyList(keys=[KeyInfo(**k) for k in keys.page()])
+
+
+@router.delete("/keys/{key_id}", response_model=KeyInfo, dependencies=[Admin])
+async def revoke_key(key_id: str, keys: Keys, auth: AuthDep) -> KeyInfo:
+    """Revoke a key: refused at once on this replica, within 30 seconds on the others."""
+    row = await asyncio.to_thread(keys.revoke, key_id)
+    auth.forget()
+    return KeyInfo(**row)
+
+
+@router.get("/audit", response_model=AuditPage, dependencies=[Admin])
+def audit(
+    keys: Keys,
+    key_id: str | None = Query(None, description="only this key's actions"),
+    offset: int = Query(0, ge=0, le=2**31 - 1),
+    limit: int = Query(100, ge=1, le=1000),
+) -> AuditPage:
+    """Every train and admin action, newest first: when, which key, what (method and
+    path), from where, the answer's status, and the scope it needed."""
+    items, total = keys.audit(key_id, offset, limit)
+    return AuditPage(items=items, total=total, offset=offset, limit=limit)

@@ -1,0 +1,196 @@
+"""Scoped API keys: every operation that needs a key, against no key, a wrong key, a key of
+each scope and a key limited to another model (table-driven over the OpenAPI document);
+keys shown once and stored hashed; revocation; the audit log; keyed predictions."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.main import create_app
+from app.storage.registry import ModelRegistry
+from tests.fakes import write_fake_version
+from tests.helpers import image_bytes
+
+BOOT = "bootstrap-key"
+PHOTO = image_bytes(Image.new("RGB", (32, 32), (40, 40, 40)))
+
+# The scope each operation needs: admin for what changes what serves, exports or keys;
+# train for datasets, jobs and the review queue. Every other secured operation is listed.
+ADMIN = {
+    ("post", "/models/{name}/versions/{version}/activate"),
+    ("delete", "/models/{name}/versions/{version}"),
+    ("delete", "/models/{name}"),
+    ("get", "/models/{name}/versions/{version}/export"),
+    ("put", "/models/{name}/capture"),
+    ("delete", "/models/{name}/capture"),
+    ("get", "/review/export"),
+    ("get", "/datasets/{name}/versions/{version}/export"),
+    ("put", "/models/{name}/rollout"),
+    ("delete", "/models/{name}/rollout"),
+    ("post", "/models/{name}/rollout/promote"),
+    ("post", "/keys"),
+    ("get", "/keys"),
+    ("delete", "/keys/{key_id}"),
+    ("get", "/audit"),
+}
+
+
+def headers(key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+@pytest.fixture
+def api(tmp_path, fake_models, settings_for):
+    registry = ModelRegistry(tmp_path / "models")
+    write_fake_version(registry, "toy", ["circle", "square"])
+    registry.set_active("toy", 1)
+    write_fake_version(registry, "other", ["a", "b"])
+    registry.set_active("other", 1)
+    settings = settings_for(run_jobs=False, api_key=BOOT, served_models=["toy", "other"])
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def make_key(api, scopes, models=None, name="k") -> dict:
+    body = {"name": name, "scopes": scopes, **({"models": models} if models else {})}
+    r = api.post("/keys", json=body, headers=headers(BOOT))
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def test_every_secured_operation_against_each_kind_of_key(api) -> None:
+    keys = {
+        "predict": make_key(api, ["predict"])["key"],
+        "train": make_key(api, ["train"])["key"],
+        "admin": make_key(api, ["admin"])["key"],
+        "other-only": make_key(api, ["admin"], models=["other"])["key"],
+    }
+    spec = api.app.openapi()
+    checked = 0
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            if "security" not in operation or path.endswith((":predict", ":classify", "/infer")):
+                continue
+            if path == "/predict":
+                continue
+            needed = "admin" if (method, path) in ADMIN else "train"
+            # A model or a thing that does not exist: an allowed key gets 404/422, never an
+            # answer that changed something.
+            url = path.replace("{name}", "nope").replace("{version}", "99")
+            url = url.replace("{job_id}", "0" * 16).replace("{capture_id}", "0" * 32)
+            url = url.replace("{image_id}", "0" * 64).replace("{key_id}", "0" * 12)
+            for key, allowed in (
+                (None, False),
+                ("wrong", False),
+                ("cs_000000000000_nothing", False),
+                (keys["predict"], False),
+                (keys["train"], needed == "train"),
+                (keys["admin"], True),
+                (BOOT, True),
+            ):
+                r = api.request(method.upper(), url, headers=headers(key))
+                if allowed:
+                    assert r.status_code not in (401, 403), (method, url, key, r.text)
+                elif key in (None, "wrong", "cs_000000000000_nothing"):
+                    assert (r.status_code, r.json()["code"]) == (401, "unauthorized"), (method, url)
+                    assert r.headers["www-authenticate"] == "Bearer"
+                else:
+                    assert (r.status_code, r.json()["code"]) == (403, "forbidden"), (method, url)
+                    assert f"{needed!r} scope" in r.json()["detail"]
+                checked += 1
+            if "{name}" in path and path.startswith("/models/"):
+                limited = path.replace("{name}", "toy").replace("{version}", "99")
+                r = api.request(method.upper(), limited, headers=headers(keys["other-only"]))
+                assert (r.status_code, r.json()["code"]) == (403, "model_not_allowed"), limited
+    assert checked >= 30 * 7
+
+
+def test_a_key_is_shown_once_and_stored_as_a_hash(api) -> None:
+    made = make_key(api, ["train"], name="labeller")
+    assert made["key"].startswith(made["prefix"] + "_") and made["scopes"] == ["train"]
+    listed = api.get("/keys", headers=headers(BOOT)).json()["keys"]
+    assert [k["name"] for k in listed] == ["labeller"]
+    assert made["key"] not in str(listed) and "hash" not in listed[0]
+    engine = sa.create_engine(f"sqlite:///{api.app.state.settings.data_dir / 'jobs.sqlite'}")
+    with engine.connect() as db:
+        (stored,) = db.execute(sa.text("SELECT hash FROM api_keys")).one()
+    assert stored != made["key"] and stored.startswith("$argon2id$") and made["key"] not in stored
+
+
+def test_revoked_keys_are_refused_at_once(api) -> None:
+    made = make_key(api, ["train"])
+    r = api.post("/datasets", data={"name": "d"}, headers=headers(made["key"]))
+    assert r.status_code == 201
+    revoked = api.delete(f"/keys/{made['id']}", headers=headers(BOOT)).json()
+    assert revoked["revoked_at"] is not None
+    r = api.post("/datasets", data={"name": "e"}, headers=headers(made["key"]))
+    assert r.status_code == 401
+    r = api.delete("/keys/000000000000", headers=headers(BOOT))
+    assert (r.status_code, r.json()["code"]) == (404, "key_not_found")
+    assert (
+        api.post("/keys", json={"name": "x", "scopes": ["root"]}, headers=headers(BOOT)).status_code
+        == 422
+    )
+
+
+def test_the_audit_log_records_who_did_what(api) -> None:
+    trainer = make_key(api, ["train"], name="labeller")
+    assert (
+        api.post("/datasets", data={"name": "d"}, headers=headers(trainer["key"])).status_code
+        == 201
+    )
+    assert (
+        api.post("/models/toy/versions/1/activate", headers=headers(trainer["key"])).status_code
+        == 403
+    )
+    assert api.post("/models/toy/versions/1/activate").status_code == 401
+    page = api.get("/audit", headers=headers(BOOT)).json()
+    seen = [(e["key_id"], e["method"], e["path"], e["status"], e["scope"]) for e in page["items"]]
+    assert (None, "POST", "/models/toy/versions/1/activate", 401, "admin") in seen
+    assert (trainer["id"], "POST", "/models/toy/versions/1/activate", 403, "admin") in seen
+    assert (trainer["id"], "POST", "/datasets", 201, "train") in seen
+    assert ("bootstrap", "POST", "/keys", 201, "admin") in seen
+    assert all(e["client"] for e in page["items"])
+    mine = api.get("/audit", params={"key_id": trainer["id"]}, headers=headers(BOOT)).json()
+    assert mine["total"] == 2
+    # Predictions and reads are not actions.
+    api.post("/predict", files={"file": ("p.png", PHOTO)})
+    after = api.get("/audit", headers=headers(BOOT)).json()["total"]
+    assert after == page["total"] + 2  # the two reads of the log above, not the prediction
+
+
+def test_keyed_predictions_need_a_predict_key_for_the_model(tmp_path, fake_models, settings_for):
+    registry = ModelRegistry(tmp_path / "models")
+    write_fake_version(registry, "toy", ["circle", "square"])
+    registry.set_active("toy", 1)
+    settings = settings_for(run_jobs=False, api_key=BOOT, public_predictions=False)
+    with TestClient(create_app(settings)) as api:
+        key = make_key(api, ["predict"])["key"]
+        limited = make_key(api, ["predict"], models=["other"])["key"]
+        r = api.post("/predict", files={"file": ("p.png", PHOTO)})
+        assert r.status_code == 401
+        r = api.post("/predict", files={"file": ("p.png", PHOTO)}, headers=headers(key))
+        assert r.status_code == 200
+        r = api.post("/predict", files={"file": ("p.png", PHOTO)}, headers=headers(limited))
+        assert (r.status_code, r.json()["code"]) == (403, "model_not_allowed")
+        body = {"instances": [{"b64": __import__("base64").b64encode(PHOTO).decode()}]}
+        assert api.post("/v1/models/toy:predict", json=body).status_code == 401
+        assert (
+            api.post("/v1/models/toy:predict", json=body, headers=headers(key)).status_code == 200
+        )
+
+
+def test_an_open_service_closes_once_a_key_exists(tmp_path, fake_models, settings_for):
+    registry = ModelRegistry(tmp_path / "models")
+    write_fake_version(registry, "toy", ["circle", "square"])
+    registry.set_active("toy", 1)
+    with TestClient(create_app(settings_for(run_jobs=False))) as api:
+        assert api.post("/datasets", data={"name": "a"}).status_code == 201  # open: no key
+        r = api.post("/keys", json={"name": "first", "scopes": ["admin"]})
+        assert r.status_code == 201
+        admin = r.json()["key"]
+        assert api.post("/datasets", data={"name": "b"}).status_code == 401
+        assert api.post("/datasets", data={"name": "b"}, headers=headers(admin)).status_code == 201
