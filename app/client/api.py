@@ -32,6 +32,7 @@ from pydantic import BaseModel
 
 from app.schemas import (
     ArchitectureList,
+    AuditPage,
     CaptureStatus,
     Comparison,
     DatasetChange,
@@ -43,6 +44,9 @@ from app.schemas import (
     Job,
     JobCreated,
     JobList,
+    KeyCreated,
+    KeyInfo,
+    KeyList,
     ModelDetail,
     ModelList,
     PredictResponse,
@@ -463,6 +467,29 @@ class Calls:
     def abort_rollout(model: str) -> Call[RolloutStatus]:
         return Call("DELETE", f"/models/{model}/rollout", _reads(RolloutStatus))
 
+    # -- keys and the audit log --------------------------------------------------------------
+
+    @staticmethod
+    def create_key(
+        name: str, scopes: Sequence[str], models: Sequence[str] | None = None
+    ) -> Call[KeyCreated]:
+        """A new API key (its ``key`` is in this answer only)."""
+        body = {"name": name, "scopes": list(scopes), **_params(models=models and list(models))}
+        return Call("POST", "/keys", _reads(KeyCreated), json=body)
+
+    @staticmethod
+    def keys() -> Call[KeyList]:
+        return Call("GET", "/keys", _reads(KeyList))
+
+    @staticmethod
+    def revoke_key(key_id: str) -> Call[KeyInfo]:
+        return Call("DELETE", f"/keys/{key_id}", _reads(KeyInfo))
+
+    @staticmethod
+    def audit(key_id: str | None = None, offset: int = 0, limit: int = 100) -> Call[AuditPage]:
+        params = _params(key_id=key_id, offset=offset, limit=limit)
+        return Call("GET", "/audit", _reads(AuditPage), params=params)
+
 
 def _json(response: httpx.Response) -> Any:
     return response.json()
@@ -619,6 +646,10 @@ class Client(_Base):
     rollout = _sync(Calls.rollout)
     promote_rollout = _sync(Calls.promote_rollout)
     abort_rollout = _sync(Calls.abort_rollout)
+    create_key = _sync(Calls.create_key)
+    keys = _sync(Calls.keys)
+    revoke_key = _sync(Calls.revoke_key)
+    audit = _sync(Calls.audit)
 
     def events(self, job_id: str, last_event_id: int | None = None) -> Iterator[Event]:
         """The job's events until ``done``, connecting again (with ``Last-Event-ID``) when
@@ -736,6 +767,10 @@ class AsyncClient(_Base):
     rollout = _async(Calls.rollout)
     promote_rollout = _async(Calls.promote_rollout)
     abort_rollout = _async(Calls.abort_rollout)
+    create_key = _async(Calls.create_key)
+    keys = _async(Calls.keys)
+    revoke_key = _async(Calls.revoke_key)
+    audit = _async(Calls.audit)
 
     async def events(self, job_id: str, last_event_id: int | None = None) -> AsyncIterator[Event]:
         """The job's events until ``done``, connecting again (with ``Last-Event-ID``) when

@@ -44,6 +44,7 @@ from rich.progress import (
 
 from app import __version__
 from app.client.api import DEFAULT_URL, APIError, AsyncClient, Client, Event, zip_folder
+from app.client.keys import add_key_commands
 from app.client.output import Failure, _table, err, out
 from app.client.review import add_review_commands
 from app.client.rollout import add_rollout_commands
@@ -987,6 +988,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset_commands(sub, remote)
     add_review_commands(sub, remote)
     add_rollout_commands(sub, remote)
+    add_key_commands(sub, remote)
     return parser
 
 

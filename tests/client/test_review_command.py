@@ -102,3 +102,25 @@ def test_capture_review_and_the_errors_that_say_what_to_do(service, tmp_path):
     assert cleared == {"deleted": 1}
     off = _json(convserve(service, "capture", "off", "toy", "--json"))
     assert off["enabled"] is False
+
+
+@pytest.mark.slow  # a few seconds on the module's service
+def test_keys_create_list_use_revoke_and_the_audit(service, tmp_path):
+    made = _json(convserve(service, "keys", "create", "labeller", "--scope", "train", "--json"))
+    assert made["key"].startswith("cs_") and made["scopes"] == ["train"]
+    shown = convserve(service, "keys", "list")
+    assert made["id"] in shown.stdout and made["key"] not in shown.stdout
+    reader = _json(convserve(service, "keys", "create", "app", "--scope", "predict", "--json"))
+
+    r = convserve(service, "datasets", "create", "by-reader", "--api-key", reader["key"])
+    assert r.returncode == 1 and "'train' scope" in r.stderr
+    r = convserve(service, "datasets", "create", "by-labeller", "--api-key", made["key"])
+    assert r.returncode == 0, r.stderr
+
+    log = _json(convserve(service, "audit", "--key", made["id"], "--json"))
+    assert [(e["method"], e["path"], e["status"]) for e in log["items"]] == [
+        ("POST", "/datasets", 201)
+    ]
+    assert _json(convserve(service, "keys", "revoke", made["id"], "--json"))["revoked_at"]
+    r = convserve(service, "datasets", "create", "again", "--api-key", made["key"])
+    assert r.returncode == 1 and "unauthorized" in r.stderr
