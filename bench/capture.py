@@ -1,5 +1,6 @@
 """What capture costs a prediction: ``/predict`` latency and throughput with capture off,
-then on for every image (``sample_rate`` 1: the most it can write), at concurrency 1 and 8.
+on for a tenth of the images (``sample_rate`` 0.1) and on for every image (1: the most it
+can write), at concurrency 1 and 8.
 
 Serves MobileNetV2 (random weights: the cost of capture does not depend on them) on 224 px,
 sends real SIGNS photos (each with its own bytes, so every kept image is a new file), and

@@ -6,8 +6,10 @@ in ``convserve_captures_total{outcome=...}``."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import os
 import queue
 import random
 import threading
@@ -24,6 +26,10 @@ from app.storage.captures import Captured, CaptureLimit, CaptureRule, CaptureSto
 log = logging.getLogger(__name__)
 TOP_KEPT = 5  # classes of the answer kept with an image
 RULES_REFRESH_SECONDS = 2.0  # how soon a rule set on another replica applies here
+# After a cap is reached, a model's captures are dropped here for this long without asking
+# the database (a flood of uncertain predictions costs nothing more than counting them).
+CAP_PAUSE_SECONDS = {"max_per_hour": 60.0, "max_images": 30.0, "max_bytes": 30.0}
+WRITER_NICE = 10  # the writer thread yields the cores to serving (Linux: a thread's own nice)
 EXPIRE_EVERY_SECONDS = 60.0
 MEDIA_TYPES = {
     "JPEG": "image/jpeg",
@@ -73,6 +79,7 @@ class Capturer:
         self.random = random.Random()
         self._thread: threading.Thread | None = None
         self._next_expiry = 0.0
+        self._paused: dict[str, tuple[str, float]] = {}  # model -> (cap, until)
 
     def start(self) -> None:
         if self.store is None or self._thread is not None:
@@ -91,7 +98,12 @@ class Capturer:
     def reload(self) -> None:
         """Read the rules again (the API calls it after a change, for this replica)."""
         if self.store is not None:
-            self.rules = self.store.rules()
+            rules = self.store.rules()
+            # A changed rule (new caps) is tried at once.
+            self._paused = {
+                m: p for m, p in self._paused.items() if rules.get(m) == self.rules.get(m)
+            }
+            self.rules = rules
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Wait until every offer so far is written or dropped (tests, shutdown)."""
@@ -116,9 +128,13 @@ class Capturer:
         rule = self.rules.get(model)
         if rule is None:
             return
+        paused = self._paused.get(model)
         for row, is_unknown, image, filename in zip(rows, unknown, images, filenames, strict=True):
             reason = rule.reason(float(row.max()), self.random.random())
             if reason is None:
+                continue
+            if paused is not None and time.monotonic() < paused[1]:
+                self.metrics.captures.labels(model, paused[0]).inc()
                 continue
             order = np.argsort(-row, kind="stable")[:TOP_KEPT]
             top = [{"label": class_names[i], "score": round(float(row[i]), 6)} for i in order]
@@ -132,6 +148,8 @@ class Capturer:
 
     def _run(self) -> None:
         assert self.store is not None
+        with contextlib.suppress(AttributeError, OSError):  # not Linux: the default priority
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICE)
         refreshed = time.monotonic()
         while True:
             try:
@@ -180,6 +198,8 @@ class Capturer:
             self.store.keep(item, offer.rule)
         except CaptureLimit as exc:
             self.metrics.captures.labels(offer.model, exc.reason).inc()
+            pause = CAP_PAUSE_SECONDS.get(exc.reason, 30.0)
+            self._paused[offer.model] = (exc.reason, time.monotonic() + pause)
         except Exception:
             # A full disk, a storage outage: the capture is dropped, the service goes on.
             log.warning("capture of a %s prediction dropped", offer.model, exc_info=True)
