@@ -52,11 +52,11 @@ def main() -> None:
         url, proc = start_service(Path(tmp), [MODEL], "auto", 224)
         try:
             wait_ready(url, proc)
-            for setting in ("off", "on"):
-                if setting == "on":
+            for setting, rate in (("off", None), ("10%", 0.1), ("100%", 1.0)):
+                if rate is not None:
                     rule = {
                         "below_score": None,
-                        "sample_rate": 1.0,
+                        "sample_rate": rate,
                         "max_per_hour": 1_000_000,
                         "max_images": 1_000_000,
                     }
