@@ -84,6 +84,8 @@ class ModelInfo(BaseModel):
 
 class ModelDetail(ModelInfo):
     version_details: list[VersionInfo] = []
+    # The running rollout with its live figures, as GET /models/{name}/rollout shows it.
+    rollout: dict[str, Any] | None = None
 
 
 class ValidationImage(BaseModel):

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import FileResponse
 
 from app.api.deps import Admin, Captures, Jobs, Manager, Metrics, Registry, Rollouts, SettingsDep
+from app.api.rollout import status
 from app.errors import ConvserveError
 from app.export import Format, export_version
 from app.schemas import (
@@ -73,8 +74,14 @@ def list_models(manager: Manager, registry: Registry) -> ModelList:
 
 
 @router.get("/{name}", response_model=ModelDetail)
-def get_model(name: str, manager: Manager, registry: Registry) -> ModelDetail:
-    return model_detail(manager.state(name), registry)
+async def get_model(
+    name: str, manager: Manager, registry: Registry, rollouts: Rollouts
+) -> ModelDetail:
+    """The model, every version, and its running rollout with the live figures."""
+    detail = await asyncio.to_thread(model_detail, manager.state(name), registry)
+    if name in manager.rollouts.running:
+        detail.rollout = (await status(manager, rollouts, name)).model_dump()
+    return detail
 
 
 @router.post(

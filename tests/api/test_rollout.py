@@ -72,6 +72,8 @@ def test_canary_share_is_within_binomial_bounds_and_pinned_requests_stay(api) ->
     assert set(predict(api, 50, version=2)) == {2}
     figures = status(api)["figures"]
     assert figures["2"]["requests"] == n and figures["1"]["requests"] == 1000 - n
+    shown = api.get("/models/toy").json()["rollout"]  # the model's page of the API has it too
+    assert shown["mode"] == "canary" and shown["figures"]["2"]["requests"] == n
     assert figures["2"]["errors"] == 0 and figures["2"]["latency_ms"]["p50"] is not None
     settle(api)
     # What the candidate answered was run on the active version too: they agree.
@@ -119,6 +121,7 @@ def test_promote_and_abort(api) -> None:
     rollout(api, version=2, mode="canary", share=0.5)
     done = api.post("/models/toy/rollout/promote").json()
     assert done["status"] == "promoted"
+    assert api.get("/models/toy").json()["rollout"] is None  # none running
     assert api.get("/models/toy").json()["active_version"] == 2
     assert set(predict(api, 20)) == {2}
 
