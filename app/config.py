@@ -32,6 +32,14 @@ class Settings(BaseSettings):
     # Predictions (/predict, TF Serving, KServe) open to callers without a key; false: they
     # need a key with the predict scope (once keys are on).
     public_predictions: bool = True
+    # Quotas per caller (a key, or an address without one); a key may carry its own. Unset:
+    # none. predict_rate is a `limits` string ("600/minute", "20/second").
+    predict_rate: str | None = None
+    uploads_per_day: int | None = Field(None, ge=1)
+    jobs_per_day: int | None = Field(None, ge=1)
+    # Where the quota counters live: a Redis URL shares them between replicas; unset: the
+    # broker's Redis (broker_url) when there is one, else this process.
+    rate_limit_url: str | None = None
     backend: Literal["auto", "keras", "openvino"] = "auto"
     # OpenVINO's inference precision. "auto": each version's own choice, the fastest that
     # keeps its held-out accuracy (its precision study, app.serving.precision), f32 for a version
@@ -109,6 +117,20 @@ class Settings(BaseSettings):
     # written (past it a capture is dropped: a prediction never waits for one).
     max_capture_bytes: int = Field(1024**3, ge=0)
     capture_queue_size: int = Field(256, ge=1)
+
+    @field_validator("predict_rate")
+    @classmethod
+    def _rate(cls, value: str | None) -> str | None:
+        if value:
+            from limits import parse
+
+            try:
+                parse(value)
+            except ValueError:
+                raise ValueError(
+                    f"{value!r} is not a rate: write it as 600/minute, 20/second, 5000/hour"
+                ) from None
+        return value
 
     @field_validator("served_models", mode="before")
     @classmethod

@@ -28,6 +28,7 @@ from app.api.deps import Auth
 from app.api.drain import DrainMiddleware
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
+from app.api.quotas import Quotas
 from app.config import Settings, get_settings
 from app.console import routes as console
 from app.jobs.runner import store_for
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "captures": captures,
                 "rollouts": rollouts,
                 "auth": auth,
+                "quotas": Quotas(settings),
                 "metrics": metrics,
                 "manager": manager,
                 "jobs": jobs,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.names import LABEL_REGEX, LABEL_RULE, NAME_REGEX
 
@@ -489,15 +489,37 @@ class RolloutStatus(BaseModel):
 
 # -- keys and audit ------------------------------------------------------------------------
 
+# A rate, as the `limits` library reads it: "600/minute", "5 per day", "100/2 hours".
+RATE = r"^[1-9][0-9]{0,8} ?(/|per) ?([1-9][0-9]{0,5} )?(second|minute|hour|day)s?$"
+
 
 class NewKey(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=100, description="what the key is for")
     scopes: list[Literal["predict", "train", "admin"]] = Field(min_length=1)
-    models: list[str] | None = Field(
+    models: list[Annotated[str, Field(pattern=NAME_REGEX)]] | None = Field(
         None, min_length=1, description="only these models (default all)"
     )
+    limits: (
+        dict[Literal["predict", "uploads", "jobs"], Annotated[str, Field(pattern=RATE)]] | None
+    ) = Field(
+        None,
+        description="its own quotas instead of the service's, as rates: predict"
+        ' "600/minute", uploads "50/day", jobs "5/day"',
+    )
+
+    @field_validator("limits")
+    @classmethod
+    def _rates(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        from limits import parse
+
+        for kind, rate in (value or {}).items():
+            try:
+                parse(rate)
+            except ValueError:
+                raise ValueError(f"{kind}: {rate!r} is not a rate such as 600/minute") from None
+        return value
 
 
 class KeyInfo(BaseModel):
@@ -506,6 +528,7 @@ class KeyInfo(BaseModel):
     name: str
     scopes: list[str]
     models: list[str] | None = None
+    limits: dict[str, str] | None = None
     created_at: str
     revoked_at: str | None = None
 

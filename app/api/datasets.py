@@ -16,7 +16,7 @@ from fastapi.responses import FileResponse
 from PIL import Image
 from starlette.background import BackgroundTask
 
-from app.api.deps import Admin, Datasets, Jobs, SettingsDep, Train
+from app.api.deps import Admin, Datasets, Jobs, SettingsDep, Train, TrainUpload
 from app.data.datasets import DatasetSummary
 from app.errors import ConvserveError
 from app.jobs.intake import (
@@ -78,7 +78,7 @@ def _busy(jobs: Any, name: str, version: int | None = None) -> None:
             )
 
 
-@router.post("/check", response_model=DatasetReport, dependencies=[Train], tags=["finetune"])
+@router.post("/check", response_model=DatasetReport, dependencies=[TrainUpload], tags=["finetune"])
 async def check_dataset(
     settings: SettingsDep,
     dataset: UploadFile = File(..., description=".zip, .tar or .tar.gz, one folder per class"),
@@ -90,7 +90,7 @@ async def check_dataset(
     return await asyncio.to_thread(check_only, settings, dataset.file, validation_split)
 
 
-@router.post("", status_code=201, response_model=DatasetChange, dependencies=[Train])
+@router.post("", status_code=201, response_model=DatasetChange, dependencies=[TrainUpload])
 def create_dataset(
     response: Response,
     settings: SettingsDep,
@@ -134,7 +134,9 @@ def delete_dataset(name: DatasetName, datasets: Datasets, jobs: Jobs) -> Respons
     return Response(status_code=204)
 
 
-@router.post("/{name}/images", status_code=201, response_model=DatasetChange, dependencies=[Train])
+@router.post(
+    "/{name}/images", status_code=201, response_model=DatasetChange, dependencies=[TrainUpload]
+)
 def add_images(
     name: DatasetName,
     settings: SettingsDep,

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from app.api.quotas import Quotas
 from app.config import Settings, get_settings
 from app.errors import ConvserveError
 from app.jobs.store import JobStore
@@ -181,24 +182,45 @@ def _model_of(request: Request, settings: Settings) -> str | None:
     return request.query_params.get("model")
 
 
-def require(scope: str, public: str | None = None) -> Any:
+def _spend(request: Request, quota: str | None, caller: Caller, row: dict[str, Any] | None) -> None:
+    """Count the request against the caller's quota of ``quota`` (429 past it)."""
+    if quota is None:
+        return
+    quotas: Quotas = request.state.quotas
+    if caller.key_id is not None:
+        who = f"key:{caller.key_id}"
+    else:
+        who = f"address:{request.client.host if request.client else 'unknown'}"
+    quotas.spend(quota, who, (row or {}).get("limits"))
+
+
+def require(scope: str, public: str | None = None, quota: str | None = None) -> Any:
     """A dependency: the request needs a key with ``scope`` (once keys are on), limited to
     no other model than the one it acts on; none while the setting named ``public`` is
-    true. Train and admin actions go to the audit log."""
+    true. It counts against the caller's ``quota`` (`app.api.quotas`). Train and admin
+    actions go to the audit log."""
 
     async def check(
         request: Request,
         settings: SettingsDep,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Caller:
-        if public is not None and getattr(settings, public):
-            return OPEN
         auth: Auth = request.state.auth
         token = credentials.credentials.strip() if credentials is not None else ""
+        if public is not None and getattr(settings, public):
+            # Open to anyone; a valid key still counts as itself for the quota.
+            row: dict[str, Any] | None = (
+                await asyncio.to_thread(auth.lookup, token) if token.startswith("cs_") else None
+            )
+            caller = Caller(row["id"], frozenset()) if row is not None else OPEN
+            _spend(request, quota, caller, row)
+            return OPEN
         if scope != "predict":
             request.state.audit = (None, scope)  # recorded with the answer's status
         if not settings.api_key and not await asyncio.to_thread(auth.keys_exist):
+            _spend(request, quota, OPEN, None)
             return OPEN
+        row = None
         if (
             settings.api_key
             and token
@@ -222,6 +244,7 @@ def require(scope: str, public: str | None = None) -> Any:
                 403,
             )
         check_model(caller, _model_of(request, settings))
+        _spend(request, quota, caller, row)
         return caller
 
     return Depends(check)
@@ -229,8 +252,11 @@ def require(scope: str, public: str | None = None) -> Any:
 
 Admin = require("admin")
 Train = require("train")
-# Predictions are open to anyone unless CONVSERVE_PUBLIC_PREDICTIONS=false.
-Predict = require("predict", public="public_predictions")
+TrainUpload = require("train", quota="uploads")  # counts against the caller's uploads a day
+TrainJob = require("train", quota="jobs")  # and its jobs a day
+# Predictions are open to anyone unless CONVSERVE_PUBLIC_PREDICTIONS=false; each counts
+# against the caller's predictions a minute either way.
+Predict = require("predict", public="public_predictions", quota="predict")
 
 
 AuthDep = Annotated[Auth, Depends(get_auth)]

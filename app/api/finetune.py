@@ -21,6 +21,7 @@ from app.api.deps import (
     SettingsDep,
     Supervisor,
     Train,
+    TrainJob,
     check_model,
 )
 from app.errors import ConvserveError
@@ -136,7 +137,7 @@ def _check_source(
 )
 async def create_job(
     response: Response,
-    caller: Annotated[Caller, Train],
+    caller: Annotated[Caller, TrainJob],
     settings: SettingsDep,
     jobs: Jobs,
     manager: Manager,

@@ -19,7 +19,13 @@ async def create_key(body: NewKey, response: Response, keys: Keys, auth: AuthDep
     """Make a key with ``scopes`` (``predict``: predictions and reads; ``train``: also
     datasets, review and jobs; ``admin``: everything), limited to ``models`` if given.
     The key is in this answer only: it is stored as a hash."""
-    row, token = await asyncio.to_thread(keys.create, body.name, body.scopes, body.models)
+    row, token = await asyncio.to_thread(
+        keys.create,
+        body.name,
+        body.scopes,
+        body.models,
+        {str(k): v for k, v in (body.limits or {}).items()},
+    )
     auth.forget()
     response.headers["Location"] = f"/keys/{row['id']}"
     return KeyCreated(**row, key=token)

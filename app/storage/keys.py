@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -43,6 +43,7 @@ api_keys = sa.Table(
     sa.Column("hash", sa.Text, nullable=False),
     sa.Column("scopes", sa.Text, nullable=False),  # JSON list
     sa.Column("models", sa.Text),  # JSON list, or null: every model
+    sa.Column("limits", sa.Text),  # JSON {"predict", "uploads", "jobs"}: its own quotas
     sa.Column("created_at", sa.Text, nullable=False),
     sa.Column("revoked_at", sa.Text),
 )
@@ -74,11 +75,16 @@ class KeyStore(SqlStore):
         key.pop("hash", None)
         key["scopes"] = json.loads(key["scopes"])
         key["models"] = json.loads(key["models"]) if key["models"] else None
+        key["limits"] = json.loads(key["limits"]) if key.get("limits") else None
         key["prefix"] = prefix(key["id"])
         return key
 
     def create(
-        self, name: str, scopes: Sequence[str], models: Sequence[str] | None
+        self,
+        name: str,
+        scopes: Sequence[str],
+        models: Sequence[str] | None,
+        limits: Mapping[str, str] | None = None,
     ) -> tuple[dict[str, Any], str]:
         """A new key: its record, and the key itself (shown once)."""
         key_id = secrets.token_hex(6)
@@ -91,6 +97,7 @@ class KeyStore(SqlStore):
                     hash=HASHER.hash(token),
                     scopes=json.dumps(sorted(set(scopes), key=SCOPES.index)),
                     models=json.dumps(sorted(set(models))) if models else None,
+                    limits=json.dumps(dict(limits)) if limits else None,
                     created_at=utc_now(),
                 )
             )

@@ -194,3 +194,42 @@ def test_an_open_service_closes_once_a_key_exists(tmp_path, fake_models, setting
         admin = r.json()["key"]
         assert api.post("/datasets", data={"name": "b"}).status_code == 401
         assert api.post("/datasets", data={"name": "b"}, headers=headers(admin)).status_code == 201
+
+
+def test_quotas_answer_429_with_retry_after_per_caller(tmp_path, fake_models, settings_for):
+    registry = ModelRegistry(tmp_path / "models")
+    write_fake_version(registry, "toy", ["circle", "square"])
+    registry.set_active("toy", 1)
+    settings = settings_for(
+        run_jobs=False, api_key=BOOT, predict_rate="3/minute", uploads_per_day=2
+    )
+    with TestClient(create_app(settings)) as api:
+        app_key = make_key(api, ["predict"], name="app")["key"]
+        tight = api.post(
+            "/keys",
+            json={"name": "tight", "scopes": ["train"], "limits": {"predict": "1/minute"}},
+            headers=headers(BOOT),
+        ).json()["key"]
+
+        def predict(key=None):
+            return api.post("/predict", files={"file": ("p.png", PHOTO)}, headers=headers(key))
+
+        # Anonymous callers (by address) and each key count on their own.
+        assert [predict().status_code for _ in range(4)] == [200, 200, 200, 429]
+        refused = predict()
+        assert refused.json()["code"] == "rate_limited" and "3/minute" in refused.json()["detail"]
+        assert 1 <= int(refused.headers["retry-after"]) <= 60
+        assert [predict(app_key).status_code for _ in range(4)] == [200, 200, 200, 429]
+        assert [predict(tight).status_code for _ in range(2)] == [200, 429]  # its own limit
+
+        made = [
+            api.post("/datasets", data={"name": f"d{i}"}, headers=headers(tight)).status_code
+            for i in range(3)
+        ]
+        assert made == [201, 201, 429]
+        bad = api.post(
+            "/keys",
+            json={"name": "x", "scopes": ["predict"], "limits": {"predict": "lots"}},
+            headers=headers(BOOT),
+        )
+        assert bad.status_code == 422
