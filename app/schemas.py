@@ -537,6 +537,13 @@ class KeyCreated(KeyInfo):
     key: str  # shown this once
 
 
+class Whoami(BaseModel):
+    key_id: str | None  # "bootstrap", a key's id, or null (no key, or an open service)
+    scopes: list[str]
+    models: list[str] | None = None
+    keys_on: bool  # false: an open service, every caller may do everything
+
+
 class KeyList(BaseModel):
     keys: list[KeyInfo]
 

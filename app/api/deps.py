@@ -97,7 +97,7 @@ Keys = Annotated[KeyStore, Depends(get_keys)]
 
 
 # Declared as a security scheme, so the OpenAPI document marks the operations that need a key.
-_bearer = HTTPBearer(
+bearer = HTTPBearer(
     scheme_name="bearer",
     description="an API key (CONVSERVE_API_KEY, or one made with POST /keys) with the"
     " operation's scope; needed once CONVSERVE_API_KEY is set or a key exists",
@@ -182,6 +182,25 @@ def _model_of(request: Request, settings: Settings) -> str | None:
     return request.query_params.get("model")
 
 
+async def identify(
+    auth: Auth, settings: Settings, token: str
+) -> tuple[Caller, dict[str, Any] | None] | None:
+    """Who ``token`` is: every scope on an open service (no key configured), the bootstrap
+    key, or a stored key (with its record); None for no key or a wrong one on a keyed
+    service."""
+    if not settings.api_key and not await asyncio.to_thread(auth.keys_exist):
+        return OPEN, None
+    bootstrap = settings.api_key
+    if bootstrap and token and hmac.compare_digest(token.encode(), bootstrap.encode()):
+        return Caller("bootstrap", frozenset(SCOPES)), None
+    row = await asyncio.to_thread(auth.lookup, token) if token else None
+    if row is None:
+        return None
+    granted = frozenset().union(*(GRANTS[s] for s in row["scopes"]))
+    models = tuple(row["models"]) if row["models"] else None
+    return Caller(row["id"], granted, models), row
+
+
 def _spend(request: Request, quota: str | None, caller: Caller, row: dict[str, Any] | None) -> None:
     """Count the request against the caller's quota of ``quota`` (429 past it)."""
     if quota is None:
@@ -203,7 +222,7 @@ def require(scope: str, public: str | None = None, quota: str | None = None) -> 
     async def check(
         request: Request,
         settings: SettingsDep,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> Caller:
         auth: Auth = request.state.auth
         token = credentials.credentials.strip() if credentials is not None else ""
@@ -217,23 +236,10 @@ def require(scope: str, public: str | None = None, quota: str | None = None) -> 
             return OPEN
         if scope != "predict":
             request.state.audit = (None, scope)  # recorded with the answer's status
-        if not settings.api_key and not await asyncio.to_thread(auth.keys_exist):
-            _spend(request, quota, OPEN, None)
-            return OPEN
-        row = None
-        if (
-            settings.api_key
-            and token
-            and hmac.compare_digest(token.encode(), settings.api_key.encode())
-        ):
-            caller = Caller("bootstrap", frozenset(SCOPES))
-        else:
-            row = await asyncio.to_thread(auth.lookup, token) if token else None
-            if row is None:
-                raise _unauthorized()
-            granted = frozenset().union(*(GRANTS[s] for s in row["scopes"]))
-            models = tuple(row["models"]) if row["models"] else None
-            caller = Caller(row["id"], granted, models)
+        found = await identify(auth, settings, token)
+        if found is None:
+            raise _unauthorized()
+        caller, row = found
         if scope != "predict":
             request.state.audit = (caller.key_id, scope)
         if scope not in caller.scopes:

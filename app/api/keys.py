@@ -4,12 +4,15 @@ log of what was done with them."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials
 
-from app.api.deps import Admin, AuthDep, Keys
-from app.schemas import AuditPage, KeyCreated, KeyInfo, KeyList, NewKey
+from app.api.deps import Admin, AuthDep, Keys, SettingsDep, bearer, identify
+from app.errors import ConvserveError
+from app.schemas import AuditPage, KeyCreated, KeyInfo, KeyList, NewKey, Whoami
+from app.storage.keys import SCOPES
 
 router = APIRouter(tags=["keys"])
 
@@ -29,6 +32,34 @@ async def create_key(body: NewKey, response: Response, keys: Keys, auth: AuthDep
     auth.forget()
     response.headers["Location"] = f"/keys/{row['id']}"
     return KeyCreated(**row, key=token)
+
+
+@router.get("/keys/me", response_model=Whoami)
+async def whoami(
+    request: Request,
+    settings: SettingsDep,
+    auth: AuthDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Whoami:
+    """What the key sent may do (the console shows only that): its scopes and models; no
+    scope without a key once keys are on; every scope on an open service. 401 for a key
+    that is wrong or revoked."""
+    token = credentials.credentials.strip() if credentials is not None else ""
+    keys_on = bool(settings.api_key) or await asyncio.to_thread(auth.keys_exist)
+    if not token and keys_on:
+        return Whoami(key_id=None, scopes=[], models=None, keys_on=True)
+    found = await identify(auth, settings, token)
+    if found is None:
+        raise ConvserveError(
+            "unauthorized", "this key is wrong or revoked", 401, {"WWW-Authenticate": "Bearer"}
+        )
+    caller, _ = found
+    return Whoami(
+        key_id=caller.key_id,
+        scopes=[s for s in SCOPES if s in caller.scopes],
+        models=list(caller.models) if caller.models is not None else None,
+        keys_on=keys_on,
+    )
 
 
 @router.get("/keys", response_model=KeyList, dependencies=[Admin])

@@ -69,7 +69,7 @@ _NAMING_PARAMETERS = {
     "a",
     "b",
 }  # /predict?model=&version=, /console/train?model=
-PREDICTIONS = ("/predict", ":predict", ":classify", "/infer")
+KEY_OPTIONAL = ("/predict", ":predict", ":classify", "/infer", "/keys/me")
 _WRITES = ("/finetune", "/datasets", "/models/", "/review")
 
 
@@ -113,8 +113,9 @@ def _document(spec: dict[str, Any]) -> None:
     for path, operations in spec.get("paths", {}).items():
         body = PROTOCOL_ERROR_BODY if path.startswith(PROTOCOL_PREFIXES) else ERROR_BODY
         for operation in operations.values():
-            if "security" in operation and path.endswith(PREDICTIONS):
-                # A key only where CONVSERVE_PUBLIC_PREDICTIONS=false: none, or the bearer.
+            if "security" in operation and path.endswith(KEY_OPTIONAL):
+                # Predictions take a key only where CONVSERVE_PUBLIC_PREDICTIONS=false, and
+                # /keys/me answers with or without one: none, or the bearer.
                 operation["security"] = [{}, {"bearer": []}]
             admin = "security" in operation  # the routes that depend on a key's scope
             responses = operation.setdefault("responses", {})

@@ -85,12 +85,13 @@ def _page(
     request: Request, template: str, title: str, status_code: int = 200, **context: Any
 ) -> HTMLResponse:
     settings = request.app.state.settings
+    keys_on = settings.api_key is not None or request.state.auth.keys_exist()
     return templates.TemplateResponse(
         request,
         template,
         {
             "title": title,
-            "auth_required": settings.api_key is not None,
+            "auth_required": keys_on,
             "version": __version__,
             "static": STATIC_URL,
             **context,
@@ -324,6 +325,12 @@ def health_page(request: Request, name: str, datasets: Datasets, version: int | 
         latest=latest,
         classes=manifest["classes"],
     )
+
+
+@router.get("/console/audit", response_class=HTMLResponse)
+def audit_page(request: Request):
+    """The audit log, for admin keys (the page's script reads it)."""
+    return _page(request, "audit.html", "Audit log")
 
 
 @router.get("/console/jobs", response_class=HTMLResponse)

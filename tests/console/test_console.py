@@ -257,21 +257,29 @@ def test_errors_show_as_their_sentence(page, service, tmp_path):
     assert page.locator("#start").is_disabled()
 
 
-def test_admin_actions_need_the_key(page, service):
+def test_a_key_sees_only_what_its_scope_may_do_and_the_api_still_refuses(page, service):
+    with api(service) as c:
+        reader = c.post("/keys", json={"name": "app", "scopes": ["predict"]}).json()["key"]
+    activate = page.locator('button.activate[data-version="2"]')
+    # No key, then a predict key: the versions table has no promote or delete buttons...
     page.goto("/console/models/toy")
-    page.click('button.activate[data-version="2"]')
+    sync_api.expect(activate).to_be_hidden()
+    sync_api.expect(page.locator("#export")).to_be_hidden()
+    page.fill("#api-key", reader)
+    page.click("#key-save")
+    sync_api.expect(page.locator("#key-scopes")).to_have_text("may predict")
+    sync_api.expect(activate).to_be_hidden()
+    # ... and the API refuses the action all the same.
     with httpx.Client(base_url=service.url) as c:
-        sentence = c.post("/models/toy/versions/2/activate").json()["detail"]
-        sync_api.expect(page.locator("#flash")).to_have_text(sentence)
+        assert c.post("/models/toy/versions/2/activate").status_code == 401
+        r = c.post("/models/toy/versions/2/activate", headers={"Authorization": f"Bearer {reader}"})
+        assert (r.status_code, r.json()["code"]) == (403, "forbidden")
         assert c.get("/models/toy").json()["active_version"] == 1
-        # Cancel and delete are refused the same way.
-        page.click('button.delete-version[data-version="2"]')
-        sync_api.expect(page.locator("#flash")).to_have_text(sentence)
-        assert c.get("/models/toy").json()["versions"] == [1, 2]
 
-        # With the key: promote 2, then roll back to 1 from the versions table.
+        # The admin key: promote 2, then roll back to 1 from the versions table.
         use_key(page)
-        page.click('button.activate[data-version="2"]')
+        sync_api.expect(page.locator("#key-scopes")).to_have_text("may predict, train, admin")
+        activate.click()
         sync_api.expect(page.locator("#active-version")).to_have_text("2")
         assert c.get("/models/toy").json()["active_version"] == 2
         page.click('button.activate[data-version="1"]')
@@ -279,6 +287,13 @@ def test_admin_actions_need_the_key(page, service):
         assert c.get("/models/toy").json()["active_version"] == 1
     # The key lives in this tab only; a new tab (another context here) has none.
     assert page.evaluate("sessionStorage.getItem('convserve.apiKey')") == KEY
+
+    # Admins see who did what: the refused activation above, and the promotion.
+    page.click("nav >> text=Audit")
+    rows = page.locator("#audit tbody tr")
+    sync_api.expect(rows.first).to_be_visible()
+    sync_api.expect(page.locator("#audit")).to_contain_text("POST /models/toy/versions/2/activate")
+    sync_api.expect(page.locator("#audit")).to_contain_text("403")
 
 
 def test_a_confusion_matrix_cell_shows_its_images(page, service):
@@ -480,8 +495,7 @@ def test_a_new_model_on_a_network_without_imagenet_weights(page, service, tmp_pa
 
 def test_download_a_version_for_another_runtime(page, service, tmp_path):
     page.goto("/console/models/toy?version=2")
-    page.click("#export-button")  # without the key: the API's sentence
-    sync_api.expect(page.locator("#flash")).to_contain_text("Authorization: Bearer")
+    sync_api.expect(page.locator("#export-button")).to_be_hidden()  # not without a key
     use_key(page)
     page.select_option("#export-format", "onnx")
     with page.expect_download(timeout=120_000) as info:

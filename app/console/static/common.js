@@ -150,6 +150,27 @@ export function duration(seconds) {
   return `${s} s`;
 }
 
+// What the key may do (GET /keys/me): the page shows only that (elements marked
+// data-needs="train" or "admin"); the API refuses the rest either way.
+async function showScopes() {
+  const scopes = document.getElementById("key-scopes");
+  let me = { scopes: [] };
+  try {
+    if (apiKey()) me = await api("/keys/me");
+  } catch (err) {
+    me = { scopes: [], error: err.message };
+  }
+  document.body.dataset.scopes = me.scopes.join(" ");
+  if (scopes) {
+    const models = me.models ? ` (${me.models.join(", ")} only)` : "";
+    scopes.textContent = me.error
+      ? me.error
+      : me.scopes.length
+        ? `may ${me.scopes.join(", ")}${models}`
+        : "";
+  }
+}
+
 function keyBox() {
   const form = document.getElementById("key-form");
   if (!form) return;
@@ -158,9 +179,10 @@ function keyBox() {
   const forget = document.getElementById("key-forget");
   const show = () => {
     const has = Boolean(apiKey());
-    state.textContent = has ? "key set for this tab" : "no key: admin actions will be refused";
+    state.textContent = has ? "key set for this tab" : "no key: only predictions and reads";
     forget.hidden = !has;
     input.value = "";
+    showScopes();
   };
   form.addEventListener("submit", (e) => {
     e.preventDefault();

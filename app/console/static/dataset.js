@@ -49,7 +49,12 @@ async function addFiles(label, files, button) {
 function imageItem(item, label) {
   const select = el(
     "select",
-    { class: "relabel", "data-image": item.id, "aria-label": `Class of ${item.filename}` },
+    {
+      class: "relabel",
+      "data-image": item.id,
+      "data-needs": "train",
+      "aria-label": `Class of ${item.filename}`,
+    },
     ...classes.map((c) => el("option", { value: c, selected: c === label, text: c })),
   );
   return el(
@@ -62,6 +67,7 @@ function imageItem(item, label) {
       ? el("button", {
           type: "button",
           class: "remove danger",
+          "data-needs": "train",
           "data-image": item.id,
           "aria-label": `Remove ${item.filename}`,
           text: "Remove",

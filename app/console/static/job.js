@@ -112,7 +112,7 @@ async function outcome(done) {
   });
   const buttons = [link];
   const activate = (version, label) => {
-    const button = el("button", { type: "button", class: "activate", text: label });
+    const button = el("button", { type: "button", class: "activate", "data-needs": "admin", text: label });
     button.addEventListener("click", () => {
       if (!confirm(`${label}: serve ${result.model} version ${version}?`)) return;
       guarded(button, async () => {
