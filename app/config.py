@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     inference_precision: Literal["auto", "f32", "bf16", "int8"] = "auto"
     # Run the precision study when a version is written (training jobs, `train`).
     precision_study: bool = True
+    # Jobs write the label-health report of what they trained on (unless a job says
+    # label_health=false); false: no job does.
+    label_health: bool = True
     # Input size of the bootstrap (ImageNet) versions. Tests use a tiny size.
     bootstrap_image_size: int = Field(224, ge=32, le=1024)
 

@@ -6,6 +6,9 @@ os.environ.setdefault("CONVSERVE_PRETRAINED", "none")
 # Jobs skip the precision study (IR conversion and int8 quantization, 10-60 s a version);
 # tests/serving/test_precision.py runs it.
 os.environ.setdefault("CONVSERVE_PRECISION_STUDY", "0")
+# Nor the label-health report (a second or more per job); the tests of the learning loop
+# (tests/jobs/test_review_loop.py, the console's review test) turn it on.
+os.environ.setdefault("CONVSERVE_LABEL_HEALTH", "0")
 
 from collections.abc import Callable, Iterator
 from pathlib import Path

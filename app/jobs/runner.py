@@ -231,6 +231,8 @@ def run_job(job_id: str, settings: Settings, owner: str | None = None) -> int:
                 on_batch=progress.on_batch,
                 should_stop=progress.should_stop,
             )
+            if not settings.label_health:
+                params = params.model_copy(update={"label_health": False})
             result = train(
                 folder / "dataset",
                 name,

@@ -130,6 +130,7 @@ def service(tmp_path_factory):
         CONVSERVE_SERVED_MODELS="toy",
         CONVSERVE_MAX_IMAGE_BYTES="400000",
         CONVSERVE_BACKEND="keras",
+        CONVSERVE_LABEL_HEALTH="1",  # the review test reads the report
     ).start()
     yield svc
     svc.stop()

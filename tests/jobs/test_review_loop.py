@@ -16,7 +16,7 @@ FIELDS = {"base": "lenet5", "epochs": "3", "image_size": "32", "batch_size": "8"
 
 @pytest.fixture
 def service(tmp_path, registry):
-    svc = Service(tmp_path).start()
+    svc = Service(tmp_path, CONVSERVE_LABEL_HEALTH="1").start()
     yield svc
     svc.stop()
 
