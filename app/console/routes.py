@@ -20,6 +20,7 @@ from fastapi.templating import Jinja2Templates
 from app import __version__
 from app.api.datasets import dataset_info
 from app.api.deps import Captures, Datasets, Jobs, Manager, Registry, SettingsDep
+from app.api.label_health import trained_on
 from app.api.models import model_detail, model_info
 from app.api.review import get_capture, target_dataset
 from app.data.datasets import FEW_IMAGES_WARNING
@@ -267,15 +268,15 @@ def dataset_page(
 
 def _trained_on(dataset: str, manager: Any, registry: Any) -> list[dict[str, Any]]:
     """The served models' versions that a version of ``dataset`` trained."""
-    found = []
-    for model in manager.models:
-        for version in registry.versions(model):
-            record = registry.metadata(model, version).get("dataset") or {}
-            if record.get("name") == dataset:
-                found.append(
-                    {"model": model, "version": version, "dataset_version": record["version"]}
-                )
-    return found
+    return [
+        {
+            "model": model,
+            "version": version,
+            "dataset_version": registry.metadata(model, version)["dataset"]["version"],
+        }
+        for model, version in trained_on(registry, dataset)
+        if model in manager.models
+    ]
 
 
 @router.get("/console/review", response_class=HTMLResponse)
