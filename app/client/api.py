@@ -143,7 +143,12 @@ def _finetune_form(
     return form
 
 
-def _event(sse: Any) -> Event:
+def _event(sse: Any) -> Event | None:
+    """The job event of one parsed SSE block, or None for the server's keep-alive comment:
+    httpx-sse hands a comment-only block on as an event with empty data once an id has
+    been seen (the SSE spec says to drop it)."""
+    if not sse.data:
+        return None
     return Event(int(sse.id), sse.event, sse.json())
 
 
@@ -663,6 +668,8 @@ class Client(_Base):
                     _raise_for(source.response)
                     for sse in source.iter_sse():
                         event = _event(sse)
+                        if event is None:
+                            continue
                         stream.seen(event)
                         yield event
                         if event.type == "done":
@@ -786,6 +793,8 @@ class AsyncClient(_Base):
                     _raise_for(source.response)
                     async for sse in source.aiter_sse():
                         event = _event(sse)
+                        if event is None:
+                            continue
                         stream.seen(event)
                         yield event
                         if event.type == "done":

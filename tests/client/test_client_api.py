@@ -100,6 +100,18 @@ def test_events_reconnect_with_last_event_id_after_a_drop(monkeypatch):
     assert asked == [None, "2", "2"]
 
 
+def test_events_skip_the_servers_keep_alive_comments():
+    def handler(request: httpx.Request) -> httpx.Response:
+        ping = b": ping\n\n"  # what the service sends while a job is quiet
+        body = _sse((1, "status", {"status": "running"})) + ping + ping
+        body += _sse((2, "done", {"status": "succeeded"}))
+        return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+    with _mock(handler) as client:
+        events = list(client.events("j1"))
+    assert [(e.id, e.type) for e in events] == [(1, "status"), (2, "done")]
+
+
 def test_events_give_up_after_repeated_failures(monkeypatch):
     monkeypatch.setattr("time.sleep", lambda s: None)
 
