@@ -52,6 +52,7 @@ def test_upload_train_promote_then_roll_back(service, tmp_path, registry):
     assert not (tmp_path / "var" / "jobs" / job_id).exists(), "workspace left behind"
 
 
+@pytest.mark.slow  # 16 s: a real job trained until it is cancelled
 def test_cancel_a_running_job(service, tmp_path, registry):
     service.start()
     with service.client() as c:

@@ -76,7 +76,9 @@ def _is_batchnorm(layer: keras.layers.Layer) -> bool:
     return isinstance(layer, keras.layers.BatchNormalization)
 
 
-@pytest.mark.parametrize("base", ["mobilenet_v2", "resnet50"])
+@pytest.mark.parametrize(
+    "base", ["mobilenet_v2", pytest.param("resnet50", marks=pytest.mark.slow)]  # 12 s
+)
 def test_fine_tuning_sees_the_features_serving_sees(base):
     """An unfrozen base normalises a training batch as serving does (with its moving
     statistics, not the batch's), and training leaves those statistics alone."""

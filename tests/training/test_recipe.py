@@ -278,6 +278,7 @@ def test_batchnorm_statistics_are_recomputed_over_the_training_images_without_au
     assert bn.momentum == 0.9  # training would go on as before
 
 
+@pytest.mark.slow  # 12 s: two fits and a resume
 def test_a_phase_the_budget_left_no_time_for_is_recorded_and_not_trained_on_resume(tmp_path):
     result, meta, _, _ = _fit(
         tmp_path, "tight", epochs=3, fine_tune_epochs=3, max_minutes=0.001,
