@@ -77,7 +77,8 @@ def _is_batchnorm(layer: keras.layers.Layer) -> bool:
 
 
 @pytest.mark.parametrize(
-    "base", ["mobilenet_v2", pytest.param("resnet50", marks=pytest.mark.slow)]  # 12 s
+    "base",
+    ["mobilenet_v2", pytest.param("resnet50", marks=pytest.mark.slow)],  # 12 s
 )
 def test_fine_tuning_sees_the_features_serving_sees(base):
     """An unfrozen base normalises a training batch as serving does (with its moving
