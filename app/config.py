@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     # Predictions (/predict, TF Serving, KServe) open to callers without a key; false: they
     # need a key with the predict scope (once keys are on).
     public_predictions: bool = True
+    # Reads (models, jobs and their events, datasets, rollouts, reports) open to callers
+    # without a key once keys are on; false (the default): they need a key (predict scope).
+    # Photos (dataset images, captured images, validation samples) need a train key either way.
+    public_reads: bool = False
     # Quotas per caller (a key, or an address without one); a key may carry its own. Unset:
     # none. predict_rate is a `limits` string ("600/minute", "20/second").
     predict_rate: str | None = None

@@ -26,11 +26,12 @@ from app.api import (
 from app.api.audit import AuditLog
 from app.api.deps import Auth
 from app.api.drain import DrainMiddleware
-from app.api.errors import install_error_handlers
+from app.api.errors import convserve_error, install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.api.quotas import Quotas
 from app.config import Settings, get_settings
 from app.console import routes as console
+from app.errors import ConvserveError
 from app.jobs.runner import store_for
 from app.jobs.supervisor import JobSupervisor
 from app.protocols import kserve_v2, tfserving
@@ -118,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(AuditLog)
     app.add_middleware(DrainMiddleware, state=app.state.drain)
     install_error_handlers(app)
+    app.add_exception_handler(ConvserveError, console.page_errors(convserve_error))
     routers = (
         predict,
         models,

@@ -16,7 +16,7 @@ from fastapi.responses import FileResponse
 from PIL import Image
 from starlette.background import BackgroundTask
 
-from app.api.deps import Admin, Datasets, Jobs, SettingsDep, Train, TrainUpload
+from app.api.deps import Admin, Datasets, Jobs, Read, ReadPhotos, SettingsDep, Train, TrainUpload
 from app.data.datasets import DatasetSummary
 from app.errors import ConvserveError
 from app.jobs.intake import (
@@ -110,7 +110,7 @@ def create_dataset(
     return DatasetChange(name=name, **change)
 
 
-@router.get("", response_model=DatasetList)
+@router.get("", response_model=DatasetList, dependencies=[Read])
 def list_datasets(datasets: Datasets) -> DatasetList:
     """Every dataset, with its images per class in its latest version."""
     return DatasetList(
@@ -118,7 +118,7 @@ def list_datasets(datasets: Datasets) -> DatasetList:
     )
 
 
-@router.get("/{name}", response_model=DatasetInfo)
+@router.get("/{name}", response_model=DatasetInfo, dependencies=[Read])
 def get_dataset(name: DatasetName, datasets: Datasets) -> DatasetInfo:
     """A dataset: images per class (latest version), warnings, and every version."""
     return dataset_info(datasets, name)
@@ -163,7 +163,7 @@ def add_images(
     return DatasetChange(name=name, **change)
 
 
-@router.get("/{name}/images", response_model=DatasetImages)
+@router.get("/{name}/images", response_model=DatasetImages, dependencies=[ReadPhotos])
 def list_images(
     name: DatasetName,
     datasets: Datasets,
@@ -184,6 +184,7 @@ def list_images(
     "/{name}/images/{image_id}",
     response_class=Response,
     responses={200: {"content": {"image/*": {}}, "description": "the image, or a thumbnail"}},
+    dependencies=[ReadPhotos],
 )
 def get_image(
     name: DatasetName,
@@ -227,7 +228,7 @@ def add_class(name: DatasetName, body: NewClass, datasets: Datasets) -> DatasetC
     return DatasetChange(name=name, version=datasets.add_class(name, body.label))
 
 
-@router.get("/{name}/versions/{version}", response_model=DatasetVersionDetail)
+@router.get("/{name}/versions/{version}", response_model=DatasetVersionDetail, dependencies=[Read])
 def get_version(name: DatasetName, version: int, datasets: Datasets) -> DatasetVersionDetail:
     """A version: images per class, the change that made it and its difference from the
     version before it."""
@@ -248,7 +249,7 @@ def delete_version(name: DatasetName, version: int, datasets: Datasets, jobs: Jo
     return Response(status_code=204)
 
 
-@router.get("/{name}/diff", response_model=DatasetDiff)
+@router.get("/{name}/diff", response_model=DatasetDiff, dependencies=[Read])
 def diff_versions(
     name: DatasetName,
     datasets: Datasets,
@@ -291,6 +292,7 @@ def export_version(
     "/{name}/versions/{version}/check",
     response_model=DatasetReport,
     responses={400: {"model": ErrorBody, "description": "the version cannot be trained on"}},
+    dependencies=[Read],
 )
 def check_version(
     name: DatasetName,

@@ -103,6 +103,10 @@ bearer = HTTPBearer(
     " operation's scope; needed once CONVSERVE_API_KEY is set or a key exists",
     auto_error=False,
 )
+# The console's read cookie (POST /session): the key, accepted for GET and HEAD only, so a
+# page can show images and follow a job's events; never for an action.
+KEY_COOKIE = "convserve_key"
+SAFE_METHODS = ("GET", "HEAD")
 KEY_CACHE_SECONDS = 30.0  # a key revoked on another replica is refused within this
 KEYS_EXIST_SECONDS = 5.0
 
@@ -173,7 +177,7 @@ def check_model(caller: Caller, model: str | None) -> None:
 def _model_of(request: Request, settings: Settings) -> str | None:
     """The model a request acts on, where its path or query names it."""
     path = request.url.path
-    if path.startswith(("/models/", "/v1/models/", "/v2/models/")):
+    if path.startswith(("/models/", "/v1/models/", "/v2/models/", "/console/models/")):
         name = request.path_params.get("name")
         if name is not None:
             return str(name).split(":", 1)[0]
@@ -216,8 +220,8 @@ def _spend(request: Request, quota: str | None, caller: Caller, row: dict[str, A
 def require(scope: str, public: str | None = None, quota: str | None = None) -> Any:
     """A dependency: the request needs a key with ``scope`` (once keys are on), limited to
     no other model than the one it acts on; none while the setting named ``public`` is
-    true. It counts against the caller's ``quota`` (`app.api.quotas`). Train and admin
-    actions go to the audit log."""
+    true. It counts against the caller's ``quota`` (`app.api.quotas`). Actions and admin
+    reads go to the audit log. A GET or HEAD may carry the key in the console's cookie."""
 
     async def check(
         request: Request,
@@ -226,6 +230,11 @@ def require(scope: str, public: str | None = None, quota: str | None = None) -> 
     ) -> Caller:
         auth: Auth = request.state.auth
         token = credentials.credentials.strip() if credentials is not None else ""
+        safe = request.method in SAFE_METHODS
+        if not token and safe:
+            token = request.cookies.get(KEY_COOKIE, "").strip()
+        # Train and admin actions, and the admin's reads (exports, keys, the log) are audited.
+        audited = scope == "admin" or (scope == "train" and not safe)
         if public is not None and getattr(settings, public):
             # Open to anyone; a valid key still counts as itself for the quota.
             row: dict[str, Any] | None = (
@@ -234,13 +243,13 @@ def require(scope: str, public: str | None = None, quota: str | None = None) -> 
             caller = Caller(row["id"], frozenset()) if row is not None else OPEN
             _spend(request, quota, caller, row)
             return OPEN
-        if scope != "predict":
+        if audited:
             request.state.audit = (None, scope)  # recorded with the answer's status
         found = await identify(auth, settings, token)
         if found is None:
             raise _unauthorized()
         caller, row = found
-        if scope != "predict":
+        if audited:
             request.state.audit = (caller.key_id, scope)
         if scope not in caller.scopes:
             raise ConvserveError(
@@ -263,6 +272,13 @@ TrainJob = require("train", quota="jobs")  # and its jobs a day
 # Predictions are open to anyone unless CONVSERVE_PUBLIC_PREDICTIONS=false; each counts
 # against the caller's predictions a minute either way.
 Predict = require("predict", public="public_predictions", quota="predict")
+# What a predicting client reads (the protocols' model metadata): open as predictions are.
+PredictRead = require("predict", public="public_predictions")
+# Models, jobs, datasets, rollouts and reports: a key once keys are on, unless
+# CONVSERVE_PUBLIC_READS=true.
+Read = require("predict", public="public_reads")
+# The users' photos (dataset images, captured images, validation samples): a train key.
+ReadPhotos = require("train")
 
 
 AuthDep = Annotated[Auth, Depends(get_auth)]

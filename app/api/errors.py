@@ -54,7 +54,7 @@ def _field(loc: tuple[object, ...]) -> str:
     return ".".join(parts) or "request"
 
 
-async def _convserve_error(request: Request, exc: Exception) -> JSONResponse:
+async def convserve_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ConvserveError)
     return error_response(exc.status, exc.code, exc.message, exc.headers, request.url.path)
 
@@ -163,7 +163,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ConvserveError, _convserve_error)
+    app.add_exception_handler(ConvserveError, convserve_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -17,6 +17,7 @@ from app.api.deps import (
     Datasets,
     Jobs,
     Manager,
+    Read,
     Registry,
     SettingsDep,
     Supervisor,
@@ -220,7 +221,7 @@ async def create_job(
     return JobCreated(job_id=row["id"], status=row["status"])
 
 
-@router.get("", response_model=JobList)
+@router.get("", response_model=JobList, dependencies=[Read])
 def list_jobs(jobs: Jobs, limit: int = Query(100, ge=1, le=1000)) -> JobList:
     """Jobs, newest first."""
     return JobList(jobs=[Job.from_row(r) for r in jobs.recent(limit)])
@@ -233,7 +234,7 @@ def _get(jobs: Any, job_id: str) -> dict[str, Any]:
     return dict(row)
 
 
-@router.get("/{job_id}", response_model=Job)
+@router.get("/{job_id}", response_model=Job, dependencies=[Read])
 def get_job(job_id: str, jobs: Jobs) -> Job:
     return Job.from_row(_get(jobs, job_id))
 
@@ -273,6 +274,7 @@ def _latest_progress_only(events: list[JobEvent]) -> list[JobEvent]:
         200: {"description": "text/event-stream of status, progress, epoch and done events"},
         404: {"description": "no such job", "model": ErrorBody},
     },
+    dependencies=[Read],
 )
 async def job_events(
     request: Request,

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials
 
-from app.api.deps import Admin, AuthDep, Keys, SettingsDep, bearer, identify
+from app.api.deps import KEY_COOKIE, Admin, AuthDep, Keys, SettingsDep, bearer, identify
 from app.errors import ConvserveError
 from app.schemas import AuditPage, KeyCreated, KeyInfo, KeyList, NewKey, Whoami
 from app.storage.keys import SCOPES
@@ -60,6 +60,50 @@ async def whoami(
         models=list(caller.models) if caller.models is not None else None,
         keys_on=keys_on,
     )
+
+
+@router.post(
+    "/session",
+    status_code=204,
+    responses={401: {"description": "no key, or a wrong or revoked one"}},
+)
+async def open_session(
+    request: Request,
+    settings: SettingsDep,
+    auth: AuthDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Response:
+    """The console's read cookie: the key sent (any scope) comes back as an HttpOnly,
+    SameSite=Strict cookie that the service accepts for GET and HEAD only, so the pages,
+    their images and a job's event stream load with it; every action still needs the
+    ``Authorization`` header. Ends with the browser, or with ``DELETE /session``."""
+    token = credentials.credentials.strip() if credentials is not None else ""
+    if not token or await identify(auth, settings, token) is None:
+        raise ConvserveError(
+            "unauthorized",
+            "send the key as 'Authorization: Bearer <api key>'; this one is missing, wrong"
+            " or revoked",
+            401,
+            {"WWW-Authenticate": "Bearer"},
+        )
+    response = Response(status_code=204)
+    response.set_cookie(
+        KEY_COOKIE,
+        token,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+    return response
+
+
+@router.delete("/session", status_code=204)
+async def close_session() -> Response:
+    """Forget the console's read cookie."""
+    response = Response(status_code=204)
+    response.delete_cookie(KEY_COOKIE, path="/", httponly=True, samesite="strict")
+    return response
 
 
 @router.get("/keys", response_model=KeyList, dependencies=[Admin])

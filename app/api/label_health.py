@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Query
 
 from app.api.datasets import DatasetName
-from app.api.deps import Datasets, Registry, Train
+from app.api.deps import Datasets, Read, Registry, Train
 from app.errors import ConvserveError
 from app.names import NAME_REGEX
 from app.schemas import ErrorBody, HealthRequest
@@ -73,6 +73,7 @@ def _check_model(registry: ModelRegistry, model: str, version: int) -> None:
 @router.get(
     "/datasets/{name}/versions/{version}/health",
     responses={409: {"model": ErrorBody, "description": "no model trained on this dataset yet"}},
+    dependencies=[Read],
 )
 async def dataset_health(
     name: DatasetName,
@@ -140,7 +141,7 @@ def keep_labels(name: DatasetName, body: HealthRequest, datasets: Datasets) -> d
     return {"name": name, "kept": len(datasets.confirm(name, body.keep))}
 
 
-@router.get("/models/{name}/versions/{version}/health")
+@router.get("/models/{name}/versions/{version}/health", dependencies=[Read])
 def version_health(
     name: str, version: int, registry: Registry, datasets: Datasets
 ) -> dict[str, Any]:

@@ -8,7 +8,18 @@ import base64
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import FileResponse
 
-from app.api.deps import Admin, Captures, Jobs, Manager, Metrics, Registry, Rollouts, SettingsDep
+from app.api.deps import (
+    Admin,
+    Captures,
+    Jobs,
+    Manager,
+    Metrics,
+    Read,
+    ReadPhotos,
+    Registry,
+    Rollouts,
+    SettingsDep,
+)
 from app.api.rollout import status
 from app.errors import ConvserveError
 from app.export import Format, export_version
@@ -68,12 +79,12 @@ def model_detail(state: ModelState, registry: ModelRegistry) -> ModelDetail:
     )
 
 
-@router.get("", response_model=ModelList)
+@router.get("", response_model=ModelList, dependencies=[Read])
 def list_models(manager: Manager, registry: Registry) -> ModelList:
     return ModelList(models=[model_info(s, registry) for s in manager.models.values()])
 
 
-@router.get("/{name}", response_model=ModelDetail)
+@router.get("/{name}", response_model=ModelDetail, dependencies=[Read])
 async def get_model(
     name: str, manager: Manager, registry: Registry, rollouts: Rollouts
 ) -> ModelDetail:
@@ -156,6 +167,7 @@ def _class_index(classes: list[str], value: str | None, field: str) -> int | Non
     "/{name}/versions/{version}/validation",
     response_model=ValidationImages,
     responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+    dependencies=[ReadPhotos],
 )
 def validation_images(
     name: str,
@@ -208,6 +220,7 @@ def validation_images(
     "/{name}/versions/{version}/validation/{file}",
     response_class=FileResponse,
     responses={200: {"content": {"image/jpeg": {}}}, 404: {"model": ErrorBody}},
+    dependencies=[ReadPhotos],
 )
 def validation_image(
     name: str, file: str, registry: Registry, version: int = VersionPath
@@ -225,6 +238,7 @@ def validation_image(
     "/{name}/versions/{version}/validation/{file}/gradcam",
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}, 404: {"model": ErrorBody}},
+    dependencies=[ReadPhotos],
 )
 async def validation_gradcam(
     name: str,

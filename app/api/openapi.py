@@ -69,7 +69,10 @@ _NAMING_PARAMETERS = {
     "a",
     "b",
 }  # /predict?model=&version=, /console/train?model=
-KEY_OPTIONAL = ("/predict", ":predict", ":classify", "/infer", "/keys/me")
+# Open to callers without a key as predictions are (CONVSERVE_PUBLIC_PREDICTIONS): the
+# predictions, what a predicting client reads (the protocols' metadata, the predict page).
+KEY_OPTIONAL = ("/predict", ":predict", ":classify", "/infer", "/keys/me", "/metadata")
+KEY_OPTIONAL_PATHS = {"/", "/v2/models/{name}", "/v2/models/{name}/versions/{version}"}
 _WRITES = ("/finetune", "/datasets", "/models/", "/review")
 
 
@@ -113,7 +116,9 @@ def _document(spec: dict[str, Any]) -> None:
     for path, operations in spec.get("paths", {}).items():
         body = PROTOCOL_ERROR_BODY if path.startswith(PROTOCOL_PREFIXES) else ERROR_BODY
         for operation in operations.values():
-            if "security" in operation and path.endswith(KEY_OPTIONAL):
+            if "security" in operation and (
+                path.endswith(KEY_OPTIONAL) or path in KEY_OPTIONAL_PATHS
+            ):
                 # Predictions take a key only where CONVSERVE_PUBLIC_PREDICTIONS=false, and
                 # /keys/me answers with or without one: none, or the bearer.
                 operation["security"] = [{}, {"bearer": []}]

@@ -8,7 +8,17 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Response
 
-from app.api.deps import Datasets, Jobs, Manager, Metrics, Registry, SettingsDep, Supervisor, Train
+from app.api.deps import (
+    Datasets,
+    Jobs,
+    Manager,
+    Metrics,
+    Read,
+    Registry,
+    SettingsDep,
+    Supervisor,
+    Train,
+)
 from app.errors import ConvserveError
 from app.jobs.intake import queue_job
 from app.schemas import Comparison, ErrorBody, JobCreated, RetrainRequest
@@ -106,6 +116,7 @@ def fair_images(
     responses={
         409: {"model": ErrorBody, "description": "a version not trained on a stored dataset"}
     },
+    dependencies=[Read],
 )
 async def compare(
     name: str,

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query, Response
 from fastapi import Path as PathParam
 
-from app.api.deps import Admin, Captures, Datasets, Manager, Registry, Train
+from app.api.deps import Admin, Captures, Datasets, Manager, Read, ReadPhotos, Registry, Train
 from app.errors import ConvserveError
 from app.names import NAME_PATTERN, NAME_REGEX
 from app.schemas import (
@@ -67,7 +67,7 @@ async def set_capture(
     return await asyncio.to_thread(_status, captures, name)
 
 
-@router.get("/models/{name}/capture", response_model=CaptureStatus)
+@router.get("/models/{name}/capture", response_model=CaptureStatus, dependencies=[Read])
 def get_capture(manager: Manager, captures: Captures, name: str = ModelName) -> CaptureStatus:
     """The model's capture rule (if on) and what it keeps now."""
     manager.state(name)
@@ -119,7 +119,7 @@ def target_dataset(
     return None
 
 
-@router.get("/review", response_model=ReviewList)
+@router.get("/review", response_model=ReviewList, dependencies=[ReadPhotos])
 def list_review(
     manager: Manager,
     registry: Registry,
@@ -198,7 +198,7 @@ def export_review(
     )
 
 
-@router.get("/review/{capture_id}", response_model=ReviewItem)
+@router.get("/review/{capture_id}", response_model=ReviewItem, dependencies=[ReadPhotos])
 def get_item(capture_id: str, captures: Captures) -> ReviewItem:
     return _item(captures.get(capture_id))
 
@@ -207,6 +207,7 @@ def get_item(capture_id: str, captures: Captures) -> ReviewItem:
     "/review/{capture_id}/image",
     response_class=Response,
     responses={200: {"content": {"image/*": {}}, "description": "the image as it was sent"}},
+    dependencies=[ReadPhotos],
 )
 def get_image(capture_id: str, captures: Captures) -> Response:
     item, data = captures.image(capture_id)

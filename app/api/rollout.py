@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi import Path as PathParam
 
-from app.api.deps import Admin, Manager, Rollouts
+from app.api.deps import Admin, Manager, Read, Rollouts
 from app.errors import ConvserveError
 from app.names import NAME_PATTERN
 from app.schemas import RolloutRequest, RolloutStatus, VersionFigures
@@ -67,7 +67,7 @@ async def start_rollout(
     return await status(manager, store, name)
 
 
-@router.get("/{name}/rollout", response_model=RolloutStatus)
+@router.get("/{name}/rollout", response_model=RolloutStatus, dependencies=[Read])
 async def get_rollout(manager: Manager, store: Rollouts, name: str = ModelName) -> RolloutStatus:
     """The running rollout (or the last one, with why it ended) and, per version, its
     requests, errors, latency percentiles, agreement with the active version and unknown

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,17 @@ from fastapi.templating import Jinja2Templates
 
 from app import __version__
 from app.api.datasets import dataset_info
-from app.api.deps import Captures, Datasets, Jobs, Manager, Registry, SettingsDep
+from app.api.deps import (
+    Captures,
+    Datasets,
+    Jobs,
+    Manager,
+    PredictRead,
+    Read,
+    ReadPhotos,
+    Registry,
+    SettingsDep,
+)
 from app.api.label_health import trained_on
 from app.api.models import model_detail, model_info
 from app.api.review import get_capture, target_dataset
@@ -106,6 +117,37 @@ def _not_found(request: Request, exc: ConvserveError) -> HTMLResponse:
     return _page(request, "error.html", "Not found", status_code=exc.status, error=exc)
 
 
+def is_page(path: str) -> bool:
+    return path == "/" or (path.startswith("/console/") and not path.startswith(STATIC_URL + "/"))
+
+
+def page_errors(
+    api_handler: Callable[[Request, Exception], Awaitable[Response]],
+) -> Callable[[Request, Exception], Awaitable[Response]]:
+    """The handler of `ConvserveError`: a page whose read was refused (no key, or a key
+    without the scope) answers with a page that asks for a key; the rest as the API does."""
+
+    async def handler(request: Request, exc: Exception) -> Response:
+        if (
+            isinstance(exc, ConvserveError)
+            and exc.status in (401, 403)
+            and is_page(request.url.path)
+        ):
+            page = _page(
+                request,
+                "locked.html",
+                "A key is needed",
+                status_code=exc.status,
+                error=exc,
+                locked=True,
+            )
+            page.headers.update(exc.headers or {})
+            return page
+        return await api_handler(request, exc)
+
+    return handler
+
+
 def _options(spec: dict[str, Any]) -> list[Any]:
     """The fixed values a field (or a member of its union) takes: enum and const."""
     members = spec.get("anyOf", [spec])
@@ -148,7 +190,7 @@ def train_fields() -> list[dict[str, Any]]:
     return fields
 
 
-@router.get("/", response_class=HTMLResponse)
+@router.get("/", response_class=HTMLResponse, dependencies=[PredictRead])
 def predict_page(request: Request, manager: Manager, registry: Registry, settings: SettingsDep):
     models = [model_info(s, registry) for s in manager.models.values()]
     return _page(
@@ -161,13 +203,13 @@ def console_root() -> RedirectResponse:
     return RedirectResponse("/", status_code=307)
 
 
-@router.get("/console/models", response_class=HTMLResponse)
+@router.get("/console/models", response_class=HTMLResponse, dependencies=[Read])
 def models_page(request: Request, manager: Manager, registry: Registry):
     models = [model_info(s, registry) for s in manager.models.values()]
     return _page(request, "models.html", "Models", models=models)
 
 
-@router.get("/console/models/{name}", response_class=HTMLResponse)
+@router.get("/console/models/{name}", response_class=HTMLResponse, dependencies=[Read])
 def model_page(
     request: Request,
     name: str,
@@ -194,7 +236,7 @@ def model_page(
     )
 
 
-@router.get("/console/train", response_class=HTMLResponse)
+@router.get("/console/train", response_class=HTMLResponse, dependencies=[Read])
 def train_page(
     request: Request,
     manager: Manager,
@@ -221,7 +263,7 @@ def train_page(
     )
 
 
-@router.get("/console/datasets", response_class=HTMLResponse)
+@router.get("/console/datasets", response_class=HTMLResponse, dependencies=[Read])
 def datasets_page(request: Request, datasets: Datasets):
     found = [dataset_info(datasets, n) for n in datasets.names()]
     return _page(
@@ -229,7 +271,7 @@ def datasets_page(request: Request, datasets: Datasets):
     )
 
 
-@router.get("/console/datasets/{name}", response_class=HTMLResponse)
+@router.get("/console/datasets/{name}", response_class=HTMLResponse, dependencies=[ReadPhotos])
 def dataset_page(
     request: Request,
     name: str,
@@ -279,7 +321,7 @@ def _trained_on(dataset: str, manager: Any, registry: Any) -> list[dict[str, Any
     ]
 
 
-@router.get("/console/review", response_class=HTMLResponse)
+@router.get("/console/review", response_class=HTMLResponse, dependencies=[ReadPhotos])
 def review_page(
     request: Request,
     manager: Manager,
@@ -306,7 +348,9 @@ def review_page(
     return _page(request, "review.html", "Review", **context)
 
 
-@router.get("/console/datasets/{name}/health", response_class=HTMLResponse)
+@router.get(
+    "/console/datasets/{name}/health", response_class=HTMLResponse, dependencies=[ReadPhotos]
+)
 def health_page(request: Request, name: str, datasets: Datasets, version: int | None = None):
     """A dataset version's label health (the page's script reads the report)."""
     try:
@@ -328,19 +372,19 @@ def health_page(request: Request, name: str, datasets: Datasets, version: int | 
     )
 
 
-@router.get("/console/audit", response_class=HTMLResponse)
+@router.get("/console/audit", response_class=HTMLResponse, dependencies=[Read])
 def audit_page(request: Request):
     """The audit log, for admin keys (the page's script reads it)."""
     return _page(request, "audit.html", "Audit log")
 
 
-@router.get("/console/jobs", response_class=HTMLResponse)
+@router.get("/console/jobs", response_class=HTMLResponse, dependencies=[Read])
 async def jobs_page(request: Request, jobs: Jobs):
     rows = await asyncio.to_thread(jobs.recent, 200)
     return _page(request, "jobs.html", "Jobs", jobs=[Job.from_row(r) for r in rows])
 
 
-@router.get("/console/jobs/{job_id}", response_class=HTMLResponse)
+@router.get("/console/jobs/{job_id}", response_class=HTMLResponse, dependencies=[Read])
 async def job_page(request: Request, job_id: str, jobs: Jobs):
     row = await asyncio.to_thread(jobs.get, job_id)
     if row is None:

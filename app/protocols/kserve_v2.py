@@ -22,7 +22,7 @@ import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from app.api.deps import Manager, Metrics, Predict, SettingsDep
+from app.api.deps import Manager, Metrics, Predict, PredictRead, SettingsDep
 from app.errors import ConvserveError
 from app.protocols.common import b64decode, parse_version
 from app.serving.inference import Inference, Outcome, bad_input, ranked
@@ -149,13 +149,13 @@ async def _model_metadata(manager: ModelManager, name: str, version: int | None)
     }
 
 
-@router.get("/models/{name}")
+@router.get("/models/{name}", dependencies=[PredictRead])
 async def model_metadata(name: str, manager: Manager) -> dict[str, Any]:
     """Inputs (send one: ``image_bytes`` or ``images``) and the output."""
     return await _model_metadata(manager, name, None)
 
 
-@router.get("/models/{name}/versions/{version}")
+@router.get("/models/{name}/versions/{version}", dependencies=[PredictRead])
 async def version_metadata(name: str, version: str, manager: Manager) -> dict[str, Any]:
     return await _model_metadata(manager, name, parse_version(manager, name, version))
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request
 
-from app.api.deps import Manager, Metrics, Predict, SettingsDep
+from app.api.deps import Manager, Metrics, Predict, PredictRead, SettingsDep
 from app.errors import ConvserveError
 from app.protocols.common import b64decode, parse_version
 from app.serving.inference import Inference, Outcome, bad_input, ranked
@@ -175,14 +175,14 @@ def label_status(name: str, label: str, manager: Manager) -> dict[str, Any]:
     return _version_status(manager, name, version)
 
 
-@router.get("/{name}/metadata")
+@router.get("/{name}/metadata", dependencies=[PredictRead])
 async def model_metadata(name: str, manager: Manager) -> dict[str, Any]:
     """The signature: inputs ``image_bytes`` or ``images``, output ``probabilities``."""
     return await _metadata(manager, name, None)
 
 
-@router.get("/{name}/versions/{version}/metadata")
-@router.get("/{name}/labels/{version}/metadata")
+@router.get("/{name}/versions/{version}/metadata", dependencies=[PredictRead])
+@router.get("/{name}/labels/{version}/metadata", dependencies=[PredictRead])
 async def version_metadata(name: str, version: str, manager: Manager) -> dict[str, Any]:
     return await _metadata(manager, name, parse_version(manager, name, version))
 

@@ -168,7 +168,8 @@ def test_admin_key_guards_every_change(fake_registry, settings_for, tmp_path) ->
         assert r.status_code == 401
         ok = api.post("/datasets", data={"name": "d"}, headers={"Authorization": "Bearer k"})
         assert ok.status_code == 201
-        assert api.get("/datasets/d").status_code == 200  # reading needs no key
+        assert api.get("/datasets/d").status_code == 401  # reading needs a key too
+        assert api.get("/datasets/d", headers={"Authorization": "Bearer k"}).status_code == 200
         assert api.delete("/datasets/d").status_code == 401
 
 

@@ -4,6 +4,8 @@ keys shown once and stored hashed; revocation; the audit log; keyed predictions.
 
 from __future__ import annotations
 
+import html
+
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
@@ -18,7 +20,8 @@ BOOT = "bootstrap-key"
 PHOTO = image_bytes(Image.new("RGB", (32, 32), (40, 40, 40)))
 
 # The scope each operation needs: admin for what changes what serves, exports or keys;
-# train for datasets, jobs and the review queue. Every other secured operation is listed.
+# train for datasets, jobs and the review queue, and to see the users' photos; predict for
+# the other reads. Every secured operation is in one of these or is a change (train).
 ADMIN = {
     ("post", "/models/{name}/versions/{version}/activate"),
     ("delete", "/models/{name}/versions/{version}"),
@@ -36,6 +39,39 @@ ADMIN = {
     ("delete", "/keys/{key_id}"),
     ("get", "/audit"),
 }
+PHOTOS = {
+    ("get", "/models/{name}/versions/{version}/validation"),
+    ("get", "/models/{name}/versions/{version}/validation/{file}"),
+    ("get", "/models/{name}/versions/{version}/validation/{file}/gradcam"),
+    ("get", "/datasets/{name}/images"),
+    ("get", "/datasets/{name}/images/{image_id}"),
+    ("get", "/review"),
+    ("get", "/review/{capture_id}"),
+    ("get", "/review/{capture_id}/image"),
+    ("get", "/console/datasets/{name}"),
+    ("get", "/console/datasets/{name}/health"),
+    ("get", "/console/review"),
+}
+# Open to callers without a key while predictions are (tested on their own).
+KEY_OPTIONAL = (":predict", ":classify", "/infer", "/metadata")
+KEY_OPTIONAL_PATHS = ("/", "/predict", "/keys/me", "/v2/models/{name}")
+
+
+def needed_scope(method: str, path: str) -> str:
+    if (method, path) in ADMIN:
+        return "admin"
+    if (method == "get" and (method, path) not in PHOTOS) or path == "/session":
+        return "predict"
+    return "train"
+
+
+def refusal(r) -> tuple[int, str]:
+    """The status and code of a refusal: the API's JSON, or the console page that asks for
+    a key (its code in the page)."""
+    if r.headers["content-type"].startswith("text/html"):
+        assert 'data-locked="true"' in r.text and "key-form" in r.text
+        return r.status_code, r.text.split('data-code="', 1)[1].split('"', 1)[0]
+    return r.status_code, r.json()["code"]
 
 
 def headers(key: str | None) -> dict[str, str]:
@@ -72,40 +108,43 @@ def test_every_secured_operation_against_each_kind_of_key(api) -> None:
     checked = 0
     for path, operations in spec["paths"].items():
         for method, operation in operations.items():
-            if "security" not in operation or path.endswith((":predict", ":classify", "/infer")):
+            if "security" not in operation or path.endswith(KEY_OPTIONAL):
                 continue
-            if path in ("/predict", "/keys/me"):  # a key optional: tested on their own
+            if path.startswith(KEY_OPTIONAL_PATHS[-1]) or path in KEY_OPTIONAL_PATHS:
                 continue
-            needed = "admin" if (method, path) in ADMIN else "train"
+            needed = needed_scope(method, path)
             # A model or a thing that does not exist: an allowed key gets 404/422, never an
             # answer that changed something.
             url = path.replace("{name}", "nope").replace("{version}", "99")
             url = url.replace("{job_id}", "0" * 16).replace("{capture_id}", "0" * 32)
             url = url.replace("{image_id}", "0" * 64).replace("{key_id}", "0" * 12)
+            url = url.replace("{file}", "x.jpg")
             for key, allowed in (
                 (None, False),
                 ("wrong", False),
                 ("cs_000000000000_nothing", False),
-                (keys["predict"], False),
-                (keys["train"], needed == "train"),
+                (keys["predict"], needed == "predict"),
+                (keys["train"], needed != "admin"),
                 (keys["admin"], True),
                 (BOOT, True),
             ):
                 r = api.request(method.upper(), url, headers=headers(key))
+                api.cookies.clear()  # POST /session's cookie: tested on its own
                 if allowed:
                     assert r.status_code not in (401, 403), (method, url, key, r.text)
                 elif key in (None, "wrong", "cs_000000000000_nothing"):
-                    assert (r.status_code, r.json()["code"]) == (401, "unauthorized"), (method, url)
+                    assert refusal(r) == (401, "unauthorized"), (method, url)
                     assert r.headers["www-authenticate"] == "Bearer"
                 else:
-                    assert (r.status_code, r.json()["code"]) == (403, "forbidden"), (method, url)
-                    assert f"{needed!r} scope" in r.json()["detail"]
+                    assert refusal(r) == (403, "forbidden"), (method, url)
+                    assert f"{needed!r} scope" in html.unescape(r.text)
                 checked += 1
-            if "{name}" in path and path.startswith("/models/"):
+            if "{name}" in path and path.startswith(("/models/", "/console/models/")):
                 limited = path.replace("{name}", "toy").replace("{version}", "99")
+                limited = limited.replace("{file}", "x.jpg")
                 r = api.request(method.upper(), limited, headers=headers(keys["other-only"]))
-                assert (r.status_code, r.json()["code"]) == (403, "model_not_allowed"), limited
-    assert checked >= 30 * 7
+                assert refusal(r) == (403, "model_not_allowed"), limited
+    assert checked >= 60 * 7
 
 
 def test_a_key_is_shown_once_and_stored_as_a_hash(api) -> None:
@@ -204,6 +243,61 @@ def test_keyed_predictions_need_a_predict_key_for_the_model(tmp_path, fake_model
         assert (
             api.post("/v1/models/toy:predict", json=body, headers=headers(key)).status_code == 200
         )
+
+
+def test_reads_need_a_key_and_photos_a_train_key(tmp_path, fake_models, settings_for):
+    registry = ModelRegistry(tmp_path / "models")
+    write_fake_version(registry, "toy", ["circle", "square"])
+    registry.set_active("toy", 1)
+    with TestClient(create_app(settings_for(run_jobs=False, api_key=BOOT))) as api:
+        assert api.post("/datasets", data={"name": "d"}, headers=headers(BOOT)).status_code == 201
+        made = api.post(
+            "/datasets/d/images", params={"label": "circle"},
+            files={"file": ("a.png", PHOTO)}, headers=headers(BOOT),
+        )  # fmt: skip
+        assert made.status_code == 201, made.text
+        image = api.get("/datasets/d/images", headers=headers(BOOT)).json()["items"][0]["id"]
+        predict, train = make_key(api, ["predict"])["key"], make_key(api, ["train"])["key"]
+        for path in ("/models", "/models/toy", "/finetune", "/datasets", "/datasets/d"):
+            assert api.get(path).status_code == 401, path
+            assert api.get(path, headers=headers(predict)).status_code == 200, path
+        for path in ("/datasets/d/images", f"/datasets/d/images/{image}", "/review"):
+            r = api.get(path, headers=headers(predict))
+            assert (r.status_code, r.json()["code"]) == (403, "forbidden"), path
+            assert api.get(path, headers=headers(train)).status_code == 200, path
+        # The console asks for a key instead of showing the page.
+        page = api.get("/console/models")
+        assert page.status_code == 401 and 'id="key-form"' in page.text
+        assert api.get("/console/models", headers=headers(predict)).status_code == 200
+
+    # CONVSERVE_PUBLIC_READS=true opens the reads; the photos still need a train key.
+    settings = settings_for(run_jobs=False, api_key=BOOT, public_reads=True)
+    with TestClient(create_app(settings)) as api:
+        assert api.get("/models/toy").status_code == 200
+        assert api.get("/console/datasets").status_code == 200
+        assert api.get("/datasets/d/images").status_code == 401
+        assert api.get("/console/review").status_code == 401
+
+
+def test_the_consoles_read_cookie_reads_and_never_acts(api) -> None:
+    trainer = make_key(api, ["train"])["key"]
+    assert api.post("/session").status_code == 401
+    assert api.post("/session", headers=headers("wrong")).status_code == 401
+    r = api.post("/session", headers=headers(trainer))
+    assert r.status_code == 204
+    cookie = r.headers["set-cookie"]
+    assert cookie.startswith(f"convserve_key={trainer};") and "HttpOnly" in cookie
+    assert "SameSite=strict" in cookie and "Path=/" in cookie
+    # Pages, images and event streams load with the cookie alone...
+    assert api.get("/models/toy").status_code == 200
+    assert api.get("/console/review").status_code == 200
+    assert api.get("/review").status_code == 200
+    # ...but no action does, so another site's page cannot act through it.
+    r = api.post("/datasets", data={"name": "d"})
+    assert (r.status_code, r.json()["code"]) == (401, "unauthorized")
+    r = api.delete("/session")
+    assert r.status_code == 204 and 'convserve_key=""' in r.headers["set-cookie"]
+    assert api.get("/models/toy").status_code == 401
 
 
 def test_an_open_service_closes_once_a_key_exists(tmp_path, fake_models, settings_for):

@@ -70,9 +70,10 @@ def test_admin_endpoints_need_the_key(registry, settings_for):
             assert c.delete("/models/toy/versions/2", headers=headers).status_code == 401
         ok = c.post("/models/toy/versions/2/activate", headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
-        # Reading and predicting stay open.
-        assert c.get("/models").status_code == 200
+        # Predicting stays open; reading needs a key (any scope) once one is set.
         assert c.post("/predict", files={"file": ("a.png", PNG)}).status_code == 200
+        assert c.get("/models").status_code == 401
+        assert c.get("/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
 
 
 def test_health_ready_and_metrics(client):
@@ -183,7 +184,7 @@ def test_delete_a_whole_model(registry, settings_for):
         r = c.delete("/models/toy", headers=key)
         assert (r.status_code, r.json()["code"]) == (409, "model_is_default")
         assert c.delete("/models/pets", headers=key).status_code == 204
-        assert [m["name"] for m in c.get("/models").json()["models"]] == ["toy"]
+        assert [m["name"] for m in c.get("/models", headers=key).json()["models"]] == ["toy"]
         assert c.post("/predict?model=pets", files={"file": ("a.png", PNG)}).status_code == 404
     assert registry.names() == ["toy"]
     assert not [p for p in registry.root.iterdir() if p.name.startswith(".trash")]

@@ -38,6 +38,7 @@ def test_version_and_global_options_before_or_after_the_command(service):
     r = subprocess.run([str(CONVSERVE), "--version"], capture_output=True, text=True)
     assert (r.returncode, r.stdout.strip()) == (0, f"convserve {__version__}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVSERVE_")}
+    env["CONVSERVE_API_KEY"] = "test-key"  # reads need it
     for args in (
         ["--url", service.url, "--json", "models"],
         ["models", "--url", service.url, "--json"],

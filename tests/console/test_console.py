@@ -170,6 +170,7 @@ def page(browser, service, request):
 
 
 def use_key(page) -> None:
+    """Enter the admin key in the page's key box (a page that asked for one reloads)."""
     page.fill("#api-key", KEY)
     page.click("#key-save")
     sync_api.expect(page.locator("#key-state")).to_have_text("key set for this tab")
@@ -262,30 +263,39 @@ def test_a_key_sees_only_what_its_scope_may_do_and_the_api_still_refuses(page, s
     with api(service) as c:
         reader = c.post("/keys", json={"name": "app", "scopes": ["predict"]}).json()["key"]
     activate = page.locator('button.activate[data-version="2"]')
-    # No key, then a predict key: the versions table has no promote or delete buttons...
-    page.goto("/console/models/toy")
-    sync_api.expect(activate).to_be_hidden()
-    sync_api.expect(page.locator("#export")).to_be_hidden()
+    # No key: the page asks for one and shows nothing of the model.
+    response = page.goto("/console/models/toy")
+    assert response.status == 401
+    sync_api.expect(page.locator(".error-text")).to_contain_text("Authorization")
+    sync_api.expect(page.locator("#versions")).to_have_count(0)
+    # A wrong key is refused in the key box, with the API's sentence.
+    page.fill("#api-key", "cs_000000000000_wrong")
+    page.click("#key-save")
+    sync_api.expect(page.locator("#flash")).to_contain_text("wrong or revoked")
+    # A predict key: the page, but no promote, delete or export buttons...
     page.fill("#api-key", reader)
     page.click("#key-save")
     sync_api.expect(page.locator("#key-scopes")).to_have_text("may predict")
+    sync_api.expect(page.locator("#active-version")).to_have_text("1")
+    sync_api.expect(page.locator("#export")).to_be_hidden()
     sync_api.expect(activate).to_be_hidden()
     # ... and the API refuses the action all the same.
+    admin = {"Authorization": f"Bearer {KEY}"}
     with httpx.Client(base_url=service.url) as c:
         assert c.post("/models/toy/versions/2/activate").status_code == 401
         r = c.post("/models/toy/versions/2/activate", headers={"Authorization": f"Bearer {reader}"})
         assert (r.status_code, r.json()["code"]) == (403, "forbidden")
-        assert c.get("/models/toy").json()["active_version"] == 1
+        assert c.get("/models/toy", headers=admin).json()["active_version"] == 1
 
         # The admin key: promote 2, then roll back to 1 from the versions table.
         use_key(page)
         sync_api.expect(page.locator("#key-scopes")).to_have_text("may predict, train, admin")
         activate.click()
         sync_api.expect(page.locator("#active-version")).to_have_text("2")
-        assert c.get("/models/toy").json()["active_version"] == 2
+        assert c.get("/models/toy", headers=admin).json()["active_version"] == 2
         page.click('button.activate[data-version="1"]')
         sync_api.expect(page.locator("#active-version")).to_have_text("1")
-        assert c.get("/models/toy").json()["active_version"] == 1
+        assert c.get("/models/toy", headers=admin).json()["active_version"] == 1
     # The key lives in this tab only; a new tab (another context here) has none.
     assert page.evaluate("sessionStorage.getItem('convserve.apiKey')") == KEY
 
@@ -299,6 +309,7 @@ def test_a_key_sees_only_what_its_scope_may_do_and_the_api_still_refuses(page, s
 
 def test_a_confusion_matrix_cell_shows_its_images(page, service):
     page.goto("/console/models/signs")
+    use_key(page)
     sync_api.expect(page.locator("#per-class tbody tr")).to_have_count(3)
     # True "1", predicted "2": one image (photo_6), shown with where it came from.
     cell = page.locator('#confusion button.cell[data-true="1"][data-predicted="2"]')
@@ -328,6 +339,8 @@ def test_a_confusion_matrix_cell_shows_its_images(page, service):
 def test_pages_fit_the_width(browser, service, width):
     context = browser.new_context(viewport={"width": width, "height": 800}, base_url=service.url)
     tab = context.new_page()
+    tab.goto("/")
+    use_key(tab)  # the pages other than Predict need a key to read
     loads = {}
     for path in (
         "/",

@@ -77,7 +77,10 @@ class Service:
         raise RuntimeError(f"service not ready:\n{self.log.read_text()[-3000:]}")
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60)
+        """An HTTP client of the service, with its key when it has one."""
+        key = self.env.get("CONVSERVE_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, timeout=60, headers=headers)
 
     def kill_group(self) -> None:
         assert self.proc is not None

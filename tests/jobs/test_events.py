@@ -48,6 +48,7 @@ def _parse(stream_text: str) -> list[dict]:
 @pytest.fixture
 def app_client(registry, settings_for):
     with TestClient(create_app(settings_for(run_jobs=False, api_key="k"))) as c:
+        c.headers["Authorization"] = "Bearer k"  # reads need the key once one is set
         yield c
 
 
@@ -153,13 +154,16 @@ def test_stream_follows_a_running_job_live(app_client, settings_for):
     assert epoch_times[1] - epoch_times[0] > 0.3
 
 
-def test_unknown_job_is_404_and_reads_need_no_key(app_client, settings_for):
+def test_unknown_job_is_404_and_the_stream_needs_a_read_key(app_client, settings_for):
     r = app_client.get("/finetune/nope/events")
     assert (r.status_code, r.json()["code"]) == (404, "job_not_found")
     store = _store(settings_for)
     job_id = _new_job(store)
     store.request_cancel(job_id)
-    # Like GET /finetune/{id}, the stream is a read: no key needed; cancel is not.
+    # Like GET /finetune/{id}, the stream is a read (a key of any scope); cancel is not.
     assert app_client.get(f"/finetune/{job_id}/events").status_code == 200
+    anonymous = {"Authorization": ""}
+    r = app_client.get(f"/finetune/{job_id}/events", headers=anonymous)
+    assert (r.status_code, r.json()["code"]) == (401, "unauthorized")
     other = _new_job(store)
-    assert app_client.delete(f"/finetune/{other}").status_code == 401
+    assert app_client.delete(f"/finetune/{other}", headers=anonymous).status_code == 401

@@ -194,7 +194,9 @@ def test_finetune_needs_the_admin_key(registry, settings_for, tmp_path):
         )
         assert ok.status_code == 202
         assert c.delete(ok.headers["location"]).status_code == 401
-        assert c.get(ok.headers["location"]).status_code == 200
+        assert c.get(ok.headers["location"]).status_code == 401  # reads need a key too
+        key = {"Authorization": "Bearer k"}
+        assert c.get(ok.headers["location"], headers=key).status_code == 200
 
 
 def test_oversized_body_is_refused_from_its_content_length(registry, settings_for):

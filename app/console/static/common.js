@@ -171,6 +171,25 @@ async function showScopes() {
   }
 }
 
+async function openSession(key) {
+  let response;
+  try {
+    response = await fetch("/session", {
+      method: "POST",
+      headers: { Authorization: `Bearer ${key}` },
+    });
+  } catch (err) {
+    flash(`The service could not be reached (${err.message}).`);
+    return false;
+  }
+  if (!response.ok) {
+    flash(await errorText(response));
+    return false;
+  }
+  flash("");
+  return true;
+}
+
 function keyBox() {
   const form = document.getElementById("key-form");
   if (!form) return;
@@ -184,14 +203,23 @@ function keyBox() {
     input.value = "";
     showScopes();
   };
-  form.addEventListener("submit", (e) => {
+  form.addEventListener("submit", async (e) => {
     e.preventDefault();
-    if (input.value) sessionStorage.setItem(KEY_STORE, input.value);
+    const key = input.value;
+    if (key) {
+      // The service checks the key and hands it back as a read cookie (GET only), so the
+      // pages, their images and a job's events load with it; actions send the header.
+      const opened = await openSession(key);
+      if (!opened) return;
+      sessionStorage.setItem(KEY_STORE, key);
+      if (document.body.dataset.locked === "true") return location.reload();
+    }
     show();
   });
-  forget.addEventListener("click", () => {
+  forget.addEventListener("click", async () => {
     sessionStorage.removeItem(KEY_STORE);
-    show();
+    await fetch("/session", { method: "DELETE" }).catch(() => null);
+    location.reload(); // drop what the key let the page show
   });
   show();
 }
