@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import ByteSize, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -36,11 +36,15 @@ class Settings(BaseSettings):
     # without a key once keys are on; false (the default): they need a key (predict scope).
     # Photos (dataset images, captured images, validation samples) need a train key either way.
     public_reads: bool = False
+    # Days the audit log keeps an entry (older ones are dropped as new ones are written).
+    audit_days: int = Field(90, ge=1)
     # Quotas per caller (a key, or an address without one); a key may carry its own. Unset:
     # none. predict_rate is a `limits` string ("600/minute", "20/second").
     predict_rate: str | None = None
     uploads_per_day: int | None = Field(None, ge=1)
     jobs_per_day: int | None = Field(None, ge=1)
+    # Bytes a caller may keep in datasets ("2GB", "500 MiB"); unset: no quota.
+    stored_bytes: ByteSize | None = None
     # Where the quota counters live: a Redis URL shares them between replicas; unset: the
     # broker's Redis (broker_url) when there is one, else this process.
     rate_limit_url: str | None = None

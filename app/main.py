@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         manager.capture = Capturer(captures, metrics, settings.capture_queue_size)
         manager.capture.start()
         rollouts = RolloutStore(settings_database(settings))
-        auth = Auth(KeyStore(settings_database(settings)))
+        auth = Auth(KeyStore(settings_database(settings), settings.audit_days))
         manager.rollouts = Rollouts(rollouts, metrics)
         app.state.rollouts = manager.rollouts  # whose shadow runs tests wait on
         app.state.capture = manager.capture  # the writer, whose queue tests wait on

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, TypeAdapter, field_validator
 
 from app.names import LABEL_REGEX, LABEL_RULE, NAME_REGEX
 
@@ -502,11 +503,15 @@ class NewKey(BaseModel):
         None, min_length=1, description="only these models (default all)"
     )
     limits: (
-        dict[Literal["predict", "uploads", "jobs"], Annotated[str, Field(pattern=RATE)]] | None
+        dict[
+            Literal["predict", "uploads", "jobs", "stored"],
+            Annotated[str, Field(min_length=1, max_length=40)],
+        ]
+        | None
     ) = Field(
         None,
-        description="its own quotas instead of the service's, as rates: predict"
-        ' "600/minute", uploads "50/day", jobs "5/day"',
+        description="its own quotas instead of the service's: rates for predict"
+        ' "600/minute", uploads "50/day", jobs "5/day"; a size for stored "2GB"',
     )
 
     @field_validator("limits")
@@ -514,11 +519,19 @@ class NewKey(BaseModel):
     def _rates(cls, value: dict[str, str] | None) -> dict[str, str] | None:
         from limits import parse
 
-        for kind, rate in (value or {}).items():
+        for kind, given in (value or {}).items():
+            if kind == "stored":
+                try:
+                    TypeAdapter(ByteSize).validate_python(given)
+                except ValueError:
+                    raise ValueError(f"stored: {given!r} is not a size such as 2GB") from None
+                continue
             try:
-                parse(rate)
+                if not re.match(RATE, given):
+                    raise ValueError
+                parse(given)
             except ValueError:
-                raise ValueError(f"{kind}: {rate!r} is not a rate such as 600/minute") from None
+                raise ValueError(f"{kind}: {given!r} is not a rate such as 600/minute") from None
         return value
 
 

@@ -10,13 +10,25 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from PIL import Image
 from starlette.background import BackgroundTask
 
-from app.api.deps import Admin, Datasets, Jobs, Read, ReadPhotos, SettingsDep, Train, TrainUpload
+from app.api.deps import (
+    Admin,
+    Datasets,
+    Jobs,
+    Read,
+    ReadPhotos,
+    SettingsDep,
+    Train,
+    TrainCheck,
+    TrainUpload,
+    charge_stored,
+    refund_stored,
+)
 from app.data.datasets import DatasetSummary
 from app.errors import ConvserveError
 from app.jobs.intake import (
@@ -78,7 +90,7 @@ def _busy(jobs: Any, name: str, version: int | None = None) -> None:
             )
 
 
-@router.post("/check", response_model=DatasetReport, dependencies=[TrainUpload], tags=["finetune"])
+@router.post("/check", response_model=DatasetReport, dependencies=[TrainCheck], tags=["finetune"])
 async def check_dataset(
     settings: SettingsDep,
     dataset: UploadFile = File(..., description=".zip, .tar or .tar.gz, one folder per class"),
@@ -92,6 +104,7 @@ async def check_dataset(
 
 @router.post("", status_code=201, response_model=DatasetChange, dependencies=[TrainUpload])
 def create_dataset(
+    request: Request,
     response: Response,
     settings: SettingsDep,
     datasets: Datasets,
@@ -106,6 +119,7 @@ def create_dataset(
         change: dict[str, Any] = {**datasets.create(name).to_dict(), "skipped": []}
     else:
         change = add_archive_to_dataset(settings, datasets, name, archive.file, exists_ok=False)
+        charge_stored(request, name)
     response.headers["Location"] = f"/datasets/{name}"
     return DatasetChange(name=name, **change)
 
@@ -125,12 +139,13 @@ def get_dataset(name: DatasetName, datasets: Datasets) -> DatasetInfo:
 
 
 @router.delete("/{name}", status_code=204, dependencies=[Train])
-def delete_dataset(name: DatasetName, datasets: Datasets, jobs: Jobs) -> Response:
+def delete_dataset(request: Request, name: DatasetName, datasets: Datasets, jobs: Jobs) -> Response:
     """Delete a dataset and its images (refused while a job reads it). Model versions
     trained on it keep their record of it."""
     datasets.latest(name)  # 404 first
     _busy(jobs, name)
     datasets.delete(name)
+    refund_stored(request, name)
     return Response(status_code=204)
 
 
@@ -138,6 +153,7 @@ def delete_dataset(name: DatasetName, datasets: Datasets, jobs: Jobs) -> Respons
     "/{name}/images", status_code=201, response_model=DatasetChange, dependencies=[TrainUpload]
 )
 def add_images(
+    request: Request,
     name: DatasetName,
     settings: SettingsDep,
     datasets: Datasets,
@@ -160,6 +176,8 @@ def add_images(
     datasets.latest(name)  # 404 before reading the files
     files = [(f.filename or "image", f.file) for f in file]
     change = add_files_to_dataset(settings, datasets, name, label, files, source)
+    if change["added"]:
+        charge_stored(request, name)
     return DatasetChange(name=name, **change)
 
 

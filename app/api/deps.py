@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.api.quotas import Quotas
+from app.api.quotas import Quotas, check_stored, parse_size
 from app.config import Settings, get_settings
 from app.errors import ConvserveError
 from app.jobs.store import JobStore
@@ -205,22 +205,59 @@ async def identify(
     return Caller(row["id"], granted, models), row
 
 
+def _who(request: Request, caller: Caller) -> str:
+    """The caller a quota counts: its key, or its address without one."""
+    if caller.key_id is not None:
+        return f"key:{caller.key_id}"
+    return f"address:{request.client.host if request.client else 'unknown'}"
+
+
 def _spend(request: Request, quota: str | None, caller: Caller, row: dict[str, Any] | None) -> None:
     """Count the request against the caller's quota of ``quota`` (429 past it)."""
     if quota is None:
         return
     quotas: Quotas = request.state.quotas
-    if caller.key_id is not None:
-        who = f"key:{caller.key_id}"
-    else:
-        who = f"address:{request.client.host if request.client else 'unknown'}"
-    quotas.spend(quota, who, (row or {}).get("limits"))
+    quotas.spend(quota, _who(request, caller), (row or {}).get("limits"))
 
 
-def require(scope: str, public: str | None = None, quota: str | None = None) -> Any:
+async def _check_stored(
+    request: Request, settings: Settings, caller: Caller, row: dict[str, Any] | None
+) -> None:
+    """Refuse an upload that would take the caller past its bytes-stored quota (507), by
+    the size it declares, before it is read; `charge_stored` counts it once kept."""
+    own = ((row or {}).get("limits") or {}).get("stored")
+    limit = parse_size(own) if own else settings.stored_bytes
+    who = _who(request, caller)
+    request.state.stored_by = who
+    if limit is None:
+        return
+    auth: Auth = request.state.auth
+    used = await asyncio.to_thread(auth.keys.stored, who)
+    length = request.headers.get("content-length", "")
+    check_stored(used, int(length) if length.isdigit() else 0, limit)
+
+
+def charge_stored(request: Request, dataset: str) -> None:
+    """After an upload was kept in ``dataset``: its size counts against the caller."""
+    who = getattr(request.state, "stored_by", None)
+    length = request.headers.get("content-length", "")
+    if who is not None and length.isdigit():
+        auth: Auth = request.state.auth
+        auth.keys.charge(who, dataset, int(length))
+
+
+def refund_stored(request: Request, dataset: str) -> None:
+    auth: Auth = request.state.auth
+    auth.keys.refund(dataset)
+
+
+def require(
+    scope: str, public: str | None = None, quota: str | None = None, stores: bool = False
+) -> Any:
     """A dependency: the request needs a key with ``scope`` (once keys are on), limited to
     no other model than the one it acts on; none while the setting named ``public`` is
-    true. It counts against the caller's ``quota`` (`app.api.quotas`). Actions and admin
+    true. It counts against the caller's ``quota`` (`app.api.quotas`), and an upload that
+    ``stores`` against its bytes stored. Actions and admin
     reads go to the audit log. A GET or HEAD may carry the key in the console's cookie."""
 
     async def check(
@@ -260,6 +297,8 @@ def require(scope: str, public: str | None = None, quota: str | None = None) -> 
             )
         check_model(caller, _model_of(request, settings))
         _spend(request, quota, caller, row)
+        if stores:
+            await _check_stored(request, settings, caller, row)
         return caller
 
     return Depends(check)
@@ -267,8 +306,9 @@ def require(scope: str, public: str | None = None, quota: str | None = None) -> 
 
 Admin = require("admin")
 Train = require("train")
-TrainUpload = require("train", quota="uploads")  # counts against the caller's uploads a day
-TrainJob = require("train", quota="jobs")  # and its jobs a day
+TrainCheck = require("train", quota="uploads")  # counts against the caller's uploads a day
+TrainUpload = require("train", quota="uploads", stores=True)  # and its bytes stored
+TrainJob = require("train", quota="jobs", stores=True)  # its jobs a day (and an archive kept)
 # Predictions are open to anyone unless CONVSERVE_PUBLIC_PREDICTIONS=false; each counts
 # against the caller's predictions a minute either way.
 Predict = require("predict", public="public_predictions", quota="predict")

@@ -23,6 +23,7 @@ from app.api.deps import (
     Supervisor,
     Train,
     TrainJob,
+    charge_stored,
     check_model,
 )
 from app.errors import ConvserveError
@@ -137,6 +138,7 @@ def _check_source(
     },
 )
 async def create_job(
+    request: Request,
     response: Response,
     caller: Annotated[Caller, TrainJob],
     settings: SettingsDep,
@@ -216,6 +218,8 @@ async def create_job(
         dataset_version,
         rollout,
     )
+    if dataset is not None and dataset_name:  # the archive is kept as a dataset version
+        charge_stored(request, dataset_name)
     await supervisor.submit(row["id"])
     response.headers["Location"] = f"/finetune/{row['id']}"
     return JobCreated(job_id=row["id"], status=row["status"])

@@ -47,7 +47,8 @@ _DESCRIPTIONS = {
     "422": "invalid parameters; `detail` names each field and what is wrong with it",
     "503": "the service is shutting down, or the model is loading, swapping or too busy;"
     " retry after `Retry-After` seconds",
-    "507": "the disk the service writes to is full",
+    "507": "the disk the service writes to is full, or the caller's bytes-stored quota is"
+    " used (storage_quota)",
 }
 _HEADERS = {
     "503": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "string"}}},
@@ -129,7 +130,8 @@ def _document(spec: dict[str, Any]) -> None:
                 entry["description"] = entry.get("description") or _DESCRIPTIONS[status]
                 if status == "422":  # FastAPI's own, which this service does not send
                     entry["description"] = _DESCRIPTIONS[status]
-                if status == "404" and _is_page(path):  # the console's "not found" page
+                if status in ("401", "403", "404") and _is_page(path):
+                    # The console's pages: "not found", or a page that asks for a key.
                     entry["content"] = {"text/html": {"schema": {"type": "string"}}}
                 else:
                     entry["content"] = {"application/json": {"schema": {"$ref": body}}}

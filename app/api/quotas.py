@@ -6,6 +6,11 @@ the key's own (``limits`` when it was made). The counters are the `limits` libra
 windows: in this process, or in Redis (``CONVSERVE_RATE_LIMIT_URL``, by default the
 deployment's ``CONVSERVE_BROKER_URL``) so that every replica counts against one number.
 Past a limit the answer is 429 with ``Retry-After`` and a sentence.
+
+The bytes a caller has sent to be kept in datasets (``CONVSERVE_STORED_BYTES``, or the key's
+``stored``) are a ledger in the service's database, not a window: an upload that would take
+the caller past it is refused before it is read, 507 ``storage_quota`` (RFC 4331's answer to
+a quota), and deleting a dataset gives its bytes back.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import time
 from typing import Any
 
 from limits import RateLimitItem, parse, storage, strategies
+from pydantic import ByteSize, TypeAdapter
 
 from app.errors import ConvserveError
 
@@ -59,3 +65,31 @@ class Quotas:
             429,
             {"Retry-After": str(wait)},
         )
+
+
+_BYTES = TypeAdapter(ByteSize)
+
+
+def parse_size(text: str | int) -> int:
+    """A size as people write it: 500MB, 2 GiB, 1000000."""
+    return int(_BYTES.validate_python(text))
+
+
+def check_stored(used: int, size: int, limit: int | None) -> None:
+    """507 when ``size`` more bytes would take a caller that keeps ``used`` past ``limit``."""
+    if limit is None or used + size <= limit:
+        return
+    raise ConvserveError(
+        "storage_quota",
+        f"this caller keeps {_size(used)} in datasets and this upload is {_size(size)};"
+        f" its quota is {_size(limit)}: delete a dataset it no longer needs, or ask for a"
+        " larger quota",
+        507,
+    )
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"

@@ -16,6 +16,8 @@ import json
 import secrets
 import time
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -61,11 +63,32 @@ audit_log = sa.Table(
 )
 
 
+# Bytes each caller ("key:<id>", "address:<ip>") sent to be kept, per dataset: the
+# bytes-stored quota; a dataset's entries go when it is deleted.
+stored_bytes = sa.Table(
+    "stored_bytes",
+    metadata,
+    sa.Column("caller", sa.Text, primary_key=True),
+    sa.Column("dataset", sa.Text, primary_key=True),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+)
+
+
 def prefix(key_id: str) -> str:
     return f"cs_{key_id}"
 
 
+AUDIT_PRUNE_SECONDS = 3600.0  # how often a replica drops audit entries past their keep
+
+
 class KeyStore(SqlStore):
+    """API keys (hashed) and the audit log, which keeps ``audit_days`` days of entries."""
+
+    def __init__(self, target: str | Path, audit_days: int = 90) -> None:
+        self.audit_days = audit_days
+        self._next_prune = 0.0
+        super().__init__(target)
+
     def _setup(self, db: Connection) -> None:
         metadata.create_all(db)
 
@@ -147,6 +170,34 @@ class KeyStore(SqlStore):
             return None
         return self._decode(row)
 
+    # -- bytes stored ------------------------------------------------------------------------
+
+    def stored(self, caller: str) -> int:
+        """The bytes ``caller`` has sent to be kept in datasets that still exist."""
+        with self._read() as db:
+            total = db.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(stored_bytes.c.bytes), 0)).where(
+                    stored_bytes.c.caller == caller
+                )
+            ).scalar_one()
+        return int(total)
+
+    def charge(self, caller: str, dataset: str, size: int) -> None:
+        with self._write() as db:
+            row = {"caller": caller, "dataset": dataset}
+            updated = db.execute(
+                stored_bytes.update()
+                .where(stored_bytes.c.caller == caller, stored_bytes.c.dataset == dataset)
+                .values(bytes=stored_bytes.c.bytes + size)
+            )
+            if updated.rowcount == 0:
+                db.execute(stored_bytes.insert().values(**row, bytes=size))
+
+    def refund(self, dataset: str) -> None:
+        """A dataset was deleted: what was sent to it no longer counts."""
+        with self._write() as db:
+            db.execute(stored_bytes.delete().where(stored_bytes.c.dataset == dataset))
+
     # -- the audit log ---------------------------------------------------------------------
 
     def record(
@@ -170,6 +221,12 @@ class KeyStore(SqlStore):
                     scope=scope,
                 )
             )
+            if time.monotonic() >= self._next_prune:
+                self._next_prune = time.monotonic() + AUDIT_PRUNE_SECONDS
+                cutoff = datetime.now(UTC) - timedelta(days=self.audit_days)
+                db.execute(
+                    audit_log.delete().where(audit_log.c.at < cutoff.isoformat(timespec="seconds"))
+                )
 
     def audit(
         self, key_id: str | None = None, offset: int = 0, limit: int = 100

@@ -5,13 +5,16 @@ keys shown once and stored hashed; revocation; the audit log; keyed predictions.
 from __future__ import annotations
 
 import html
+from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.main import create_app
+from app.storage.keys import KeyStore
 from app.storage.registry import ModelRegistry
 from tests.fakes import write_fake_version
 from tests.helpers import image_bytes
@@ -350,3 +353,56 @@ def test_quotas_answer_429_with_retry_after_per_caller(tmp_path, fake_models, se
             headers=headers(BOOT),
         )
         assert bad.status_code == 422
+
+
+def test_the_audit_log_keeps_its_days_and_drops_older_entries(tmp_path) -> None:
+    store = KeyStore(tmp_path / "keys.sqlite", audit_days=30)
+    for _ in range(3):
+        store.record("bootstrap", "POST", "/keys", 201, "10.0.0.1", "admin")
+    aged = {1: 31, 2: 29}  # days ago; entry 3 is from now
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'keys.sqlite'}")
+    with engine.begin() as db:
+        for seq, days in aged.items():
+            at = (datetime.now(UTC) - timedelta(days=days)).isoformat(timespec="seconds")
+            db.execute(
+                sa.text("UPDATE audit_log SET at = :at WHERE seq = :seq"), {"at": at, "seq": seq}
+            )
+    # The next entry written (here by a replica that just started) drops what is past 30 days.
+    later = KeyStore(tmp_path / "keys.sqlite", audit_days=30)
+    later.record("bootstrap", "DELETE", "/keys/x", 204, "10.0.0.1", "admin")
+    entries, total = later.audit()
+    assert total == 3 and sorted(e["seq"] for e in entries) == [2, 3, 4]
+
+
+def _noise(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    return image_bytes(Image.fromarray(pixels))  # about 12 kB of PNG
+
+
+def test_bytes_stored_quota_refuses_the_upload_past_it_until_a_dataset_goes(api) -> None:
+    assert api.post(
+        "/keys", json={"name": "x", "scopes": ["train"], "limits": {"stored": "lots"}},
+        headers=headers(BOOT),
+    ).status_code == 422  # fmt: skip
+    key = api.post(
+        "/keys", json={"name": "small", "scopes": ["train"], "limits": {"stored": "30kB"}},
+        headers=headers(BOOT),
+    ).json()["key"]  # fmt: skip
+    for name in ("a", "b"):
+        assert api.post("/datasets", data={"name": name}, headers=headers(key)).status_code == 201
+
+    def add(dataset: str, seed: int):
+        return api.post(
+            f"/datasets/{dataset}/images", params={"label": "x"},
+            files={"file": ("n.png", _noise(seed))}, headers=headers(key),
+        )  # fmt: skip
+
+    assert add("a", 1).status_code == 201
+    assert add("b", 2).status_code == 201
+    r = add("b", 3)  # a third 12 kB would pass 30 kB
+    assert (r.status_code, r.json()["code"]) == (507, "storage_quota")
+    assert "quota is 30.0 kB" in r.json()["detail"]
+    assert api.get("/datasets/b", headers=headers(key)).json()["images"] == 1  # nothing kept
+    # Deleting a dataset gives its bytes back.
+    assert api.delete("/datasets/a", headers=headers(key)).status_code == 204
+    assert add("b", 3).status_code == 201
