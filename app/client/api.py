@@ -21,7 +21,7 @@ import functools
 import io
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Concatenate, Generic, ParamSpec, TypeVar
@@ -476,10 +476,19 @@ class Calls:
 
     @staticmethod
     def create_key(
-        name: str, scopes: Sequence[str], models: Sequence[str] | None = None
+        name: str,
+        scopes: Sequence[str],
+        models: Sequence[str] | None = None,
+        limits: Mapping[str, str] | None = None,
     ) -> Call[KeyCreated]:
-        """A new API key (its ``key`` is in this answer only)."""
-        body = {"name": name, "scopes": list(scopes), **_params(models=models and list(models))}
+        """A new API key (its ``key`` is in this answer only), with its own ``limits``
+        (``{"predict": "600/minute", "uploads": "50/day", "jobs": "5/day", "stored":
+        "2GB"}``) where given."""
+        body = {
+            "name": name,
+            "scopes": list(scopes),
+            **_params(models=models and list(models), limits=limits and dict(limits)),
+        }
         return Call("POST", "/keys", _reads(KeyCreated), json=body)
 
     @staticmethod

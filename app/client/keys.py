@@ -13,7 +13,8 @@ from app.client.output import _table, err, out
 def cmd_keys(args: argparse.Namespace) -> int:
     with Client(args.url, args.api_key) as client:
         if args.action == "create":
-            made = client.create_key(args.name, args.scopes, args.models)
+            limits = dict(args.quotas) if args.quotas else None
+            made = client.create_key(args.name, args.scopes, args.models, limits)
             if args.json:
                 print(json.dumps(made.model_dump()))
             else:
@@ -21,6 +22,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 err.print(
                     f"key {made.id} ({made.name}): {', '.join(made.scopes)}"
                     + (f", only {', '.join(made.models)}" if made.models else "")
+                    + (
+                        "; " + ", ".join(f"{k} {v}" for k, v in made.limits.items())
+                        if made.limits
+                        else ""
+                    )
                     + ". It is shown this once: keep it now."
                 )
             return 0
@@ -66,6 +72,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+QUOTAS = ("predict", "uploads", "jobs", "stored")
+
+
+def _quota(text: str) -> tuple[str, str]:
+    kind, _, value = text.partition("=")
+    if kind not in QUOTAS or not value:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not KIND=VALUE with KIND one of {', '.join(QUOTAS)}"
+        )
+    return kind, value
+
+
 def add_key_commands(sub: Any, remote: argparse.ArgumentParser) -> None:
     k = sub.add_parser("keys", help="API keys with scopes: create, list, revoke")
     actions = k.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -83,6 +101,15 @@ def add_key_commands(sub: Any, remote: argparse.ArgumentParser) -> None:
     )
     c.add_argument(
         "--model", dest="models", action="append", help="only this model; repeat for several"
+    )
+    c.add_argument(
+        "--quota",
+        dest="quotas",
+        action="append",
+        type=_quota,
+        metavar="KIND=VALUE",
+        help="its own quota instead of the service's: predict=600/minute, uploads=50/day,"
+        " jobs=5/day, stored=2GB; repeat for several",
     )
     actions.add_parser("list", parents=[remote], help="every key (never the key itself)")
     r = actions.add_parser("revoke", parents=[remote], help="revoke a key")

@@ -111,6 +111,13 @@ def test_keys_create_list_use_revoke_and_the_audit(service, tmp_path):
     shown = convserve(service, "keys", "list")
     assert made["id"] in shown.stdout and made["key"] not in shown.stdout
     reader = _json(convserve(service, "keys", "create", "app", "--scope", "predict", "--json"))
+    capped = convserve(
+        service, "keys", "create", "cap", "--scope", "train",
+        "--quota", "stored=2GB", "--quota", "uploads=50/day",
+    )  # fmt: skip
+    assert capped.returncode == 0 and "stored 2GB, uploads 50/day" in capped.stderr
+    r = convserve(service, "keys", "create", "cap", "--scope", "train", "--quota", "disk=1")
+    assert r.returncode == 2 and "KIND=VALUE" in r.stderr
 
     r = convserve(service, "datasets", "create", "by-reader", "--api-key", reader["key"])
     assert r.returncode == 1 and "'train' scope" in r.stderr
