@@ -104,6 +104,7 @@ def _page(
         {
             "title": title,
             "auth_required": keys_on,
+            "public_reads": settings.public_reads,
             "version": __version__,
             "static": STATIC_URL,
             **context,

@@ -395,8 +395,8 @@ def test_cancel_a_running_job(page, service, tmp_path):
         assert r.status_code == 202
         job_id = r.json()["job_id"]
         page.goto(f"/console/jobs/{job_id}")
-        sync_api.expect(page.locator("#status")).to_have_text("running", timeout=120_000)
         use_key(page)
+        sync_api.expect(page.locator("#status")).to_have_text("running", timeout=120_000)
         page.click("#cancel")
         sync_api.expect(page.locator("#status")).to_have_text("cancelled", timeout=60_000)
         assert c.get(f"/finetune/{job_id}").json()["status"] == "cancelled"
@@ -530,9 +530,9 @@ def test_grow_a_dataset_relabel_train_from_it_and_trace_the_version(page, servic
         r = c.post("/datasets", data={"name": "stripes"}, files={"archive": ("s.zip", archive)})
         assert r.status_code == 201, r.text
     page.goto("/console/datasets")
+    use_key(page)
     sync_api.expect(page.locator("#datasets-table")).to_contain_text("hstripes 10")
     page.click("text=stripes")
-    use_key(page)
     checks = page.locator(".class-section[data-class=checks]")
     sync_api.expect(checks.locator("[data-count]")).to_have_text("10")
 

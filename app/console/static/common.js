@@ -198,7 +198,8 @@ function keyBox() {
   const forget = document.getElementById("key-forget");
   const show = () => {
     const has = Boolean(apiKey());
-    state.textContent = has ? "key set for this tab" : "no key: only predictions and reads";
+    const open = document.body.dataset.publicReads === "true" ? "predictions and reads" : "predictions";
+    state.textContent = has ? "key set for this tab" : `no key: only ${open}`;
     forget.hidden = !has;
     input.value = "";
     showScopes();
