@@ -24,8 +24,11 @@ HELD_OUT_FLOOR_30 = 0.84
 # well: bench/accuracy.py measures that. 4.6 minutes on a 2-core AVX2-only machine
 # with TensorFlow's oneDNN kernels on (9.6 without them).
 RESNET_HELD_OUT_FLOOR = 0.80
-# LeNet-5 from scratch at 64 px: measured 0.940 (bench/accuracy.py's split, 30 s).
-LENET_HELD_OUT_FLOOR = 0.88
+# LeNet-5 from scratch at 64 px (bench/accuracy.py's split, 30-40 s, early stopping): 0.940,
+# then 0.917, 0.903, 0.907, 0.917 in four runs on an idle machine and 0.866 in a CI run beside
+# other work; the runs differ by CPU thread scheduling, not the data. The floor says it learns
+# from scratch (chance is 0.17) with room for that spread.
+LENET_HELD_OUT_FLOOR = 0.83
 
 pytestmark = [
     pytest.mark.slow,
