@@ -15,7 +15,10 @@ def test_auto_picks_openvino_when_installed():
     assert resolve_backend("keras") == "keras"
 
 
-@pytest.mark.parametrize("precision", ["f32", "bf16"])
+@pytest.mark.parametrize(
+    "precision",
+    ["f32", pytest.param("bf16", marks=pytest.mark.slow)],  # 6 s each
+)
 def test_openvino_matches_keras_on_the_same_pixels(registry, precision):
     path = registry.model_path("toy", 1)
     x = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3)).astype(np.uint8)
@@ -61,7 +64,7 @@ def _batches_for(client: TestClient, images: int) -> float:
     [
         ("openvino", None, 3),  # OpenVINO's own batch size: 4
         ("keras", None, 1),  # Keras': 16
-        ("openvino", 16, 1),  # the setting wins
+        pytest.param("openvino", 16, 1, marks=pytest.mark.slow),  # the setting wins (6 s)
     ],
 )
 def test_batch_size_defaults_to_the_backends_best(

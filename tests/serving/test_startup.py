@@ -2,6 +2,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
@@ -10,6 +11,7 @@ from app.storage.registry import LOCK_FILE, ModelRegistry
 from tests.helpers import image_bytes, pattern_image
 
 
+@pytest.mark.slow  # 10 s: builds and writes both built-in models
 def test_fresh_registry_bootstraps_both_imagenet_models(settings_for):
     settings = settings_for(
         served_models=["resnet50", "mobilenet_v2"], default_model="mobilenet_v2"
