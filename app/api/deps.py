@@ -257,8 +257,8 @@ def require(
     """A dependency: the request needs a key with ``scope`` (once keys are on), limited to
     no other model than the one it acts on; none while the setting named ``public`` is
     true. It counts against the caller's ``quota`` (`app.api.quotas`), and an upload that
-    ``stores`` against its bytes stored. Actions and admin
-    reads go to the audit log. A GET or HEAD may carry the key in the console's cookie."""
+    ``stores`` against its bytes stored. Actions and admin reads go to the audit log. A
+    GET or HEAD may carry the key in the console's read cookie instead of the header."""
 
     async def check(
         request: Request,

@@ -219,48 +219,58 @@ async def create_job(
         rollout,
     )
     if dataset is not None and dataset_name:  # the archive is kept as a dataset version
-        charge_stored(request, dataset_name)
+        await asyncio.to_thread(charge_stored, request, dataset_name)
     await supervisor.submit(row["id"])
     response.headers["Location"] = f"/finetune/{row['id']}"
     return JobCreated(job_id=row["id"], status=row["status"])
 
 
-@router.get("", response_model=JobList, dependencies=[Read])
-def list_jobs(jobs: Jobs, limit: int = Query(100, ge=1, le=1000)) -> JobList:
-    """Jobs, newest first."""
-    return JobList(jobs=[Job.from_row(r) for r in jobs.recent(limit)])
+@router.get("", response_model=JobList)
+def list_jobs(
+    caller: Annotated[Caller, Read], jobs: Jobs, limit: int = Query(100, ge=1, le=1000)
+) -> JobList:
+    """Jobs, newest first (of the models a key is limited to)."""
+    rows = jobs.recent(limit)
+    if caller.models is not None:
+        rows = [r for r in rows if r["model"] in caller.models]
+    return JobList(jobs=[Job.from_row(r) for r in rows])
 
 
-def _get(jobs: Any, job_id: str) -> dict[str, Any]:
+def job_row(jobs: Any, job_id: str, caller: Caller | None = None) -> dict[str, Any]:
+    """The job, or 404; 403 for a key limited to other models than the job's."""
     row = jobs.get(job_id)
     if row is None:
         raise ConvserveError("job_not_found", f"no fine-tuning job {job_id!r}", 404)
+    if caller is not None:
+        check_model(caller, row["model"])
     return dict(row)
 
 
-@router.get("/{job_id}", response_model=Job, dependencies=[Read])
-def get_job(job_id: str, jobs: Jobs) -> Job:
-    return Job.from_row(_get(jobs, job_id))
+@router.get("/{job_id}", response_model=Job)
+def get_job(caller: Annotated[Caller, Read], job_id: str, jobs: Jobs) -> Job:
+    return Job.from_row(job_row(jobs, job_id, caller))
 
 
-@router.delete("/{job_id}", response_model=Job, dependencies=[Train])
-def cancel_job(job_id: str, jobs: Jobs, supervisor: Supervisor) -> Job:
+@router.delete("/{job_id}", response_model=Job)
+def cancel_job(
+    caller: Annotated[Caller, Train], job_id: str, jobs: Jobs, supervisor: Supervisor
+) -> Job:
     """Cancel: a queued job at once, a running one at its next batch."""
-    row = _get(jobs, job_id)
+    row = job_row(jobs, job_id, caller)
     new = jobs.request_cancel(job_id)
     if new is None:
         raise ConvserveError("job_finished", f"job {job_id} already ended ({row['status']})", 409)
     if new == CANCELLED:
         supervisor.cleanup(job_id)
-    return Job.from_row(_get(jobs, job_id))
+    return Job.from_row(job_row(jobs, job_id))
 
 
 # How often a stream looks for new events: a new epoch reaches a client within this.
 EVENTS_POLL_SECONDS = 0.5
 
 
-async def _existing_job(job_id: str, jobs: Jobs) -> str:
-    await asyncio.to_thread(_get, jobs, job_id)
+async def _existing_job(caller: Annotated[Caller, Read], job_id: str, jobs: Jobs) -> str:
+    await asyncio.to_thread(job_row, jobs, job_id, caller)
     return job_id
 
 
@@ -278,7 +288,6 @@ def _latest_progress_only(events: list[JobEvent]) -> list[JobEvent]:
         200: {"description": "text/event-stream of status, progress, epoch and done events"},
         404: {"description": "no such job", "model": ErrorBody},
     },
-    dependencies=[Read],
 )
 async def job_events(
     request: Request,

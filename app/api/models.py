@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import FileResponse
 
 from app.api.deps import (
     Admin,
+    Caller,
     Captures,
     Jobs,
     Manager,
@@ -79,9 +81,17 @@ def model_detail(state: ModelState, registry: ModelRegistry) -> ModelDetail:
     )
 
 
-@router.get("", response_model=ModelList, dependencies=[Read])
-def list_models(manager: Manager, registry: Registry) -> ModelList:
-    return ModelList(models=[model_info(s, registry) for s in manager.models.values()])
+@router.get("", response_model=ModelList)
+def list_models(caller: Annotated[Caller, Read], manager: Manager, registry: Registry) -> ModelList:
+    """The served models (those a key is limited to)."""
+    allowed = caller.models
+    return ModelList(
+        models=[
+            model_info(s, registry)
+            for name, s in manager.models.items()
+            if allowed is None or name in allowed
+        ]
+    )
 
 
 @router.get("/{name}", response_model=ModelDetail, dependencies=[Read])

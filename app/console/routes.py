@@ -1,8 +1,10 @@
 """The console's pages. Each renders what the service knows now; the page's script then
 calls the JSON API (predict, promote, train, follow a job) like any other client.
 
-Admin actions carry the API key as an ``Authorization`` header that the page's script adds;
-the service sets no cookie, so another site's page cannot act with a visitor's rights.
+Actions carry the API key as an ``Authorization`` header that the page's script adds. Once
+keys are on, a page and its images load with the read cookie of ``POST /session``, which the
+service accepts for GET and HEAD only, so another site's page cannot act with a visitor's
+rights; a page read without it answers with a page that asks for the key.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -21,6 +23,7 @@ from fastapi.templating import Jinja2Templates
 from app import __version__
 from app.api.datasets import dataset_info
 from app.api.deps import (
+    Caller,
     Captures,
     Datasets,
     Jobs,
@@ -31,8 +34,9 @@ from app.api.deps import (
     Registry,
     SettingsDep,
 )
+from app.api.finetune import job_row, list_jobs
 from app.api.label_health import trained_on
-from app.api.models import model_detail, model_info
+from app.api.models import list_models, model_detail, model_info
 from app.api.review import get_capture, target_dataset
 from app.data.datasets import FEW_IMAGES_WARNING
 from app.errors import ConvserveError
@@ -204,9 +208,11 @@ def console_root() -> RedirectResponse:
     return RedirectResponse("/", status_code=307)
 
 
-@router.get("/console/models", response_class=HTMLResponse, dependencies=[Read])
-def models_page(request: Request, manager: Manager, registry: Registry):
-    models = [model_info(s, registry) for s in manager.models.values()]
+@router.get("/console/models", response_class=HTMLResponse)
+def models_page(
+    request: Request, caller: Annotated[Caller, Read], manager: Manager, registry: Registry
+):
+    models = list_models(caller, manager, registry).models
     return _page(request, "models.html", "Models", models=models)
 
 
@@ -379,20 +385,21 @@ def audit_page(request: Request):
     return _page(request, "audit.html", "Audit log")
 
 
-@router.get("/console/jobs", response_class=HTMLResponse, dependencies=[Read])
-async def jobs_page(request: Request, jobs: Jobs):
-    rows = await asyncio.to_thread(jobs.recent, 200)
-    return _page(request, "jobs.html", "Jobs", jobs=[Job.from_row(r) for r in rows])
+@router.get("/console/jobs", response_class=HTMLResponse)
+async def jobs_page(request: Request, caller: Annotated[Caller, Read], jobs: Jobs):
+    found = await asyncio.to_thread(list_jobs, caller, jobs, 200)
+    return _page(request, "jobs.html", "Jobs", jobs=found.jobs)
 
 
-@router.get("/console/jobs/{job_id}", response_class=HTMLResponse, dependencies=[Read])
-async def job_page(request: Request, job_id: str, jobs: Jobs):
-    row = await asyncio.to_thread(jobs.get, job_id)
-    if row is None:
-        return _not_found(
-            request, ConvserveError("job_not_found", f"no fine-tuning job {job_id!r}", 404)
-        )
-    return _page(request, "job.html", f"Job {job_id}", job=Job.from_row(dict(row)))
+@router.get("/console/jobs/{job_id}", response_class=HTMLResponse)
+async def job_page(request: Request, caller: Annotated[Caller, Read], job_id: str, jobs: Jobs):
+    try:
+        row = await asyncio.to_thread(job_row, jobs, job_id, caller)
+    except ConvserveError as exc:
+        if exc.status == 404:
+            return _not_found(request, exc)
+        raise  # a key limited to other models: the page that asks for another key
+    return _page(request, "job.html", f"Job {job_id}", job=Job.from_row(row))
 
 
 @router.get("/favicon.ico", include_in_schema=False)

@@ -406,3 +406,26 @@ def test_bytes_stored_quota_refuses_the_upload_past_it_until_a_dataset_goes(api)
     # Deleting a dataset gives its bytes back.
     assert api.delete("/datasets/a", headers=headers(key)).status_code == 204
     assert add("b", 3).status_code == 201
+
+
+def test_a_key_limited_to_a_model_sees_only_that_models_models_and_jobs(api, tmp_path) -> None:
+    from tests.helpers import make_dataset, zip_directory
+
+    archive = zip_directory(make_dataset(tmp_path / "ds", per_class=6, size=32))
+    r = api.post(
+        "/finetune", files={"dataset": ("d.zip", archive)}, data={"model": "toy"},
+        headers=headers(BOOT),
+    )  # fmt: skip
+    assert r.status_code == 202, r.text
+    job = r.json()["job_id"]
+    limited = make_key(api, ["train"], models=["other"])["key"]
+    names = [m["name"] for m in api.get("/models", headers=headers(limited)).json()["models"]]
+    assert names == ["other"]
+    assert api.get("/finetune", headers=headers(limited)).json()["jobs"] == []
+    for method, path in (("GET", f"/finetune/{job}"), ("GET", f"/finetune/{job}/events"),
+                         ("DELETE", f"/finetune/{job}")):  # fmt: skip
+        r = api.request(method, path, headers=headers(limited))
+        assert (r.status_code, r.json()["code"]) == (403, "model_not_allowed"), path
+    assert [j["job_id"] for j in api.get("/finetune", headers=headers(BOOT)).json()["jobs"]] == [
+        job
+    ]
