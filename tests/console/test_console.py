@@ -533,6 +533,7 @@ def test_grow_a_dataset_relabel_train_from_it_and_trace_the_version(page, servic
     use_key(page)
     sync_api.expect(page.locator("#datasets-table")).to_contain_text("hstripes 10")
     page.click("text=stripes")
+    page.wait_for_load_state()  # the page's script handles the picker below
     checks = page.locator(".class-section[data-class=checks]")
     sync_api.expect(checks.locator("[data-count]")).to_have_text("10")
 
