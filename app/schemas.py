@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, TypeAdapter, field_validator
@@ -492,6 +491,44 @@ class RolloutStatus(BaseModel):
 
 # A rate, as the `limits` library reads it: "600/minute", "5 per day", "100/2 hours".
 RATE = r"^[1-9][0-9]{0,8} ?(/|per) ?([1-9][0-9]{0,5} )?(second|minute|hour|day)s?$"
+# A size, as pydantic's ByteSize reads it: "2GB", "500 MiB", "1000000".
+SIZE = r"^[0-9]{1,15}(\.[0-9]{1,6})? ?([kKmMgGtTpP][iI]?[bB]|[bB])?$"
+Rate = Annotated[str, Field(pattern=RATE, max_length=40)]
+
+
+class KeyLimits(BaseModel):
+    """A key's own quotas instead of the service's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    predict: Rate | None = Field(None, description='predictions, as a rate: "600/minute"')
+    uploads: Rate | None = Field(None, description='uploads, as a rate: "50/day"')
+    jobs: Rate | None = Field(None, description='fine-tuning jobs, as a rate: "5/day"')
+    stored: str | None = Field(
+        None, pattern=SIZE, max_length=40, description='bytes kept in datasets: "2GB"'
+    )
+
+    @field_validator("predict", "uploads", "jobs")
+    @classmethod
+    def _rate(cls, value: str | None) -> str | None:
+        from limits import parse
+
+        if value is not None:
+            try:
+                parse(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not a rate such as 600/minute") from None
+        return value
+
+    @field_validator("stored")
+    @classmethod
+    def _size(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                TypeAdapter(ByteSize).validate_python(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not a size such as 2GB") from None
+        return value
 
 
 class NewKey(BaseModel):
@@ -502,37 +539,7 @@ class NewKey(BaseModel):
     models: list[Annotated[str, Field(pattern=NAME_REGEX)]] | None = Field(
         None, min_length=1, description="only these models (default all)"
     )
-    limits: (
-        dict[
-            Literal["predict", "uploads", "jobs", "stored"],
-            Annotated[str, Field(min_length=1, max_length=40)],
-        ]
-        | None
-    ) = Field(
-        None,
-        description="its own quotas instead of the service's: rates for predict"
-        ' "600/minute", uploads "50/day", jobs "5/day"; a size for stored "2GB"',
-    )
-
-    @field_validator("limits")
-    @classmethod
-    def _rates(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        from limits import parse
-
-        for kind, given in (value or {}).items():
-            if kind == "stored":
-                try:
-                    TypeAdapter(ByteSize).validate_python(given)
-                except ValueError:
-                    raise ValueError(f"stored: {given!r} is not a size such as 2GB") from None
-                continue
-            try:
-                if not re.match(RATE, given):
-                    raise ValueError
-                parse(given)
-            except ValueError:
-                raise ValueError(f"{kind}: {given!r} is not a rate such as 600/minute") from None
-        return value
+    limits: KeyLimits | None = Field(None, description="its own quotas instead of the service's")
 
 
 class KeyInfo(BaseModel):

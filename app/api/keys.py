@@ -27,7 +27,7 @@ async def create_key(body: NewKey, response: Response, keys: Keys, auth: AuthDep
         body.name,
         body.scopes,
         body.models,
-        {str(k): v for k, v in (body.limits or {}).items()},
+        body.limits.model_dump(exclude_none=True) if body.limits else None,
     )
     auth.forget()
     response.headers["Location"] = f"/keys/{row['id']}"

@@ -45,7 +45,7 @@ api_keys = sa.Table(
     sa.Column("hash", sa.Text, nullable=False),
     sa.Column("scopes", sa.Text, nullable=False),  # JSON list
     sa.Column("models", sa.Text),  # JSON list, or null: every model
-    sa.Column("limits", sa.Text),  # JSON {"predict", "uploads", "jobs"}: its own quotas
+    sa.Column("limits", sa.Text),  # JSON {"predict", "uploads", "jobs", "stored"}: its own quotas
     sa.Column("created_at", sa.Text, nullable=False),
     sa.Column("revoked_at", sa.Text),
 )
