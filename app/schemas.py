@@ -54,6 +54,8 @@ class VersionInfo(BaseModel):
     metrics: dict[str, Any] | None = None
     dataset: dict[str, Any] | None = None
     params: dict[str, Any] | None = None
+    # What training chose and why: its phases, fine-tuning depth, class weights, refit.
+    training: dict[str, Any] | None = None
     history: list[dict[str, Any]] = []
     # Accuracy and speed at each inference precision, and the one chosen (app.serving.precision).
     precision_study: dict[str, Any] | None = None

@@ -5,7 +5,9 @@ Sets aside a fixed, seeded, stratified 20% of the SIGNS photos (the held-out set
 - ``mobilenet_v2``: uploads the other 80% to ``/finetune`` of a running service with no
   field but the model name (the defaults a new user gets: MobileNetV2 with the ImageNet
   weights from ``../shared/weights``), and waits for the job;
-- ``mobilenet_v2_30``: the same with 30 photos per class of that 80%;
+- ``mobilenet_v2_30`` and ``mobilenet_v2_10``: the same with 30 (or 10) photos per class
+  of that 80%, once per seeded subset (``--subsets``, three by default), reported with
+  their mean and spread;
 - ``resnet50_scratch``: ``python -m app train`` of our ResNet-50 from scratch with the
   course's recipe (Adam at 1e-3, batch 32, 10 epochs, 64x64, pixels / 255, no
   augmentation) on the 80%;
@@ -21,9 +23,10 @@ Prints, per run, the held-out accuracy, the wall time (upload to finished job, o
 ``train`` command) and the settings training chose (epochs run and why each phase
 stopped, the layer fine-tuning started from, class weights, augmentation).
 
-    python bench/accuracy.py [--runs mobilenet_v2,mobilenet_v2_30,resnet50_scratch,
-                               resnet50_scratch_defaults,lenet5_scratch,...]
-                             [--field name=value ...] [--json FILE]
+    python bench/accuracy.py [--runs mobilenet_v2,mobilenet_v2_30,mobilenet_v2_10,
+                               resnet50_scratch,resnet50_scratch_defaults,lenet5_scratch,...]
+                             [--subsets 1,2,3] [--split-seed N] [--field name=value ...]
+                             [--json FILE]
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -98,6 +102,18 @@ def split_signs(work: Path, signs: Path = SIGNS, seed: int = SPLIT_SEED) -> tupl
             for f in chosen:
                 shutil.copy(f, folder / class_dir.name / f.name)
     return held, pool, small
+
+
+def subset(pool: Path, work: Path, per_class: int, seed: int) -> Path:
+    """``per_class`` photos of each class of ``pool``, drawn with ``seed`` (the same photos
+    on every run with the same seed)."""
+    folder = work / f"pool_{per_class}_subset_{seed}"
+    rng = random.Random(seed)
+    for class_dir in sorted(p for p in pool.iterdir() if p.is_dir()):
+        (folder / class_dir.name).mkdir(parents=True)
+        for f in rng.sample(sorted(class_dir.glob("*.jpg")), per_class):
+            shutil.copy(f, folder / class_dir.name / f.name)
+    return folder
 
 
 def zip_folder(folder: Path) -> bytes:
@@ -165,7 +181,8 @@ def main() -> None:
     parser.add_argument(
         "--runs",
         default=(
-            "mobilenet_v2,mobilenet_v2_30,resnet50_scratch,resnet50_scratch_defaults,lenet5_scratch"
+            "mobilenet_v2,mobilenet_v2_30,mobilenet_v2_10,resnet50_scratch,"
+            "resnet50_scratch_defaults,lenet5_scratch"
         ),
     )
     parser.add_argument(
@@ -183,6 +200,12 @@ def main() -> None:
         " seed gives a development split, to compare settings without looking at the"
         " reported held-out photos",
     )
+    parser.add_argument(
+        "--subsets",
+        default="1,2,3",
+        help="seeds of the subsets the small runs (mobilenet_v2_30, mobilenet_v2_10) draw"
+        " from the training pool, one run each",
+    )
     parser.add_argument("--label", default="", help="a name for this run's settings")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
@@ -195,7 +218,7 @@ def main() -> None:
     (work / "keras" / "models").mkdir(parents=True)
     shutil.copy(WEIGHTS, work / "keras" / "models" / WEIGHTS.name)
     os.environ["KERAS_HOME"] = str(work / "keras")
-    held, pool, small = split_signs(work, seed=args.split_seed)
+    held, pool, _ = split_signs(work, seed=args.split_seed)
     held_count = sum(1 for _ in held.rglob("*.jpg"))
     results: list[dict[str, Any]] = []
     try:
@@ -207,9 +230,17 @@ def main() -> None:
             try:
                 wait_ready(url, proc)
                 for run in service_runs:
-                    folder = small if run.endswith("_30") else pool
-                    version, seconds = finetune(url, folder, run, fields)
-                    results.append({"run": run, "version": version, "seconds": seconds})
+                    per_class = run.removeprefix("mobilenet_v2").lstrip("_")
+                    if not per_class:
+                        version, seconds = finetune(url, pool, run, fields)
+                        results.append({"run": run, "version": version, "seconds": seconds})
+                        continue
+                    for seed in (int(s) for s in args.subsets.split(",")):
+                        folder = subset(pool, work, int(per_class), seed)
+                        version, seconds = finetune(url, folder, run, fields)
+                        results.append(
+                            {"run": run, "subset": seed, "version": version, "seconds": seconds}
+                        )
             finally:
                 stop(proc)
         for run, recipe in (
@@ -246,15 +277,24 @@ def main() -> None:
         f"held-out: {held_count} SIGNS photos (split seed {args.split_seed}, stratified 20%),"
         " never trained on\n"
     )
-    print("| run | held-out accuracy | validation accuracy | epochs run | time |")
-    print("|---|---:|---:|---:|---:|")
+    print("| run | subset | held-out accuracy | validation accuracy | epochs run | time |")
+    print("|---|---:|---:|---:|---:|---:|")
     for r in results:
         print(
-            f"| {r['run']} | {r['held_out_accuracy']:.3f} | {r['validation_accuracy']:.3f} "
-            f"| {r['epochs_run']} | {r['seconds'] / 60:.1f} min |"
+            f"| {r['run']} | {r.get('subset', '')} | {r['held_out_accuracy']:.3f}"
+            f" | {r['validation_accuracy']:.3f} | {r['epochs_run']} | {r['seconds'] / 60:.1f} min |"
+        )
+    for run in dict.fromkeys(r["run"] for r in results if "subset" in r):
+        accuracy = [r["held_out_accuracy"] for r in results if r["run"] == run]
+        minutes = [r["seconds"] / 60 for r in results if r["run"] == run]
+        spread = statistics.stdev(accuracy) if len(accuracy) > 1 else 0.0
+        print(
+            f"\n{run}: held-out accuracy {statistics.mean(accuracy):.3f} +- {spread:.3f}"
+            f" (mean +- standard deviation of {len(accuracy)} subsets; min {min(accuracy):.3f}),"
+            f" time {statistics.mean(minutes):.1f} min (max {max(minutes):.1f})"
         )
     for r in results:
-        print(f"\n{r['run']}: {json.dumps(r['training'])}")
+        print(f"\n{r['run']} {r.get('subset', '')}: {json.dumps(r['training'])}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

@@ -373,6 +373,23 @@ def load_datasets(
     return train, load_files(val_files, image_size, batch_size).cache(), val_files
 
 
+def load_training_files(files: list[str], image_size: int, batch_size: int, seed: int) -> Any:
+    """Prepared images as a training set: cached, reshuffled every epoch, batched (as the
+    training set of `load_datasets`, over the files given)."""
+    import tensorflow as tf
+
+    steps = math.ceil(len(files) / batch_size)
+    return (
+        load_files(files, image_size, batch_size)
+        .unbatch()
+        .cache()
+        .shuffle(2048, seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size)
+        .apply(tf.data.experimental.assert_cardinality(steps))
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
 def load_files(files: list[str], image_size: int, batch_size: int = 32) -> Any:
     """Prepared images (``<class index>/<n>.png``) in the given order, labelled by folder."""
     import tensorflow as tf

@@ -93,6 +93,13 @@ class TrainParams(BaseModel):
         description="epochs without a lower validation loss before a phase stops (0: never"
         " stop early); default 4, or 8 from scratch, whose validation loss is noisier",
     )
+    refit: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="after the validation split has chosen each phase's epochs, train a"
+        " fresh model on every image (validation included) for those epochs and serve it;"
+        " auto: when there are under 100 training images per class and the time budget"
+        " allows",
+    )
     max_minutes: float = Field(
         10, ge=0, le=7 * 24 * 60, description="time budget of the training (0: none)"
     )

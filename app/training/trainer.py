@@ -28,6 +28,7 @@ from app.data.datasets import (
     DatasetError,
     DatasetSummary,
     load_datasets,
+    load_training_files,
     prepare_dataset,
 )
 from app.data.heldout import heldout_from_prepared
@@ -122,6 +123,11 @@ class _EpochCallback(keras.callbacks.Callback):
         report = EpochReport(self.phase, epoch + 1, self.total, values, seconds)
         shown = " ".join(f"{k}={v:.4f}" for k, v in values.items())
         self.hooks.log(f"epoch {epoch + 1}/{self.total} ({self.phase}) {seconds:.1f}s {shown}")
+        # The rate the epoch trained at: ReduceLROnPlateau puts it in the logs before it
+        # lowers it for the next epoch; otherwise the optimizer's (the decay's last step).
+        rate = (logs or {}).get("learning_rate")
+        if rate is None:
+            rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         history = read_history(self.history_file)
         history = [h for h in history if h["epoch"] != epoch + 1]
         history.append(
@@ -131,6 +137,7 @@ class _EpochCallback(keras.callbacks.Callback):
                 "seconds": round(seconds, 2),
                 "ended_at": round(time.time(), 3),  # Unix time: when the epoch's point is due
                 **values,
+                "learning_rate": round(float(rate), 9),
             }
         )
         write_text_atomic(self.history_file, json.dumps(history))
@@ -332,6 +339,20 @@ class _WarmUp(keras.callbacks.Callback):
             self.model.optimizer.learning_rate.assign(self.learning_rate * self._step / self.steps)
 
 
+class _Rates(keras.callbacks.Callback):
+    """Sets the learning rate of each epoch from a list (the refit replays the rates the
+    selection run trained at; `_WarmUp`, after it, still warms the first epoch up)."""
+
+    def __init__(self, rates: list[float], first: int) -> None:
+        super().__init__()
+        self.rates = rates
+        self.first = first
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        index = min(max(epoch - self.first, 0), len(self.rates) - 1)
+        self.model.optimizer.learning_rate.assign(self.rates[index])
+
+
 # The budget decay's floor: a step at exactly zero would be wasted.
 MIN_RATE_FRACTION = 0.01
 
@@ -464,6 +485,28 @@ def _fine_tune_choice(
     return choice.layer, {"value": choice.layer, "auto": True, "reason": choice.reason}
 
 
+# Uploads with fewer training images per class than this are refit on every image once the
+# validation split has chosen the epochs (docs/training.md, "Small uploads": measured on
+# 10 and 30 photos per class).
+REFIT_BELOW_PER_CLASS = 100
+
+
+def _refit_choice(params: TrainParams, summary: DatasetSummary) -> tuple[bool, str]:
+    """Whether to refit on every image once the epochs are chosen, and why."""
+    per_class = summary.total * (1 - params.validation_split) / len(summary.class_names)
+    if params.refit != "auto":
+        return params.refit == "on", "given"
+    if per_class >= REFIT_BELOW_PER_CLASS:
+        return False, (
+            f"{per_class:.0f} training images per class: the validation split is large"
+            f" enough to spare (refit under {REFIT_BELOW_PER_CLASS})"
+        )
+    return True, (
+        f"{per_class:.0f} training images per class: the {params.validation_split:.0%} held"
+        " out for validation is worth training on once it has chosen the epochs"
+    )
+
+
 def _stop_reason(best: _BestEpoch, deadline: _Deadline, ran: int, max_epochs: int) -> str:
     if deadline.reached:
         return "time_budget"
@@ -549,8 +592,10 @@ def train(
     run.build_model(weights)
     run.train_phases()
     evaluation = run.evaluate()
-    metadata = run.describe(evaluation, source, weights, stored, started)
-    health = run.label_health(stored, metadata) if params.label_health else None
+    # Both from the selection run's model, which never trained on the validation images.
+    health = run.label_health(stored) if params.label_health else None
+    run.refit(weights)
+    metadata = run.describe(evaluation, source, weights, stored, started, health)
     version = registry.write_version(
         name, run.saver(evaluation, metadata, study, health), metadata, activate=activate
     )
@@ -626,6 +671,7 @@ class _Run:
     class_weight_reason: str = ""
     # The phases' records; those an earlier attempt finished come first.
     done: list[dict[str, Any]] = field(default_factory=list)
+    refit_record: dict[str, Any] = field(default_factory=dict)
 
     @property
     def phases_file(self) -> Path:
@@ -782,6 +828,108 @@ class _Run:
         best.restore(self.model)
         return record, best.best
 
+    def refit(self, weights: str | None) -> None:
+        """When `_refit_choice` says so and the time budget allows: a fresh model trained
+        on every image, validation included, phase by phase for the epochs the selection
+        run chose (up to each phase's best epoch, at the rates it trained at), which
+        becomes the run's model (AutoGluon's "refit_full"). Recorded in ``refit_record``.
+
+        The validation figures, the calibration and the abstention threshold stay those of
+        the selection run: the refit model has trained on the validation images, so they
+        cannot measure it."""
+        params, hooks = self.params, self.hooks
+        wanted, reason = _refit_choice(params, self.summary)
+        self.refit_record = {"done": False, "reason": reason}
+        if not wanted:
+            return
+        plan, first = self._refit_plan()
+        files = sorted(str(f) for f in (self.workspace / "images").glob("*/*.png"))
+        trained_on = max(1, len(files) - len(self.datasets[2]))
+        estimate = sum(h.get("seconds", 0.0) for _, e in plan for h in e) * len(files) / trained_on
+        left = None if self.deadline is None else self.deadline - time.monotonic()
+        if not plan:
+            self.refit_record["reason"] = "skipped: no phase chose an epoch"
+        elif left is not None and estimate > left:
+            self.refit_record["reason"] = (
+                f"skipped: it would take about {estimate:.0f} s and {max(left, 0):.0f} s of"
+                " the time budget are left"
+            )
+        if self.refit_record["reason"].startswith("skipped"):
+            hooks.log(f"refit {self.refit_record['reason']}")
+            return
+        started = time.perf_counter()
+        epochs = {name: len(e) for name, e in plan}
+        hooks.log(
+            f"refit on all {len(files)} images: "
+            + ", ".join(f"{name.replace('_', '-')} {n} epochs" for name, n in epochs.items())
+        )
+        keras.utils.set_random_seed(params.seed)
+        model = build_classifier(
+            params.base,
+            len(self.summary.class_names),
+            params.image_size,
+            weights=weights,
+            augmentation=self.augmentation,
+            from_scratch=params.from_scratch,
+        )
+        data = load_training_files(files, params.image_size, params.batch_size, params.seed)
+        steps = len(data)
+        rates = {p.name: p.learning_rate for p in _phases(params, self.fine_tune_at)}
+        epoch, total = first, first + sum(epochs.values())
+        for name, chosen in plan:
+            if name == "fine_tune":
+                unfreeze_from(model, self.fine_tune_at or 0)
+            rate = rates[name]
+            _compile(model, rate)
+            if hooks.on_phase is not None:
+                hooks.on_phase("refit", epoch, total)
+            schedule: list[keras.callbacks.Callback]
+            warmup = steps if name == "fine_tune" else 0
+            if params.resolved_lr_schedule == "decay":
+                span = (epoch, epoch + len(chosen))
+                schedule = [_BudgetDecay(rate, steps, span, None, warmup_steps=warmup)]
+            else:
+                schedule = [_Rates([h.get("learning_rate", rate) for h in chosen], epoch)]
+                if warmup:
+                    schedule.append(_WarmUp(steps, rate))
+            model.fit(
+                data,
+                initial_epoch=epoch,
+                epochs=epoch + len(chosen),
+                shuffle=False,  # the dataset reshuffles itself every epoch
+                verbose=0,
+                class_weight=self.weights_by_class,
+                callbacks=[*schedule, _EpochCallback("refit", total, hooks, self.history_file)],
+            )
+            _check_stop(hooks)
+            epoch += len(chosen)
+        if params.from_scratch:
+            recompute_batchnorm_statistics(model, data)
+        self.model = model
+        self.refit_record.update(
+            done=True,
+            images=len(files),
+            epochs=epochs,
+            seconds=round(time.perf_counter() - started, 1),
+            validation="of the selection run: the refit model trained on the validation images",
+        )
+        hooks.log(f"refit done in {self.refit_record['seconds']} s")
+
+    def _refit_plan(self) -> tuple[list[tuple[str, list[dict[str, Any]]]], int]:
+        """Per phase the refit trains, the selection run's epochs up to its best (their
+        history entries); and the number of epochs the selection run ran."""
+        history = {h["epoch"]: h for h in read_history(self.history_file)}
+        plan: list[tuple[str, list[dict[str, Any]]]] = []
+        first = 0
+        for record in self.done:
+            ran, best = record["epochs_run"], record["best_epoch"]
+            if ran and best and record.get("kept") != "head":
+                plan.append(
+                    (record["phase"], [history.get(e, {}) for e in range(first + 1, best + 1)])
+                )
+            first += ran
+        return plan, first
+
     def _after_phase(self, record: dict[str, Any]) -> None:
         """From scratch, the BatchNorm statistics are recomputed; then the phase is logged."""
         train_ds = self.datasets[0]
@@ -833,6 +981,7 @@ class _Run:
         weights: str | None,
         stored: StoredDataset | None,
         started: float,
+        health: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The version's metadata: what it is, how it trained and why, how well it did."""
         params, names = self.params, self.summary.class_names
@@ -847,10 +996,11 @@ class _Run:
             },
             "augmentation": asdict(self.augmentation) if self.augmentation is not None else None,
             "early_stopping_patience": params.resolved_early_stopping_patience,
+            "refit": self.refit_record,
             "max_minutes": params.max_minutes or None,
             "seconds": round(time.perf_counter() - started, 1),
         }
-        return {
+        metadata = {
             "source": source,
             "architecture": params.base,
             "base": params.base,
@@ -865,17 +1015,23 @@ class _Run:
             "dataset": _dataset_record(self.summary, stored, self.datasets[2], self.sources),
             **self.hooks.extra_metadata,
         }
+        if health is not None:
+            metadata["label_health"] = {
+                "suspects": health["suspects_found"],
+                "near_duplicates": health["duplicates_found"],
+                "out_of_fold_accuracy": health["out_of_fold_accuracy"],
+                "seconds": round(sum(health["seconds"].values()), 1),
+            }
+        return metadata
 
     @property
     def sources(self) -> dict[str, Any]:
         sources_file = self.workspace / "images" / SOURCES_FILE
         return json.loads(sources_file.read_text()) if sources_file.exists() else {}
 
-    def label_health(
-        self, stored: StoredDataset | None, metadata: dict[str, Any]
-    ) -> dict[str, Any]:
+    def label_health(self, stored: StoredDataset | None) -> dict[str, Any]:
         """The label-health report of the images the version trained and validated on
-        (`app.training.health`); its counts and cost go into the metadata."""
+        (`app.training.health`), from the model as it is now."""
         self.hooks.log("checking the labels: suspects, near duplicates, confused classes")
         names, sources = self.summary.class_names, self.sources
         images = []
@@ -890,16 +1046,10 @@ class _Run:
         report = label_health(self.model, images, names, self.params.image_size)
         if stored is not None:
             report["dataset"] = {"name": stored.name, "version": stored.version}
-        metadata["label_health"] = {
-            "suspects": report["suspects_found"],
-            "near_duplicates": report["duplicates_found"],
-            "out_of_fold_accuracy": report["out_of_fold_accuracy"],
-            "seconds": round(sum(report["seconds"].values()), 1),
-        }
         self.hooks.log(
             f"label health: {report['suspects_found']} suspect labels,"
             f" {report['duplicates_found']} near-duplicate pairs"
-            f" ({metadata['label_health']['seconds']} s)"
+            f" ({sum(report['seconds'].values()):.1f} s)"
         )
         return report
 

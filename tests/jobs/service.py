@@ -119,7 +119,10 @@ def dataset_zip(tmp_path: Path, per_class: int) -> bytes:
 
 
 def upload_job(client: httpx.Client, tmp_path: Path, per_class: int = 10, **fields) -> str:
-    """POST /finetune with a toy dataset and these form fields; the new job's id."""
+    """POST /finetune with a toy dataset and these form fields; the new job's id. No
+    refit unless asked for: these jobs test the service around training (the refit of
+    small uploads has its own tests in tests/training/test_trainer.py)."""
+    fields.setdefault("refit", "off")
     r = client.post(
         "/finetune",
         files={"dataset": ("d.zip", dataset_zip(tmp_path, per_class))},

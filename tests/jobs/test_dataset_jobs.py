@@ -16,6 +16,7 @@ FAST = {
     "image_size": "32",
     "batch_size": "8",
     "early_stopping_patience": "0",
+    "refit": "off",  # these test the datasets around training
 }
 
 

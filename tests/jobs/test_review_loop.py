@@ -11,7 +11,13 @@ import pytest
 from tests.helpers import image_bytes, make_dataset, pattern_image, zip_directory
 from tests.jobs.service import Service, wait_for
 
-FIELDS = {"base": "lenet5", "epochs": "3", "image_size": "32", "batch_size": "8"}
+FIELDS = {
+    "base": "lenet5",
+    "epochs": "3",
+    "image_size": "32",
+    "batch_size": "8",
+    "refit": "off",  # the loop around training is what these test
+}
 
 
 @pytest.fixture

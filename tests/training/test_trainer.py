@@ -56,10 +56,25 @@ def test_synthetic_classes_train_to_high_accuracy_and_land_in_the_registry(tmp_p
     meta = registry.metadata("shapes", 1)
     assert meta["class_names"] == ["checks", "hstripes", "vstripes"]
     assert meta["image_size"] == 64 and meta["base"] == "mobilenet_v2"
-    assert [h["phase"] for h in meta["history"]] == ["head"] * 3 + ["fine_tune"]
+    # 24 training photos per class: refit on all 90 for the epochs each phase chose, at
+    # the rates the selection run trained at.
+    selection = [h for h in meta["history"] if h["phase"] != "refit"]
+    assert [h["phase"] for h in selection] == ["head"] * 3 + ["fine_tune"]
+    refit = meta["training"]["refit"]
+    assert refit["done"] is True and refit["images"] == 90
+    chosen = [
+        h
+        for p in meta["training"]["phases"]
+        if p.get("kept") != "head" and p["best_epoch"]
+        for h in selection
+        if h["phase"] == p["phase"] and h["epoch"] <= p["best_epoch"]
+    ]
+    replayed = [h for h in meta["history"] if h["phase"] == "refit"]
+    assert [h["learning_rate"] for h in replayed] == [h["learning_rate"] for h in chosen]
+    assert sum(refit["epochs"].values()) == len(replayed)
     assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(meta["history"][0])
     assert meta["metrics"]["confusion_matrix"] and meta["dataset"]["images"] == 90
-    assert any(line.startswith("epoch 4/4 (fine_tune)") for line in lines)
+    assert any(line.startswith("epoch 4/") and "(fine_tune)" in line for line in lines)
     assert all(h["ended_at"] > time.time() - 600 for h in meta["history"])
 
     # Calibrated on its validation images, with the threshold that keeps 97% of them.
@@ -210,3 +225,108 @@ def test_a_stop_waits_for_the_epochs_files_and_a_broken_checkpoint_falls_back(tm
     )
     assert registry.versions("shapes") == [result.version]
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    "refit, per_class, wanted",
+    [
+        ("auto", 30, True),
+        ("auto", 99, True),
+        ("auto", 125, False),
+        ("on", 500, True),
+        ("off", 10, False),
+    ],
+)
+def test_small_uploads_are_refit_on_every_image(refit, per_class, wanted):
+    """auto refits when the training share of the upload is under 100 images per class."""
+    from app.data.datasets import DatasetSummary
+    from app.training.trainer import REFIT_BELOW_PER_CLASS, _refit_choice
+
+    classes = ["a", "b", "c"]
+    summary = DatasetSummary(class_names=classes, counts=dict.fromkeys(classes, per_class))
+    chosen, reason = _refit_choice(TrainParams(refit=refit, validation_split=0.2), summary)
+    assert chosen is wanted
+    assert REFIT_BELOW_PER_CLASS == 100
+    if refit == "auto":
+        assert f"{round(per_class * 0.8)} training images per class" in reason
+
+
+def test_a_refit_trains_a_fresh_model_on_every_image_for_the_chosen_epochs(tmp_path):
+    """The selection run picks its best epoch on the validation split; the refit trains
+    that many epochs on all the images and is the version served, while the version's
+    validation figures stay the selection run's, said to be so."""
+    data = make_dataset(tmp_path / "data", per_class=8, size=32)
+    registry = ModelRegistry(tmp_path / "models")
+    params = TrainParams(
+        base="lenet5",
+        image_size=32,
+        epochs=4,
+        batch_size=8,
+        seed=1,
+        refit="on",
+        early_stopping_patience=0,
+        label_health=False,
+    )
+    lines: list[str] = []
+    phases: list[str] = []
+    result = train(
+        data,
+        "shapes",
+        params,
+        registry,
+        tmp_path / "ws",
+        weights=None,
+        hooks=Hooks(log=lines.append, on_phase=lambda p, first, total: phases.append(p)),
+    )
+    meta = registry.metadata("shapes", result.version)
+    refit = meta["training"]["refit"]
+    best = meta["training"]["phases"][0]["best_epoch"]
+    images = meta["dataset"]["images"]  # 8 per class
+    assert refit["done"] is True and refit["images"] == images == 8 * len(meta["class_names"])
+    assert refit["epochs"] == {"train": best}
+    assert "selection run" in refit["validation"]
+    assert phases == ["train", "refit"]
+    # Its epochs follow the selection run's in the history, with no validation figures.
+    refits = [h for h in meta["history"] if h["phase"] == "refit"]
+    assert [h["epoch"] for h in refits] == list(range(5, 5 + best))
+    assert all("val_loss" not in h and h["learning_rate"] > 0 for h in refits)
+    assert meta["metrics"]["images"] < images  # the validation figures: the selection run's
+    assert any(line == f"refit on all {images} images: train {best} epochs" for line in lines)
+
+    # The version served is the refit: not the weights the selection run ended with.
+    served = keras.saving.load_model(registry.model_path("shapes", result.version))
+    selection = keras.saving.load_model(registry.model_path("shapes", result.version))
+    selection.load_weights(tmp_path / "ws" / "phases" / "train" / "result.weights.h5")
+    assert not all(
+        np.array_equal(a, b)
+        for a, b in zip(served.get_weights(), selection.get_weights(), strict=True)
+    )
+
+
+def test_a_refit_that_would_not_fit_the_time_budget_is_skipped(tmp_path, monkeypatch):
+    """The refit's time is foreseen from the selection run's epochs (here made to look
+    as if each took a day); one that would end after the budget is not started."""
+    from app.training import trainer
+
+    plan = trainer._Run._refit_plan
+
+    def slow_plan(run):
+        phases, first = plan(run)
+        return [(name, [{**h, "seconds": 86400} for h in e]) for name, e in phases], first
+
+    monkeypatch.setattr(trainer._Run, "_refit_plan", slow_plan)
+    data = make_dataset(tmp_path / "data", per_class=8, size=32)
+    registry = ModelRegistry(tmp_path / "models")
+    params = TrainParams(
+        base="lenet5",
+        image_size=32,
+        epochs=2,
+        batch_size=8,
+        seed=1,
+        label_health=False,
+        early_stopping_patience=0,
+    )
+    result = train(data, "shapes", params, registry, tmp_path / "ws", weights=None)
+    refit = registry.metadata("shapes", result.version)["training"]["refit"]
+    assert refit["done"] is False and refit["reason"].startswith("skipped")
+    assert [h["phase"] for h in result.history] == ["train", "train"]

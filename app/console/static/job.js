@@ -54,6 +54,13 @@ function trainingChoices(training) {
   });
   items.push(`Fine-tuning depth: ${training.fine_tune_at.reason}.`);
   items.push(`Class weights: ${training.class_weight.reason}.`);
+  const refit = training.refit;
+  if (refit && refit.done) {
+    const epochs = Object.entries(refit.epochs).map(([phase, n]) => `${phase.replace("_", "-")} ${n}`).join(", ");
+    items.push(`Refit on all ${refit.images} images (${epochs} epochs, ${refit.seconds} s): ${refit.reason}; the validation figures are the selection run's.`);
+  } else if (refit) {
+    items.push(`No refit: ${refit.reason}.`);
+  }
   return items.map((text) => el("li", { text }));
 }
 
