@@ -95,10 +95,10 @@ class TrainParams(BaseModel):
     )
     refit: Literal["auto", "on", "off"] = Field(
         "auto",
-        description="after the validation split has chosen each phase's epochs, train a"
-        " fresh model on every image (validation included) for those epochs and serve it;"
-        " auto: when there are under 100 training images per class and the time budget"
-        " allows",
+        description="after the validation split has chosen the epochs, train again on"
+        " every image (validation included) for those epochs and serve that model (from"
+        " the head when fine-tuning follows it); auto: under 100 training images per class,"
+        " when the time budget allows",
     )
     max_minutes: float = Field(
         10, ge=0, le=7 * 24 * 60, description="time budget of the training (0: none)"

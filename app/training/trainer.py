@@ -829,10 +829,12 @@ class _Run:
         return record, best.best
 
     def refit(self, weights: str | None) -> None:
-        """When `_refit_choice` says so and the time budget allows: a fresh model trained
-        on every image, validation included, phase by phase for the epochs the selection
-        run chose (up to each phase's best epoch, at the rates it trained at), which
-        becomes the run's model (AutoGluon's "refit_full"). Recorded in ``refit_record``.
+        """When `_refit_choice` says so and the time budget allows: a model trained on
+        every image, validation included, for the epochs the selection run chose (up to
+        each phase's best epoch, at the rates it trained at), which becomes the run's
+        model (AutoGluon's "refit_full"). When fine-tuning follows the head, it starts from
+        the selection run's head and refits the fine-tuning; otherwise it starts afresh.
+        Recorded in ``refit_record``.
 
         The validation figures, the calibration and the abstention threshold stay those of
         the selection run: the refit model has trained on the validation images, so they
@@ -843,6 +845,14 @@ class _Run:
         if not wanted:
             return
         plan, first = self._refit_plan()
+        # When fine-tuning follows the head, the refit starts from the selection run's head
+        # and trains what fine-tuning trains (the unfrozen stage and the head) on every
+        # image: the head's own epochs on a frozen base were half the refit's time for
+        # little (docs/training.md, "Small uploads").
+        head = self.workspace / "phases" / "head" / PHASE_RESULT
+        warm = [name for name, _ in plan] == ["head", "fine_tune"] and head.exists()
+        if warm:
+            plan = plan[1:]
         files = sorted(str(f) for f in (self.workspace / "images").glob("*/*.png"))
         trained_on = max(1, len(files) - len(self.datasets[2]))
         estimate = sum(h.get("seconds", 0.0) for _, e in plan for h in e) * len(files) / trained_on
@@ -862,6 +872,7 @@ class _Run:
         hooks.log(
             f"refit on all {len(files)} images: "
             + ", ".join(f"{name.replace('_', '-')} {n} epochs" for name, n in epochs.items())
+            + (", from the selection run's head" if warm else "")
         )
         keras.utils.set_random_seed(params.seed)
         model = build_classifier(
@@ -872,6 +883,8 @@ class _Run:
             augmentation=self.augmentation,
             from_scratch=params.from_scratch,
         )
+        if warm:
+            load_weights(model, head)
         data = load_training_files(files, params.image_size, params.batch_size, params.seed)
         steps = len(data)
         rates = {p.name: p.learning_rate for p in _phases(params, self.fine_tune_at)}
@@ -910,6 +923,7 @@ class _Run:
             done=True,
             images=len(files),
             epochs=epochs,
+            start="the selection run's head" if warm else "fresh",
             seconds=round(time.perf_counter() - started, 1),
             validation="of the selection run: the refit model trained on the validation images",
         )

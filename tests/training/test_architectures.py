@@ -34,7 +34,9 @@ def test_each_architecture_trains_and_round_trips(tmp_path, base, size):
     data = make_dataset(tmp_path / "data", classes=("hstripes", "vstripes"), per_class=12)
     registry = ModelRegistry(tmp_path / "models")
     given = {} if size is None else {"image_size": size}
-    params = TrainParams(base=base, epochs=1, fine_tune_epochs=1, batch_size=8, **given)
+    params = TrainParams(
+        base=base, epochs=1, fine_tune_epochs=1, batch_size=8, refit="off", **given
+    )
     # Networks without ImageNet weights train from scratch without being told.
     assert params.from_scratch == (not ARCHITECTURES[base].pretrained)
     result = train(data, "arch", params, registry, tmp_path / "ws", weights=None)
@@ -58,7 +60,9 @@ def test_our_resnet50_trains_from_scratch_and_round_trips(tmp_path):
     # bench/accuracy.py's resnet50_scratch run.
     data = make_dataset(tmp_path / "data", classes=("hstripes", "vstripes"), per_class=12)
     registry = ModelRegistry(tmp_path / "models")
-    params = TrainParams(base="resnet50", from_scratch=True, image_size=32, epochs=1, batch_size=8)
+    params = TrainParams(
+        base="resnet50", from_scratch=True, image_size=32, epochs=1, batch_size=8, refit="off"
+    )
     result = train(data, "scratch", params, registry, tmp_path / "ws", weights=None)
     meta = registry.metadata("scratch", result.version)
     assert meta["base"] == "resnet50" and meta["pretrained"] is None

@@ -44,11 +44,13 @@ def _report(result, lines):
 
 
 def _held_out_split(tmp_path):
-    """bench/accuracy.py's seeded, stratified split: 20% of the photos never trained on."""
+    """bench/accuracy.py's seeded, stratified split: 20% of the photos never trained on,
+    the pool training draws from, and the pool's first seeded subset of 30 per class."""
     sys.path.insert(0, str(ROOT / "bench"))
-    from accuracy import split_signs
+    from accuracy import split_signs, subset
 
-    return split_signs(tmp_path / "split", SIGNS_DIR)
+    held, pool, _ = split_signs(tmp_path / "split", SIGNS_DIR)
+    return held, pool, subset(pool, tmp_path / "split", 30, 1)
 
 
 def _held_out_accuracy(registry, name, version, held, tmp_path):
@@ -78,6 +80,8 @@ def test_mobilenet_v2_with_the_defaults_on_30_photos_per_class_it_never_saw(tmp_
     )
     training = registry.metadata("signs", result.version)["training"]
     assert training["fine_tune_at"]["value"] == 116  # 24 training photos per class
+    # Refit on all 180 photos once the validation split had chosen the epochs.
+    assert training["refit"]["done"] is True and training["refit"]["images"] == 180
     assert result.seconds < 10 * 60
     assert accuracy >= HELD_OUT_FLOOR_30
 

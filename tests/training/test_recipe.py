@@ -125,7 +125,14 @@ def test_early_stopping_keeps_the_best_epoch_and_survives_a_restart(tmp_path):
 def _fit(tmp_path, name, weights=None, **overrides):
     data = make_dataset(tmp_path / "data", classes=("hstripes", "vstripes"), per_class=20)
     params = TrainParams(
-        **{"image_size": 32, "batch_size": 8, "fine_tune_at": 140, "seed": 3, **overrides}
+        **{
+            "image_size": 32,
+            "batch_size": 8,
+            "fine_tune_at": 140,
+            "seed": 3,
+            "refit": "off",  # the selection run is what these look at
+            **overrides,
+        }
     )
     registry = ModelRegistry(tmp_path / "models")
     lines: list[str] = []

@@ -56,16 +56,19 @@ def test_synthetic_classes_train_to_high_accuracy_and_land_in_the_registry(tmp_p
     meta = registry.metadata("shapes", 1)
     assert meta["class_names"] == ["checks", "hstripes", "vstripes"]
     assert meta["image_size"] == 64 and meta["base"] == "mobilenet_v2"
-    # 24 training photos per class: refit on all 90 for the epochs each phase chose, at
-    # the rates the selection run trained at.
+    # 24 training photos per class: refit on all 90 for the epochs the selection run
+    # chose, at the rates it trained at; from its head when fine-tuning followed it.
     selection = [h for h in meta["history"] if h["phase"] != "refit"]
     assert [h["phase"] for h in selection] == ["head"] * 3 + ["fine_tune"]
     refit = meta["training"]["refit"]
     assert refit["done"] is True and refit["images"] == 90
+    kept_head = meta["training"]["phases"][1].get("kept") == "head"
+    assert refit["start"] == ("fresh" if kept_head else "the selection run's head")
+    assert list(refit["epochs"]) == (["head"] if kept_head else ["fine_tune"])
     chosen = [
         h
         for p in meta["training"]["phases"]
-        if p.get("kept") != "head" and p["best_epoch"]
+        if p["phase"] in refit["epochs"]
         for h in selection
         if h["phase"] == p["phase"] and h["epoch"] <= p["best_epoch"]
     ]
@@ -283,7 +286,7 @@ def test_a_refit_trains_a_fresh_model_on_every_image_for_the_chosen_epochs(tmp_p
     best = meta["training"]["phases"][0]["best_epoch"]
     images = meta["dataset"]["images"]  # 8 per class
     assert refit["done"] is True and refit["images"] == images == 8 * len(meta["class_names"])
-    assert refit["epochs"] == {"train": best}
+    assert refit["epochs"] == {"train": best} and refit["start"] == "fresh"
     assert "selection run" in refit["validation"]
     assert phases == ["train", "refit"]
     # Its epochs follow the selection run's in the history, with no validation figures.
