@@ -857,15 +857,17 @@ class _Run:
         trained_on = max(1, len(files) - len(self.datasets[2]))
         estimate = sum(h.get("seconds", 0.0) for _, e in plan for h in e) * len(files) / trained_on
         left = None if self.deadline is None else self.deadline - time.monotonic()
+        skipped = None
         if not plan:
-            self.refit_record["reason"] = "skipped: no phase chose an epoch"
+            skipped = "no phase chose an epoch"
         elif left is not None and estimate > left:
-            self.refit_record["reason"] = (
-                f"skipped: it would take about {estimate:.0f} s and {max(left, 0):.0f} s of"
-                " the time budget are left"
+            skipped = (
+                f"it would take about {estimate:.0f} s and {max(left, 0):.0f} s of the time"
+                " budget are left"
             )
-        if self.refit_record["reason"].startswith("skipped"):
-            hooks.log(f"refit {self.refit_record['reason']}")
+        if skipped is not None:
+            self.refit_record["reason"] = f"skipped: {skipped}"
+            hooks.log(f"refit skipped: {skipped}")
             return
         started = time.perf_counter()
         epochs = {name: len(e) for name, e in plan}
