@@ -438,6 +438,7 @@ def test_train_from_a_folder_watch_it_learn_compare_and_roll_back(page, service,
         "batch_size": "8",
     }.items():
         page.fill(f"#p-{name}", value)
+    page.select_option("#p-refit", "off")  # the curves below count the selection's epochs
     page.click("#start")
     page.wait_for_url("**/console/jobs/*")
     job_id = page.url.rsplit("/", 1)[1]
@@ -472,6 +473,7 @@ def test_train_from_a_folder_watch_it_learn_compare_and_roll_back(page, service,
     sync_api.expect(choices.first).to_contain_text("head: 2 of at most 2 epochs")
     assert "stopped because it reached its most epochs" in choices.first.inner_text()
     assert "Fine-tuning depth: given" in page.locator("#training-choices").inner_text()
+    assert "No refit: given." in page.locator("#training-choices").inner_text()
     page.screenshot(path=str(ARTIFACTS / "job-finished.png"), full_page=True)
 
     # Roll back from the job page.
@@ -504,7 +506,14 @@ def test_a_new_model_on_a_network_without_imagenet_weights(page, service, tmp_pa
     with api(service) as c:
         detail = c.get("/models/patterns").json()
     assert detail["architecture"] == "lenet5" and detail["input_size"] == 32
-    assert "from scratch" in page.locator("#training-choices").inner_text()
+    choices = page.locator("#training-choices").inner_text()
+    assert "from scratch" in choices
+    # 8 training photos per class: refit on all 20 once validation had chosen the epochs.
+    assert "Refit on all 20 images (train " in choices
+    assert "the validation figures are the selection run's" in choices
+    # The model page says whose validation figures it shows.
+    page.goto("/console/models/patterns")
+    sync_api.expect(page.locator("#refit-note")).to_contain_text("refit on all 20 images")
 
 
 def test_download_a_version_for_another_runtime(page, service, tmp_path):

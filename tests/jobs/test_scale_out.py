@@ -133,7 +133,9 @@ class Predictions:
 
 def _upload_signs(client: httpx.Client, tmp_path: Path, per_class: int, **fields: Any) -> str:
     """POST /finetune with a small SIGNS archive (``per_class`` photos of each hand sign
-    from ../shared); generated images where the photos are missing."""
+    from ../shared); generated images where the photos are missing. No refit unless asked
+    for, as `upload_job`."""
+    fields.setdefault("refit", "off")
     if not SIGNS_DIR.is_dir():
         return upload_job(client, tmp_path, per_class=per_class, **fields)
     subset = tmp_path / f"signs-{per_class}"

@@ -204,7 +204,7 @@ def test_a_stop_waits_for_the_epochs_files_and_a_broken_checkpoint_falls_back(tm
 
     data = make_dataset(tmp_path / "data", per_class=8, size=32)
     registry = ModelRegistry(tmp_path / "models")
-    params = TrainParams(base="lenet5", image_size=32, epochs=4, batch_size=8, seed=1)
+    params = TrainParams(base="lenet5", image_size=32, epochs=4, batch_size=8, seed=1, refit="off")
     workspace = tmp_path / "ws"
 
     def log(line: str) -> None:
