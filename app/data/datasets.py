@@ -339,7 +339,6 @@ def load_datasets(
     can be matched to its file.
     """
     import keras
-    import tensorflow as tf
 
     train, val = keras.utils.image_dataset_from_directory(
         prepared,
@@ -354,19 +353,7 @@ def load_datasets(
         subset="both",
         verbose=False,
     )
-    autotune = tf.data.AUTOTUNE
-    # Cache decoded images, then reshuffle them every epoch (caching the batched set would
-    # freeze the first epoch's batches).
-    steps = math.ceil(len(train.file_paths) / batch_size)
-    train = (
-        train.unbatch()
-        .cache()
-        .shuffle(2048, seed=seed, reshuffle_each_iteration=True)
-        .batch(batch_size)
-        # Re-batching hides the number of batches; Keras needs it for per-step progress.
-        .apply(tf.data.experimental.assert_cardinality(steps))
-        .prefetch(autotune)
-    )
+    train = _reshuffled(train.unbatch(), len(train.file_paths), batch_size, seed)
     # The validation split's own dataset reshuffles on every pass, which would hide which
     # prediction belongs to which file.
     val_files = sorted(val.file_paths)
@@ -374,17 +361,23 @@ def load_datasets(
 
 
 def load_training_files(files: list[str], image_size: int, batch_size: int, seed: int) -> Any:
-    """Prepared images as a training set: cached, reshuffled every epoch, batched (as the
-    training set of `load_datasets`, over the files given)."""
+    """Prepared images as a training set, as `load_datasets` gives its own."""
+    images = load_files(files, image_size, batch_size).unbatch()
+    return _reshuffled(images, len(files), batch_size, seed)
+
+
+def _reshuffled(images: Any, count: int, batch_size: int, seed: int) -> Any:
+    """A training set from ``count`` unbatched ``(image, label)`` pairs: decoded images
+    cached, then reshuffled every epoch (caching the batched set would freeze the first
+    epoch's batches), batched."""
     import tensorflow as tf
 
-    steps = math.ceil(len(files) / batch_size)
+    steps = math.ceil(count / batch_size)
     return (
-        load_files(files, image_size, batch_size)
-        .unbatch()
-        .cache()
+        images.cache()
         .shuffle(2048, seed=seed, reshuffle_each_iteration=True)
         .batch(batch_size)
+        # Re-batching hides the number of batches; Keras needs it for per-step progress.
         .apply(tf.data.experimental.assert_cardinality(steps))
         .prefetch(tf.data.AUTOTUNE)
     )

@@ -686,14 +686,7 @@ class _Run:
         depth and the class weights, each with its reason."""
         params = self.params
         self.augmentation = augment_config(params)
-        self.model = build_classifier(
-            params.base,
-            len(self.summary.class_names),
-            params.image_size,
-            weights=weights,
-            augmentation=self.augmentation,
-            from_scratch=params.from_scratch,
-        )
+        self.model = self._new_model(weights)
         self.fine_tune_at, self.fine_tune_record = _fine_tune_choice(params, self.summary)
         self.weights_by_class, self.class_weight_reason = class_weights(
             self.summary.counts, params.class_weight
@@ -701,6 +694,17 @@ class _Run:
         self.hooks.log(
             f"fine-tuning: {self.fine_tune_record['reason']};"
             f" class weights {self.class_weight_reason}"
+        )
+
+    def _new_model(self, weights: str | None) -> Any:
+        """The untrained classifier: the base with ``weights``, the augmentation, a new head."""
+        return build_classifier(
+            self.params.base,
+            len(self.summary.class_names),
+            self.params.image_size,
+            weights=weights,
+            augmentation=self.augmentation,
+            from_scratch=self.params.from_scratch,
         )
 
     def train_phases(self) -> None:
@@ -877,14 +881,7 @@ class _Run:
             + (", from the selection run's head" if warm else "")
         )
         keras.utils.set_random_seed(params.seed)
-        model = build_classifier(
-            params.base,
-            len(self.summary.class_names),
-            params.image_size,
-            weights=weights,
-            augmentation=self.augmentation,
-            from_scratch=params.from_scratch,
-        )
+        model = self._new_model(weights)
         if warm:
             load_weights(model, head)
         data = load_training_files(files, params.image_size, params.batch_size, params.seed)

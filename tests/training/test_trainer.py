@@ -254,33 +254,34 @@ def test_small_uploads_are_refit_on_every_image(refit, per_class, wanted):
         assert f"{round(per_class * 0.8)} training images per class" in reason
 
 
+def _train_lenet(tmp_path, hooks, **overrides):
+    """LeNet-5 from scratch on 8 generated images per class (a small upload): the
+    registry and the result."""
+    data = make_dataset(tmp_path / "data", per_class=8, size=32)
+    registry = ModelRegistry(tmp_path / "models")
+    params = TrainParams(
+        **{
+            "base": "lenet5",
+            "image_size": 32,
+            "batch_size": 8,
+            "seed": 1,
+            "early_stopping_patience": 0,
+            "label_health": False,
+            **overrides,
+        }
+    )
+    result = train(data, "shapes", params, registry, tmp_path / "ws", weights=None, hooks=hooks)
+    return registry, result
+
+
 def test_a_refit_trains_a_fresh_model_on_every_image_for_the_chosen_epochs(tmp_path):
     """The selection run picks its best epoch on the validation split; the refit trains
     that many epochs on all the images and is the version served, while the version's
     validation figures stay the selection run's, said to be so."""
-    data = make_dataset(tmp_path / "data", per_class=8, size=32)
-    registry = ModelRegistry(tmp_path / "models")
-    params = TrainParams(
-        base="lenet5",
-        image_size=32,
-        epochs=4,
-        batch_size=8,
-        seed=1,
-        refit="on",
-        early_stopping_patience=0,
-        label_health=False,
-    )
     lines: list[str] = []
     phases: list[str] = []
-    result = train(
-        data,
-        "shapes",
-        params,
-        registry,
-        tmp_path / "ws",
-        weights=None,
-        hooks=Hooks(log=lines.append, on_phase=lambda p, first, total: phases.append(p)),
-    )
+    hooks = Hooks(log=lines.append, on_phase=lambda p, first, total: phases.append(p))
+    registry, result = _train_lenet(tmp_path, hooks, epochs=4, refit="on")
     meta = registry.metadata("shapes", result.version)
     refit = meta["training"]["refit"]
     best = meta["training"]["phases"][0]["best_epoch"]
@@ -318,18 +319,7 @@ def test_a_refit_that_would_not_fit_the_time_budget_is_skipped(tmp_path, monkeyp
         return [(name, [{**h, "seconds": 86400} for h in e]) for name, e in phases], first
 
     monkeypatch.setattr(trainer._Run, "_refit_plan", slow_plan)
-    data = make_dataset(tmp_path / "data", per_class=8, size=32)
-    registry = ModelRegistry(tmp_path / "models")
-    params = TrainParams(
-        base="lenet5",
-        image_size=32,
-        epochs=2,
-        batch_size=8,
-        seed=1,
-        label_health=False,
-        early_stopping_patience=0,
-    )
-    result = train(data, "shapes", params, registry, tmp_path / "ws", weights=None)
+    registry, result = _train_lenet(tmp_path, Hooks(log=lambda _: None), epochs=2)
     refit = registry.metadata("shapes", result.version)["training"]["refit"]
     assert refit["done"] is False and refit["reason"].startswith("skipped")
     assert [h["phase"] for h in result.history] == ["train", "train"]
