@@ -29,9 +29,13 @@ class Explanation(BaseModel):
 
 class ImagePrediction(BaseModel):
     filename: str | None
-    # True when the version abstains: its calibrated top score is under its threshold (or
-    # the client's), or the top class is its "none of these" class. `top` is still listed.
+    # True when the version abstains: the image is too far from every training image (or
+    # its calibrated top score under the threshold: the version's or the client's), or the
+    # top class is its "none of these" class. `top` is still listed.
     unknown: bool = False
+    # The cosine similarity of the image's features to the nearest training image's, for a
+    # version that answers unknown by it (under its threshold: unknown); else null.
+    similarity: float | None = None
     top: list[Label]
     explanation: Explanation | None = None
 

@@ -12,11 +12,13 @@ For each held-out class (``--holdout``, default all six, one training each):
   photo of the held-out class (should be unknown), and generated images far from the data
   (noise, flat colours, gradients, stripes: should be unknown).
 
-Reported per held-out class and per keep share (the threshold that keeps that share of the
-version's validation images; 0.97 is the default): the share of known test photos kept, of
-the held-out class rejected, of generated images rejected; the accuracy on known photos,
-the ECE before and after calibration on the known test photos, and the AUROC of the
-calibrated top score (known against held-out).
+Reported per held-out class, per score and per keep share (the threshold that keeps that
+share of the version's validation images; 0.97 is the default): the share of known test
+photos kept, of the held-out class rejected, of generated images rejected; the accuracy on
+known photos, the ECE before and after calibration on the known test photos, and the AUROC
+of each score (known against held-out, known against generated). The two scores: the
+calibrated top score, and the similarity of the image's features to the nearest training
+image's (the default, `app.serving.features`), computed as serving computes them.
 
     python bench/unknown.py [--holdout 0,1,2,3,4,5] [--max-minutes 5] [--json FILE]
 """
@@ -81,6 +83,7 @@ def one_holdout(work: Path, held: Path, pool: Path, holdout: str, max_minutes: f
     from app.data.heldout import read_heldout
     from app.nets.transfer import load_classifier
     from app.serving.calibration import abstention_threshold, calibrate, reliability
+    from app.serving.features import FeatureBank, features_of, similarity_threshold
     from app.storage.registry import ModelRegistry
     from app.training.params import TrainParams
     from app.training.trainer import train
@@ -105,54 +108,69 @@ def one_holdout(work: Path, held: Path, pool: Path, holdout: str, max_minutes: f
     classes, size = meta["class_names"], int(meta["image_size"])
     temperature = float(meta["calibration"]["temperature"])
     model = load_classifier(registry.model_path(name, result.version))
+    bank = FeatureBank.read(registry.version_dir(name, result.version))
+    assert bank is not None, "the version kept no features"
 
-    def probs(images: np.ndarray) -> np.ndarray:
-        raw = np.concatenate(
-            [
-                model.predict_on_batch(images[i : i + 64].astype("float32"))
-                for i in range(0, len(images), 64)
-            ]
-        )
-        return np.asarray(raw, dtype=np.float32)
+    def scores(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The calibrated probabilities and the nearest training image's similarity."""
+        batches = (images[i : i + 64] for i in range(0, len(images), 64))
+        probs, features = features_of(model, batches)
+        return calibrate(probs, temperature), bank.nearest(features)
 
     known_x = [load_folder(held / c, size) for c in classes]
     known_y = np.concatenate([np.full(len(x), i) for i, x in enumerate(known_x)])
-    raw_known = probs(np.concatenate(known_x))
-    raw_unknown = probs(load_folder(pool / holdout, size))
-    raw_unknown = np.concatenate([raw_unknown, probs(load_folder(held / holdout, size))])
-    raw_generated = probs(generated_images(size))
-    known, unknown, generated = (
-        calibrate(p, temperature) for p in (raw_known, raw_unknown, raw_generated)
+    known, known_near = scores(np.concatenate(known_x))
+    unknown, unknown_near = scores(
+        np.concatenate([load_folder(pool / holdout, size), load_folder(held / holdout, size)])
     )
+    generated, generated_near = scores(generated_images(size))
     heldout = read_heldout(registry.version_dir(name, result.version))
     assert heldout is not None
-    validation = calibrate(probs(heldout.images), temperature)
+    validation, validation_near = scores(heldout.images)
+    by_score = {
+        "top_score": (
+            lambda keep: abstention_threshold(validation, keep),
+            known.max(1),
+            unknown.max(1),
+            generated.max(1),
+        ),
+        "nearest": (
+            lambda keep: similarity_threshold(validation_near, keep),
+            known_near,
+            unknown_near,
+            generated_near,
+        ),
+    }
     rows = []
-    for keep in KEEP_SHARES:
-        threshold = abstention_threshold(validation, keep)
-        rows.append(
-            {
-                "keep_share": keep,
-                "threshold": round(threshold, 4),
-                "known_kept": round(float((known.max(1) >= threshold).mean()), 4),
-                "holdout_rejected": round(float((unknown.max(1) < threshold).mean()), 4),
-                "generated_rejected": round(float((generated.max(1) < threshold).mean()), 4),
-            }
-        )
+    for score, (threshold_at, k, u, g) in by_score.items():
+        for keep in KEEP_SHARES:
+            threshold = threshold_at(keep)
+            rows.append(
+                {
+                    "score": score,
+                    "keep_share": keep,
+                    "threshold": round(threshold, 4),
+                    "known_kept": round(float((k >= threshold).mean()), 4),
+                    "holdout_rejected": round(float((u < threshold).mean()), 4),
+                    "generated_rejected": round(float((g < threshold).mean()), 4),
+                }
+            )
+    raw_known = calibrate(known, 1 / temperature)  # back to the model's own scores
     return {
         "holdout": holdout,
         "seconds": round(seconds, 1),
         "temperature": temperature,
         "validation_images": len(validation),
+        "bank_images": len(bank.features),
         "known_accuracy": round(float((known.argmax(1) == known_y).mean()), 4),
         "known_images": len(known_y),
         "holdout_images": len(unknown),
         "ece_before": reliability(raw_known, known_y)["ece"],
         "ece_after": reliability(known, known_y)["ece"],
-        "auroc": round(auroc(known.max(1), unknown.max(1)), 4),
-        "auroc_generated": round(auroc(known.max(1), generated.max(1)), 4),
+        "auroc": {s: round(auroc(v[1], v[2]), 4) for s, v in by_score.items()},
+        "auroc_generated": {s: round(auroc(v[1], v[3]), 4) for s, v in by_score.items()},
         "by_keep_share": rows,
-        "default_threshold": meta["abstention"]["threshold"],
+        "default": meta["abstention"],
     }
 
 
@@ -173,29 +191,31 @@ def main() -> None:
         results.append(r)
         print(json.dumps(r), flush=True)
     print(f"\nmachine: {os.cpu_count()} cores, {cpu_name()}")
-    print("| held out | known acc | ECE before -> after | AUROC held-out / generated |", end="")
-    print(" " + " | ".join(f"keep {k}: kept / rejected / generated rejected" for k in KEEP_SHARES))
+    print(
+        "| held out | known acc | ECE before -> after | AUROC held-out (top score / nearest)"
+        " | AUROC generated (top score / nearest) |"
+    )
     for r in results:
-        cells = [
-            f"{row['known_kept']:.3f} / {row['holdout_rejected']:.3f}"
-            f" / {row['generated_rejected']:.3f}"
-            for row in r["by_keep_share"]
-        ]
+        a, g = r["auroc"], r["auroc_generated"]
         print(
-            f"| {r['holdout']} | {r['known_accuracy']:.3f} | {r['ece_before']:.3f} -> "
-            f"{r['ece_after']:.3f} | {r['auroc']:.3f} / {r['auroc_generated']:.3f} | "
-            + " | ".join(cells)
-            + " |"
+            f"| {r['holdout']} | {r['known_accuracy']:.3f} | {r['ece_before']:.3f} ->"
+            f" {r['ece_after']:.3f} | {a['top_score']:.3f} / {a['nearest']:.3f} |"
+            f" {g['top_score']:.3f} / {g['nearest']:.3f} |"
         )
-    for keep_index, keep in enumerate(KEEP_SHARES):
-        rows = [r["by_keep_share"][keep_index] for r in results]
+    print(
+        "\n| score | keep share | known kept | held-out class rejected | generated rejected |"
+        " held-out rejected per class |"
+    )
+    for index, row in enumerate(results[0]["by_keep_share"]):
+        rows = [r["by_keep_share"][index] for r in results]
         mean = {
-            k: float(np.mean([row[k] for row in rows]))
+            k: float(np.mean([x[k] for x in rows]))
             for k in ("known_kept", "holdout_rejected", "generated_rejected")
         }
+        each = ", ".join(f"{x['holdout_rejected']:.2f}" for x in rows)
         print(
-            f"keep {keep}: mean known kept {mean['known_kept']:.3f}, held-out rejected"
-            f" {mean['holdout_rejected']:.3f}, generated rejected {mean['generated_rejected']:.3f}"
+            f"| {row['score']} | {row['keep_share']} | {mean['known_kept']:.3f} |"
+            f" {mean['holdout_rejected']:.3f} | {mean['generated_rejected']:.3f} | {each} |"
         )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.serving.features import FeatureBank
 from app.storage.registry import MODEL_FILE, ModelRegistry
 
 FAKE_FILE = "fake.json"  # beside the model file: marks a fake version, with its classes
@@ -21,8 +22,9 @@ class FakePredictor:
     parallelism = 1
     batch_size = 8
 
-    def __init__(self, model_path: Path, image_size: int) -> None:
+    def __init__(self, model_path: Path, image_size: int, features: bool = False) -> None:
         self.image_size = image_size
+        self.features = features
         spec = json.loads((Path(model_path).parent / FAKE_FILE).read_text())
         self.classes = spec["classes"]
         self.fail = spec.get("fail", False)  # fails every batch of images, on purpose
@@ -42,6 +44,12 @@ class FakePredictor:
         rows[np.arange(len(batch)), chosen] = 0.9 if n > 1 else 1.0
         return rows
 
+    def predict_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The answer, and as features the brightness and its complement (so a dark and a
+        bright image are far apart)."""
+        light = batch.reshape(len(batch), -1).mean(axis=1) / 255
+        return self.predict(batch), np.stack([light, 1 - light], axis=1).astype(np.float32)
+
 
 def write_fake_version(
     registry: ModelRegistry,
@@ -49,13 +57,17 @@ def write_fake_version(
     classes: list[str],
     size: int = 32,
     fail: bool = False,
+    bank: np.ndarray | None = None,
     **metadata: object,
 ) -> int:
-    """A registry version that `FakePredictor` serves (see the ``fake_models`` fixture)."""
+    """A registry version that `FakePredictor` serves (see the ``fake_models`` fixture);
+    ``bank``: the features of its training images (`FakePredictor.predict_features`)."""
 
     def save(folder: Path) -> None:
         (folder / MODEL_FILE).write_bytes(b"not a network: served by tests.fakes")
         (folder / FAKE_FILE).write_text(json.dumps({"classes": classes, "fail": fail}))
+        if bank is not None:
+            FeatureBank.of(bank, "fake").save(folder)
 
     meta = {
         "source": "test",
@@ -76,9 +88,9 @@ def fake_models(monkeypatch: pytest.MonkeyPatch) -> None:
 
     real = loader.make_predictor
 
-    def make_predictor(model_path, image_size, backend, precision="f32"):
+    def make_predictor(model_path, image_size, backend, precision="f32", features=False):
         if (Path(model_path).parent / FAKE_FILE).exists():
-            return FakePredictor(model_path, image_size)
-        return real(model_path, image_size, backend, precision)
+            return FakePredictor(model_path, image_size, features)
+        return real(model_path, image_size, backend, precision, features)
 
     monkeypatch.setattr(loader, "make_predictor", make_predictor)

@@ -78,14 +78,20 @@ async def predict(
             ImagePrediction(
                 filename=f.filename,
                 unknown=unknown,
+                similarity=None if similarity is None else round(similarity, 6),
                 explanation=explanation,
                 top=[
                     Label(label=label, index=index, score=score)
                     for index, label, score in ranked(outcome.loaded, row, top_k)
                 ],
             )
-            for f, row, unknown, explanation in zip(
-                file, outcome.rows, outcome.unknown, explanations, strict=True
+            for f, row, unknown, similarity, explanation in zip(
+                file,
+                outcome.rows,
+                outcome.unknown,
+                outcome.similarity or [None] * len(file),
+                explanations,
+                strict=True,
             )
         ],
     )

@@ -144,7 +144,8 @@ async def compare(
         guesses: list[str] = []
         for start in range(0, len(blobs), COMPARE_BATCH):
             chunk = blobs[start : start + COMPARE_BATCH]
-            loaded, rows = await job.classify(v, chunk, [None] * len(chunk))
+            answer = await job.classify(v, chunk, [None] * len(chunk))
+            loaded, rows = answer.loaded, answer.rows
             guesses += [loaded.class_names[int(r.argmax())] for r in rows]
         per_class: dict[str, dict[str, int]] = {}
         for label, guess in zip(labels, guesses, strict=True):

@@ -51,7 +51,8 @@ def read_heldout(folder: Path) -> HeldOut | None:
         raise ValueError(f"{path} cannot be read: {exc}") from exc
 
 
-def _sample(items: list[Any], limit: int, seed: int) -> list[Any]:
+def seeded_sample(items: list[Any], limit: int, seed: int) -> list[Any]:
+    """``items``, or a seeded sample of ``limit`` of them in their order."""
     if len(items) <= limit:
         return list(items)
     picked = np.random.default_rng(seed).choice(len(items), size=limit, replace=False)
@@ -71,16 +72,17 @@ def heldout_from_prepared(
     """The held-out set of a trained version: its validation images and a sample of its
     training images, read from the prepared folder (``<class index>/<n>.png``, already
     decoded and resized by `app.data.images.load_image`, as serving does)."""
-    val = _sample(sorted(val_files), MAX_HELDOUT_IMAGES, seed)
-    calibration = _sample(sorted(train_files), MAX_CALIBRATION_IMAGES, seed + 1)
+    val = seeded_sample(sorted(val_files), MAX_HELDOUT_IMAGES, seed)
+    calibration = seeded_sample(sorted(train_files), MAX_CALIBRATION_IMAGES, seed + 1)
     return HeldOut(
-        _stack(val, image_size),
+        read_prepared(val, image_size),
         np.array([int(Path(f).parent.name) for f in val], dtype=np.int64),
-        _stack(calibration, image_size),
+        read_prepared(calibration, image_size),
     )
 
 
-def _stack(files: list[str], image_size: int) -> np.ndarray:
+def read_prepared(files: list[str], image_size: int) -> np.ndarray:
+    """Prepared images (PNGs written by training) as one pixel tensor."""
     if not files:
         return np.zeros((0, image_size, image_size, 3), dtype=np.uint8)
     return np.stack([_read_png(f) for f in files])

@@ -416,6 +416,8 @@ async def _infer(
         "parameters": {"unknown": outcome.unknown},
         "outputs": outputs,
     }
+    if outcome.similarity is not None:  # how near each image is to the training images
+        answer["parameters"]["similarity"] = [round(s, 6) for s in outcome.similarity]
     if "id" in body:
         answer["id"] = body["id"]
     head = json.dumps(answer).encode()

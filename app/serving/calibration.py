@@ -11,7 +11,7 @@ threshold is the calibrated top score that keeps ``keep_share`` of those images.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -125,9 +125,20 @@ def calibration_record(probs: np.ndarray, labels: np.ndarray, keep_share: float)
     }
 
 
-def version_trust(metadata: dict[str, Any]) -> tuple[float, float | None]:
-    """A version's temperature (1.0 without a calibration) and its abstention threshold
-    (None: it does not abstain)."""
+class Trust(NamedTuple):
+    temperature: float  # 1.0 without a calibration
+    threshold: float | None  # None: the version does not abstain
+
+
+def version_trust(metadata: dict[str, Any], by_similarity: bool = False) -> Trust:
+    """A version's temperature and its abstention threshold: on the nearest training
+    image's similarity when ``by_similarity`` (its features are served), else on the
+    calibrated top score (a version that abstains by similarity keeps that threshold too,
+    for when its features cannot be served)."""
     temperature = float((metadata.get("calibration") or {}).get("temperature") or 1.0)
-    threshold = (metadata.get("abstention") or {}).get("threshold")
-    return temperature, None if threshold is None else float(threshold)
+    abstention = metadata.get("abstention") or {}
+    key = "threshold"
+    if abstention.get("method") == "nearest" and not by_similarity:
+        key = "top_score_threshold"
+    threshold = abstention.get(key)
+    return Trust(temperature, None if threshold is None else float(threshold))

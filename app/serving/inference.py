@@ -22,6 +22,7 @@ from app.data.images import ImageError, load_image
 from app.errors import ConvserveError
 from app.serving.batcher import BatcherClosed, QueueFull
 from app.serving.calibration import calibrate, version_trust
+from app.serving.features import split_similarity
 from app.serving.gradcam import Explainer, overlay_png
 from app.serving.loader import LoadedVersion
 from app.serving.manager import ModelManager
@@ -76,10 +77,25 @@ def pixels(array: np.ndarray, size: int, where: str) -> list[np.ndarray]:
 
 
 @dataclass
+class Classified:
+    """What a version answered for a request's images."""
+
+    loaded: LoadedVersion
+    rows: list[np.ndarray]  # probabilities, one row per image
+    # Per image, the similarity of its features to the nearest training image's (versions
+    # that answer unknown by it; `app.serving.features`), else None.
+    similarity: list[float] | None = None
+
+
+Run = Callable[[int | None], Awaitable[Classified]]
+
+
+@dataclass
 class Outcome:
     loaded: LoadedVersion
     rows: list[np.ndarray]  # calibrated probabilities, where the version has a calibration
     unknown: list[bool]  # per image: the version abstains (its score is under the threshold)
+    similarity: list[float] | None = None  # as `Classified.similarity`
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -156,11 +172,10 @@ class Inference:
             self.check_size(name, len(blob))
         routed = self._route(version)
 
-        def run(v: int | None) -> Awaitable[tuple[LoadedVersion, list[np.ndarray]]]:
+        def run(v: int | None) -> Awaitable[Classified]:
             return self.classify(v, blobs, names, tta)
 
-        loaded, rows = await self._routed(routed, run)
-        outcome = self._outcome(loaded, rows)
+        outcome = self._outcome(await self._routed(routed, run))
         self._capture(outcome, blobs, names)
         self._compare(outcome, run)
         return outcome
@@ -173,11 +188,7 @@ class Inference:
         self.pinned = version is not None
         return self.manager.rollouts.route(self.name, version)
 
-    async def _routed(
-        self,
-        routed: int | None,
-        run: Callable[[int | None], Awaitable[tuple[LoadedVersion, list[np.ndarray]]]],
-    ) -> tuple[LoadedVersion, list[np.ndarray]]:
+    async def _routed(self, routed: int | None, run: Run) -> Classified:
         """Run on ``routed``; a canary candidate that fails is counted against it and the
         active version answers instead."""
         started = time.perf_counter()
@@ -193,11 +204,7 @@ class Inference:
             self.manager.rollouts.observe(self.name, routed, time.perf_counter() - started, False)
             return await run(None)
 
-    def _compare(
-        self,
-        outcome: Outcome,
-        run: Callable[[int | None], Awaitable[tuple[LoadedVersion, list[np.ndarray]]]],
-    ) -> None:
+    def _compare(self, outcome: Outcome, run: Run) -> None:
         if not self.pinned:
             loaded = outcome.loaded
             self.manager.rollouts.compare_later(
@@ -241,14 +248,13 @@ class Inference:
         images = pixels(array, target.image_size, where)
         self._check_count(len(images))
 
-        async def run(v: int | None) -> tuple[LoadedVersion, list[np.ndarray]]:
+        async def run(v: int | None) -> Classified:
             on = await self.manager.resolve(self.name, v)
             if on.image_size != len(images[0]):
                 raise ConvserveError("invalid_shape", "another input size", 400)  # not compared
             return await self.predict(v, images, on, tta)
 
-        loaded, rows = await self._routed(routed, run)
-        outcome = self._outcome(loaded, rows)
+        outcome = self._outcome(await self._routed(routed, run))
         self._capture(outcome, images, [f"{where}[{n}]" for n in range(len(images))])
         self._compare(outcome, run)
         return outcome
@@ -361,7 +367,7 @@ class Inference:
         blobs: list[bytes],
         filenames: list[str | None],
         tta: str = "none",
-    ) -> tuple[LoadedVersion, list[np.ndarray]]:
+    ) -> Classified:
         """Decode encoded images at the input size of the version that serves them and
         classify them (with test-time augmentation ``tta``). A swap to a version with
         another input size while they were being decoded makes them decode again for the
@@ -399,11 +405,12 @@ class Inference:
         images: list[np.ndarray],
         target: LoadedVersion | None = None,
         tta: str = "none",
-    ) -> tuple[LoadedVersion, list[np.ndarray]]:
+    ) -> Classified:
         """Classify ``images`` on ``target`` (resolved earlier by the caller), or on the
         version that replaced it if it was swapped out meanwhile; returns the version
         that did it and one row per image. With ``tta`` each image's views are classified
-        and their probabilities averaged (images may then come at the crop size)."""
+        and their probabilities (and similarities) averaged (images may then come at the
+        crop size)."""
         loaded = target or await self.manager.resolve(self.name, version)
         self._check_views(len(images), tta)
         for _ in range(3):
@@ -425,20 +432,31 @@ class Inference:
                     {"Retry-After": "1"},
                 ) from None
             self.metrics.queue_depth.labels(self.name).set(loaded.batcher.depth)
-            rows = await asyncio.gather(*futures)
-            return loaded, combine(list(rows), tta)
+            rows = combine(list(await asyncio.gather(*futures)), tta)
+            if loaded.bank is None:
+                return Classified(loaded, rows)
+            return Classified(loaded, *split_similarity(rows))
         raise ConvserveError(
             "model_unavailable", f"model {self.name!r} is being swapped", 503, {"Retry-After": "1"}
         )
 
-    def _outcome(self, loaded: LoadedVersion, rows: list[np.ndarray]) -> Outcome:
+    def _outcome(self, classified: Classified) -> Outcome:
+        """Calibrate the answer and decide, per image, whether the version abstains: by
+        the client's threshold on the top score when it gave one, else by the version's
+        rule (the nearest training image's similarity, or the top score)."""
+        loaded, rows, similarity = classified.loaded, classified.rows, classified.similarity
         self.served = str(loaded.version)
         self.metrics.images.labels(self.name, self.served).inc(len(rows))
-        temperature, threshold = version_trust(loaded.metadata)
+        trust = version_trust(loaded.metadata, similarity is not None)
+        if trust.temperature != 1.0 and rows:
+            rows = list(calibrate(np.stack(rows), trust.temperature))
         if self.threshold is not None:
-            threshold = self.threshold
-        if temperature != 1.0 and rows:
-            rows = list(calibrate(np.stack(rows), temperature))
+            scores = [float(row.max()) for row in rows]
+            threshold: float | None = self.threshold
+        elif similarity is not None:
+            scores, threshold = similarity, trust.threshold
+        else:
+            scores, threshold = [float(row.max()) for row in rows], trust.threshold
         negative = (loaded.metadata.get("abstention") or {}).get("negative_class")
         # The negative class's index, looked up once (an ImageNet model has 1,000 names).
         names = loaded.class_names if negative is not None else []
@@ -446,15 +464,14 @@ class Inference:
         unknown = [
             self.abstain
             and (
-                (threshold is not None and float(row.max()) < threshold)
-                or int(row.argmax()) == negative_index
+                (threshold is not None and score < threshold) or int(row.argmax()) == negative_index
             )
-            for row in rows
+            for row, score in zip(rows, scores, strict=True)
         ]
         self.unknown_count = sum(unknown)
         if any(unknown):
             self.metrics.unknown.labels(self.name, self.served).inc(sum(unknown))
-        return Outcome(loaded, rows, unknown)
+        return Outcome(loaded, rows, unknown, similarity)
 
 
 def ranked(

@@ -15,6 +15,7 @@ from setproctitle import setthreadtitle
 
 from app.config import Settings
 from app.serving.batcher import Batcher
+from app.serving.features import SCORE, FeatureBank, with_similarity
 from app.serving.metrics import ServiceMetrics
 from app.serving.openvino_backend import IR_DIR, IR_FILE, convert_to_ir
 from app.serving.precision import serving_precision
@@ -35,6 +36,9 @@ class LoadedVersion:
     model_path: Path | None = None
     # Its Keras model cut for Grad-CAM, loaded at the first explained request.
     explainer: Any = None
+    # Its training images' features, when it answers unknown by the nearest one's
+    # similarity: the batcher's rows then end with each image's similarity.
+    bank: FeatureBank | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -85,8 +89,11 @@ class VersionLoader:
 
         precision, why = serving_precision(self.settings.inference_precision, metadata)
 
-        def load() -> tuple[Predictor, int]:
-            predictor = make_predictor(path, size, self.settings.backend, precision)
+        def load() -> tuple[Predictor, int, FeatureBank | None]:
+            bank = self._bank(name, version, metadata)
+            predictor = make_predictor(
+                path, size, self.settings.backend, precision, features=bank is not None
+            )
             if predictor.backend == "openvino":  # its IR: built by one host, fetched by all
                 self.registry.build_once(
                     name, version, f"{IR_DIR}/{IR_FILE}", lambda: convert_to_ir(path)
@@ -94,11 +101,11 @@ class VersionLoader:
             predictor.load()
             max_batch = self.settings.max_batch_size or predictor.batch_size
             warm_up(predictor, max_batch)
-            return predictor, max_batch
+            return predictor, max_batch, bank
 
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        predictor, max_batch = await loop.run_in_executor(self.loader, load)
+        predictor, max_batch, bank = await loop.run_in_executor(self.loader, load)
         note = getattr(predictor, "precision_note", None)
         if predictor.backend == "keras":
             why = "the Keras backend runs f32"
@@ -118,8 +125,11 @@ class VersionLoader:
             self.metrics.batch_size.labels(name, str(version)).observe(n)
             self.metrics.batch_seconds.labels(name, str(version)).observe(seconds)
 
+        run = predictor.predict
+        if bank is not None:  # each row then ends with the image's similarity
+            run = with_similarity(predictor.predict_features, bank)
         batcher = Batcher(
-            predictor.predict,
+            run,
             self.infer,
             max_batch_size=max_batch,
             timeout=self.settings.batch_timeout_ms / 1000,
@@ -128,7 +138,24 @@ class VersionLoader:
             max_inflight=predictor.parallelism,
         )
         batcher.start()
-        return LoadedVersion(name, version, metadata, predictor, batcher, why, path)
+        return LoadedVersion(name, version, metadata, predictor, batcher, why, path, bank=bank)
+
+    def _bank(self, name: str, version: int, metadata: dict[str, Any]) -> FeatureBank | None:
+        """The version's feature bank when it answers unknown by the nearest training
+        image; a missing or damaged one falls back to the top score's threshold."""
+        if (metadata.get("abstention") or {}).get("method") != SCORE:
+            return None
+        try:
+            bank = FeatureBank.read(self.registry.version_dir(name, version))
+        except ValueError as exc:
+            bank, reason = None, str(exc)
+        else:
+            reason = "its features file is missing"
+        if bank is None:
+            log.warning(
+                "%s v%d: %s; it answers unknown by its top score instead", name, version, reason
+            )
+        return bank
 
 
 def describe(exc: BaseException) -> str:

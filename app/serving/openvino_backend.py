@@ -124,6 +124,19 @@ def end_ops(model: Any) -> list[str]:
     return [op.get_friendly_name() for op in ends]
 
 
+def classifier_input(model: Any) -> Any:
+    """The features an OpenVINO classifier's last matrix product (its ``Dense``) takes:
+    the output to add for the nearest-neighbour score (`app.serving.features`). In an int8
+    model they are taken before they are quantized for that product."""
+    matmuls = [op for op in model.get_ordered_ops() if op.get_type_name() == "MatMul"]
+    if not matmuls:
+        raise ValueError("the model has no classifier (no matrix product)")
+    source = matmuls[-1].input(0).get_source_output()
+    if source.get_node().get_type_name() == "FakeQuantize":
+        source = source.get_node().input(0).get_source_output()
+    return source
+
+
 def convert_to_ir(model_path: Path) -> Path:
     """Convert the saved Keras model to OpenVINO IR beside it (once; atomic)."""
     target = ir_path(model_path)
@@ -168,13 +181,16 @@ class OpenVINOPredictor:
         precision: str = "f32",
         calibration: Callable[[], np.ndarray | None] | None = None,
         cache: bool = True,
+        features: bool = False,
     ) -> None:
         """``calibration`` gives the images to quantize with when int8 is asked for and
         the version has no int8 model yet (None: it has none, and f32 serves). ``cache``:
         keep the compiled model in the version's folder (serving does; the precision
-        study, which compiles every precision once, does not)."""
+        study, which compiles every precision once, does not). ``features``: also give
+        the classifier's features (`predict_features`)."""
         self.model_path = Path(model_path)
         self.cache = cache
+        self.features = features
         self.image_size = image_size
         if precision not in PRECISIONS:
             raise ValueError(f"inference precision must be one of {sorted(PRECISIONS)}")
@@ -218,6 +234,8 @@ class OpenVINOPredictor:
             else:
                 path = int8
         model = core.read_model(str(path))
+        if self.features:
+            model.add_outputs([classifier_input(model)])
         ppp = ov.preprocess.PrePostProcessor(model)
         ppp.input().tensor().set_element_type(ov.Type.u8)
         ppp.input().preprocess().convert_element_type(ov.Type.f32)
@@ -231,12 +249,23 @@ class OpenVINOPredictor:
                 self.precision_note = f"this CPU has no {self.precision}"
             self.precision = ran
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
+    def _infer(self, batch: np.ndarray) -> Any:
         if self._compiled is None:
             raise RuntimeError("load() the predictor first")
         request = getattr(self._local, "request", None)
         if request is None:  # one infer request per calling thread
             request = self._local.request = self._compiled.create_infer_request()
-        x = np.ascontiguousarray(batch, dtype=np.uint8)
-        request.infer([x])
+        request.infer([np.ascontiguousarray(batch, dtype=np.uint8)])
+        return request
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        request = self._infer(batch)
         return np.array(request.get_output_tensor(0).data, dtype=np.float32)
+
+    def predict_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not self.features:
+            raise RuntimeError("this predictor was built without features")
+        request = self._infer(batch)
+        probs = np.array(request.get_output_tensor(0).data, dtype=np.float32)
+        feats = np.array(request.get_output_tensor(1).data, dtype=np.float32)
+        return probs, feats.reshape(len(feats), -1)

@@ -1,8 +1,10 @@
 """Servables: one loaded model version behind a small interface.
 
 A predictor takes a batch of raw pixels `(n, S, S, 3)` (`uint8` or `float32`) and returns
-class probabilities `(n, classes)` as `float32`. Backends (Keras, a faster runtime) plug in
-behind the same interface.
+class probabilities `(n, classes)` as `float32`. Built with ``features=True`` it also gives
+the features the classifier's last layer takes (`predict_features`), which the
+nearest-neighbour "unknown" score needs (`app.serving.features`). Backends (Keras, a faster
+runtime) plug in behind the same interface.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class Predictor(Protocol):
 
     def predict(self, batch: np.ndarray) -> np.ndarray: ...
 
+    def predict_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
 
 class KerasPredictor:
     """A saved `.keras` classifier run by TensorFlow.
@@ -44,31 +48,44 @@ class KerasPredictor:
     # 34 img/s at batch 1 and 47 at batch 16 here.
     batch_size = 16
 
-    def __init__(self, model_path: Path, image_size: int) -> None:
+    def __init__(self, model_path: Path, image_size: int, features: bool = False) -> None:
         self.model_path = Path(model_path)
         self.image_size = image_size
+        self.features = features
         self._forward = None
 
     def load(self) -> None:
         import tensorflow as tf
 
         from app.nets.transfer import load_classifier
+        from app.serving.features import feature_model
 
         model = load_classifier(self.model_path)
+        run = feature_model(model) if self.features else model
         spec = tf.TensorSpec((None, self.image_size, self.image_size, 3), tf.float32)
 
         @tf.function(input_signature=[spec])
         def forward(x: tf.Tensor) -> tf.Tensor:
-            return model(x, training=False)
+            return run(x, training=False)
 
         self._model = model
         self._forward = forward
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
+    def _run(self, batch: np.ndarray) -> object:
         if self._forward is None:
             raise RuntimeError("load() the predictor first")
-        x = np.asarray(batch, dtype=np.float32)
-        return np.asarray(self._forward(x), dtype=np.float32)
+        return self._forward(np.asarray(batch, dtype=np.float32))
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        out = self._run(batch)
+        probs = out[0] if self.features else out  # type: ignore[index]
+        return np.asarray(probs, dtype=np.float32)
+
+    def predict_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not self.features:
+            raise RuntimeError("this predictor was built without features")
+        probs, feats = self._run(batch)  # type: ignore[misc]
+        return np.asarray(probs, dtype=np.float32), np.asarray(feats, dtype=np.float32)
 
 
 def warm_up(predictor: Predictor, max_batch_size: int) -> None:
@@ -97,11 +114,16 @@ def resolve_backend(backend: str) -> str:
 
 
 def make_predictor(
-    model_path: Path, image_size: int, backend: str, precision: str = "f32"
+    model_path: Path,
+    image_size: int,
+    backend: str,
+    precision: str = "f32",
+    features: bool = False,
 ) -> Predictor:
     """The predictor for ``backend`` (``keras``, ``openvino``, or ``auto``) at
     ``precision`` (``f32``, ``bf16`` or ``int8``; Keras always runs f32). int8 quantizes a
-    version that has no int8 model yet with its calibration images (`app.serving.precision`)."""
+    version that has no int8 model yet with its calibration images (`app.serving.precision`).
+    ``features``: it also gives the classifier's features (`Predictor.predict_features`)."""
     backend = resolve_backend(backend)
     if backend == "openvino":
         from app.data.heldout import read_heldout
@@ -114,5 +136,5 @@ def make_predictor(
                 return None
             return None if heldout is None else heldout.calibration
 
-        return OpenVINOPredictor(model_path, image_size, precision, calibration)
-    return KerasPredictor(model_path, image_size)
+        return OpenVINOPredictor(model_path, image_size, precision, calibration, features=features)
+    return KerasPredictor(model_path, image_size, features)

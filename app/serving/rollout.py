@@ -282,7 +282,7 @@ class Rollouts:
         served: int,
         rows: Sequence[np.ndarray],
         class_names: Sequence[str],
-        run: Callable[[int | None], Awaitable[tuple[Any, list[np.ndarray]]]],
+        run: Callable[[int | None], Awaitable[Any]],
     ) -> None:
         """After ``served`` answered: in shadow mode run the candidate on the same images
         (for ``share`` of requests), in canary mode run the active version on what the
@@ -308,7 +308,7 @@ class Rollouts:
         async def shadow() -> None:
             started = time.perf_counter()
             try:
-                loaded, others = await run(target)
+                answer = await run(target)
             except Exception as exc:
                 if target is not None:
                     running.at(candidate).observe(time.perf_counter() - started, False)
@@ -320,7 +320,7 @@ class Rollouts:
             if target is not None:
                 figures.observe(seconds, True)
                 self.metrics.shadow_latency.labels(model, str(candidate)).observe(seconds)
-            answers = [loaded.class_names[int(r.argmax())] for r in others]
+            answers = [answer.loaded.class_names[int(r.argmax())] for r in answer.rows]
             agreed = sum(a == b for a, b in zip(guesses, answers, strict=True))
             figures.compared += len(answers)
             figures.agreed += agreed

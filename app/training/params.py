@@ -126,8 +126,14 @@ class TrainParams(BaseModel):
         0.97,
         ge=0.5,
         le=1.0,
-        description="the version answers unknown below the calibrated top score that keeps"
-        " this share of its validation images (1: never unknown)",
+        description="the version answers unknown below the score that keeps this share of"
+        " its validation images (1: never unknown)",
+    )
+    abstain_score: Literal["nearest", "top_score"] = Field(
+        "nearest",
+        description="what the version answers unknown by: nearest, the similarity of an"
+        " image's features to the nearest training image's (turns away more of what it"
+        " was not taught); top_score, the calibrated top score",
     )
     negative_class: str | None = Field(
         None,

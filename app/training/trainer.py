@@ -31,9 +31,16 @@ from app.data.datasets import (
     load_training_files,
     prepare_dataset,
 )
-from app.data.heldout import heldout_from_prepared
+from app.data.heldout import heldout_from_prepared, read_prepared, seeded_sample
 from app.nets.transfer import AugmentConfig, build_classifier, choose_fine_tune_at, unfreeze_from
 from app.serving.calibration import calibration_record
+from app.serving.features import (
+    MAX_BANK_IMAGES,
+    FeatureBank,
+    classifier_layer,
+    features_of,
+    nearest_record,
+)
 from app.serving.precision import study_or_fallback
 from app.storage.objects import write_text_atomic
 from app.storage.registry import MODEL_FILE, ModelRegistry
@@ -672,6 +679,8 @@ class _Run:
     # The phases' records; those an earlier attempt finished come first.
     done: list[dict[str, Any]] = field(default_factory=list)
     refit_record: dict[str, Any] = field(default_factory=dict)
+    # The training images' features, when the version answers unknown by the nearest one.
+    bank: FeatureBank | None = None
 
     @property
     def phases_file(self) -> Path:
@@ -918,6 +927,8 @@ class _Run:
         if params.from_scratch:
             recompute_batchnorm_statistics(model, data)
         self.model = model
+        if self.bank is not None:  # the same images, in the served model's features
+            self.bank = self.feature_bank()
         self.refit_record.update(
             done=True,
             images=len(files),
@@ -983,9 +994,37 @@ class _Run:
             f" unknown below {abstention['threshold']:.3f}"
             f" (keeps {abstention['kept_share']:.1%} of the validation images)"
         )
+        if self.params.abstain_score == "nearest":
+            trust["abstention"] = abstention = self._nearest_abstention(abstention)
         if self.params.negative_class is not None:
             abstention["negative_class"] = self.params.negative_class
         return _Evaluation(y_true, y_pred, scores, metrics, trust)
+
+    def _nearest_abstention(self, top_score: dict[str, Any]) -> dict[str, Any]:
+        """The nearest-neighbour abstention (`app.serving.features`): the training images'
+        features as the bank, the threshold on the validation images' similarity to it.
+        The top score's threshold is kept beside it, for a server that cannot serve the
+        features."""
+        self.bank = self.feature_bank()
+        _, val_features = features_of(self.model, (x for x, _ in self.datasets[1]))
+        record = nearest_record(self.bank, val_features, self.params.abstain_keep_share)
+        record["top_score_threshold"] = top_score["threshold"]
+        self.hooks.log(
+            f"unknown below a similarity of {record['threshold']:.3f} to the nearest of"
+            f" {record['bank_images']} training images (keeps {record['kept_share']:.1%} of"
+            " the validation images)"
+        )
+        return record
+
+    def feature_bank(self) -> FeatureBank:
+        """The features of the images the selection run trained on (a seeded sample of
+        `MAX_BANK_IMAGES` when more), from the model as it is now."""
+        trained_on = _training_files(self.workspace / "images", self.datasets[2])
+        files = seeded_sample(trained_on, MAX_BANK_IMAGES, self.params.seed)
+        size, step = self.params.image_size, self.params.batch_size
+        batches = (read_prepared(files[i : i + step], size) for i in range(0, len(files), step))
+        _, features = features_of(self.model, batches)
+        return FeatureBank.of(features, classifier_layer(self.model).name)
 
     def describe(
         self,
@@ -1096,6 +1135,8 @@ class _Run:
                 val_files, _training_files(images_dir, val_files), image_size
             )
             heldout.save(folder)
+            if self.bank is not None:
+                self.bank.save(folder)
             if health is not None:
                 write_text_atomic(folder / HEALTH_FILE, json.dumps(health))
             if study:

@@ -217,6 +217,12 @@ def test_the_version_page_shows_the_reliability_diagram(tmp_path, fake_models, s
         points = len(record["calibration"][f"reliability_{name}"])
         assert page.count(f'class="point-{name}"') == points > 0
     assert f"{record['calibration']['ece_after']:.3f}" in page
+    assert "below a calibrated top score of" in page
+
+
+def test_the_version_page_states_the_nearest_rule(nearest):
+    page = nearest.get("/console/models/toy").text
+    assert "less similar than 0.900 to those of the nearest of its 2 training" in page
 
 
 def test_kserve_explains_on_request(client):
@@ -251,3 +257,90 @@ def test_kserve_explains_on_request(client):
             assert png.size == (32, 32)
     bad = {"inputs": [encoded], "parameters": {"explain": "lime"}}
     assert client.post("/v2/models/toy/infer", json=bad).status_code == 400
+
+
+# -- "unknown" by the nearest training image (app/serving/features.py) ----------------------
+
+
+def test_the_nearest_similarity_and_its_threshold():
+    from app.serving.features import FeatureBank, nearest_record, similarity_threshold
+
+    rng = np.random.default_rng(0)
+    bank = FeatureBank.of(rng.normal(size=(50, 8)), "dense")
+    assert np.allclose(np.linalg.norm(bank.features, axis=1), 1, atol=1e-5)
+    # A bank image's own features (any length) are its own nearest: similarity 1.
+    assert bank.nearest(3 * bank.features[:5]) == pytest.approx(np.ones(5), abs=1e-5)
+    assert (bank.nearest(-bank.features[:5]) < 0.9).all()
+    similarity = rng.uniform(size=400)
+    for keep in (0.9, 0.97, 1.0):
+        kept = (similarity >= similarity_threshold(similarity, keep)).mean()
+        assert keep <= kept <= keep + 1 / 400 + 1e-9
+    record = nearest_record(bank, rng.normal(size=(100, 8)), 0.97)
+    assert record["method"] == "nearest" and record["bank_images"] == 50
+    assert record["kept_share"] >= 0.97
+
+
+@pytest.fixture
+def nearest(tmp_path, fake_models, settings_for):
+    """Fake versions that answer unknown by the nearest training image: version 1 trained
+    on dark images only (its bank), with a similarity threshold of 0.9 and a top-score
+    threshold of 0.5; version 2 the same without its features file."""
+    registry = ModelRegistry(tmp_path / "models")
+    abstention = {
+        "method": "nearest",
+        "score": "similarity",
+        "threshold": 0.9,
+        "keep_share": 0.97,
+        "top_score_threshold": 0.95,
+        "bank_images": 2,
+    }
+    dark = np.array([[0.05, 0.95], [0.02, 0.98]])
+    write_fake_version(registry, "toy", ["circle", "square"], bank=dark, abstention=abstention)
+    registry.set_active("toy", 1)
+    write_fake_version(registry, "toy", ["circle", "square"], abstention=abstention)
+    with TestClient(create_app(settings_for())) as client:
+        yield client
+
+
+def test_a_photo_far_from_every_training_image_is_unknown(nearest):
+    r = nearest.post("/predict", files=[("file", ("d.png", DARK)), ("file", ("b.png", BRIGHT))])
+    assert r.status_code == 200, r.text
+    dark, bright = r.json()["predictions"]
+    # Both are top-scored 0.9: only how near they are to the training images tells them apart.
+    assert dark["top"][0]["score"] == bright["top"][0]["score"] == pytest.approx(0.9)
+    assert dark["unknown"] is False and dark["similarity"] > 0.99
+    assert bright["unknown"] is True and bright["similarity"] < 0.2
+    assert bright["top"][0]["label"] == "square"  # still listed
+    # The client's own threshold is on the top score, as for every version.
+    r = nearest.post("/predict", params={"threshold": 0.85}, files={"file": ("b.png", BRIGHT)})
+    assert r.json()["predictions"][0]["unknown"] is False
+    r = nearest.post("/predict", params={"abstain": "false"}, files={"file": ("b.png", BRIGHT)})
+    assert r.json()["predictions"][0]["unknown"] is False
+
+
+def test_kserve_carries_the_similarity(nearest):
+    import base64
+
+    body = {
+        "inputs": [
+            {
+                "name": "image_bytes",
+                "datatype": "BYTES",
+                "shape": [2],
+                "data": [base64.b64encode(b).decode() for b in (DARK, BRIGHT)],
+            }
+        ]
+    }
+    r = nearest.post("/v2/models/toy/infer", json=body)
+    assert r.status_code == 200, r.text
+    parameters = r.json()["parameters"]
+    assert parameters["unknown"] == [False, True]
+    assert parameters["similarity"][0] > 0.99 and parameters["similarity"][1] < 0.2
+
+
+def test_without_its_features_a_version_abstains_by_its_top_score(nearest):
+    r = nearest.post("/predict", params={"version": 2}, files={"file": ("d.png", DARK)})
+    assert r.status_code == 200, r.text
+    answer = r.json()["predictions"][0]
+    assert answer["similarity"] is None
+    assert answer["unknown"] is True  # 0.9 is under its top-score threshold of 0.95

@@ -32,6 +32,25 @@ def test_openvino_matches_keras_on_the_same_pixels(registry, precision):
     assert np.abs(got - expected).max() < tolerance
 
 
+def test_openvino_gives_the_features_keras_gives(registry):
+    """The nearest-neighbour "unknown" score takes the classifier's features from either
+    runtime (`app.serving.features`): the same, and the probabilities unchanged."""
+    path = registry.model_path("toy", 1)
+    x = np.random.default_rng(1).integers(0, 256, (8, 32, 32, 3)).astype(np.uint8)
+    keras_p = KerasPredictor(path, 32, features=True)
+    keras_p.load()
+    ov_p = OpenVINOPredictor(path, 32, "f32", features=True, cache=False)
+    ov_p.load()
+    (keras_probs, keras_features), (ov_probs, ov_features) = (
+        keras_p.predict_features(x),
+        ov_p.predict_features(x),
+    )
+    assert ov_features.shape == keras_features.shape == (8, 8)  # the pooled convolution
+    assert np.abs(ov_features - keras_features).max() < 1e-4
+    assert np.abs(ov_probs - keras_probs).max() < 1e-4
+    assert np.abs(ov_p.predict(x) - keras_p.predict(x)).max() < 1e-4
+
+
 def test_ir_is_converted_once_and_cached_beside_the_version(registry, settings_for):
     xml = ir_path(registry.model_path("toy", 1))
     assert not xml.exists()

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from app.data.images import load_image
+from app.serving.features import FeatureBank, features_of
 from app.storage.registry import ModelRegistry
 from app.training.evaluate import classification_metrics
 from app.training.params import TrainParams
@@ -86,6 +87,16 @@ def test_synthetic_classes_train_to_high_accuracy_and_land_in_the_registry(tmp_p
     assert calibration["images"] == meta["metrics"]["images"]
     assert abstention["keep_share"] == 0.97 and abstention["kept_share"] >= 0.97
     assert any(line.startswith("calibration: temperature") for line in lines)
+    # Unknown by the nearest training image: the features of every image the selection
+    # run trained on, taken from the model that is served (the refit's).
+    assert abstention["method"] == "nearest" and 0 < abstention["top_score_threshold"] <= 1
+    bank = FeatureBank.read(registry.version_dir("shapes", 1))
+    assert bank is not None and bank.layer == abstention["layer"]
+    assert len(bank.features) == abstention["bank_images"] == 90 - meta["metrics"]["images"]
+    served = keras.saving.load_model(registry.model_path("shapes", 1))
+    prepared = [np.asarray(Image.open(f)) for f in sorted((tmp_path / "ws").glob("images/*/*.png"))]
+    _, features = features_of(served, [np.stack(prepared)])
+    assert (bank.nearest(features) > 0.9999).sum() >= len(bank.features)  # each finds itself
 
     # The version keeps its validation images: each counted in the confusion matrix cell
     # it is filed under, with the uploaded file it came from.

@@ -75,12 +75,11 @@ async function classify(file) {
       }),
     ];
     if (prediction.unknown) {
-      answer.push(
-        el("p", {
-          class: "unknown",
-          text: "Unknown: none of this model's classes is likely enough (its best guesses below).",
-        }),
-      );
+      const why =
+        prediction.similarity === null || prediction.similarity === undefined
+          ? "none of this model's classes is likely enough"
+          : "this photo is unlike every photo the model trained on";
+      answer.push(el("p", { class: "unknown", text: `Unknown: ${why} (its best guesses below).` }));
     }
     answer.push(bars(top));
     status.replaceWith(...answer);
