@@ -120,6 +120,8 @@ async def _predict_group(
                 "path": str(path),
                 "model": answer.model,
                 "version": answer.version,
+                "unknown": item.unknown,
+                "similarity": item.similarity,
                 "top": [label.model_dump() for label in item.top],
             }
         return
@@ -206,7 +208,9 @@ def _show_predictions(args: argparse.Namespace, files: list[Path], run: PredictR
     if args.csv:
         with _open_output(args.csv) as fh:
             writer = csv.writer(fh)
-            writer.writerow(["path", "model", "version", "rank", "label", "index", "score"])
+            writer.writerow(
+                ["path", "model", "version", "rank", "label", "index", "score", "unknown"]
+            )
             for path in files:
                 result = run.results.get(path)
                 for rank, label in enumerate(result["top"] if result else [], 1):
@@ -219,6 +223,7 @@ def _show_predictions(args: argparse.Namespace, files: list[Path], run: PredictR
                             label["label"],
                             label["index"],
                             f"{label['score']:.6f}",
+                            str(result["unknown"]).lower(),  # type: ignore[index]
                         ]
                     )
         return
@@ -230,7 +235,9 @@ def _show_predictions(args: argparse.Namespace, files: list[Path], run: PredictR
         best, *rest = result["top"]
         others = ", ".join(f"{r['label']} {r['score']:.3f}" for r in rest[:2])
         model = f"{result['model']}:{result['version']}"
-        table.add_row(str(path), model, best["label"], f"{best['score']:.3f}", others)
+        # An image the version abstains on is said so; its best guess is still shown.
+        top = f"unknown (best guess {best['label']})" if result["unknown"] else best["label"]
+        table.add_row(str(path), model, top, f"{best['score']:.3f}", others)
     table.show()
 
 

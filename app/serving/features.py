@@ -33,9 +33,14 @@ CHUNK = 256  # images per product against the bank (bounds the memory of a large
 
 
 def classifier_layer(model: Any) -> Any:
-    """The classifier's last layer that has weights (the ``Dense`` that makes the scores);
-    its input is the features."""
+    """The classifier's last layer that has weights (the ``Dense`` that makes the scores;
+    its input is the features), looked for inside a network that ends in its own dense
+    layers (LeNet-5, AlexNet or VGG-16 trained from scratch)."""
+    import keras
+
     for layer in reversed(model.layers):
+        if isinstance(layer, keras.Model):
+            return classifier_layer(layer)
         if layer.weights:
             return layer
     raise ValueError("the model has no layer with weights")
@@ -45,8 +50,18 @@ def feature_model(model: Any) -> Any:
     """A Keras model with two outputs: the classifier's probabilities and its features."""
     import keras
 
-    layer = classifier_layer(model)
-    return keras.Model(model.inputs, [model.outputs[0], layer.input])
+    last = next(layer for layer in reversed(model.layers) if layer.weights)
+    if not isinstance(last, keras.Model):
+        return keras.Model(model.inputs, [model.outputs[0], last.input])
+    # The classifier is inside the last network: the chain is rebuilt up to it (sharing
+    # the weights), which then gives both.
+    inputs = keras.Input(shape=model.input_shape[1:], name="image")
+    x = inputs
+    for layer in model.layers[1:]:
+        if layer is last:
+            return keras.Model(inputs, feature_model(last)(x))
+        x = layer(x)
+    raise ValueError("the network with the classifier is not the model's last layer")
 
 
 def normalised(features: np.ndarray) -> np.ndarray:

@@ -990,12 +990,15 @@ class _Run:
         calibration, abstention = trust["calibration"], trust["abstention"]
         self.hooks.log(
             f"calibration: temperature {calibration['temperature']:g}, expected calibration"
-            f" error {calibration['ece_before']:.3f} -> {calibration['ece_after']:.3f};"
-            f" unknown below {abstention['threshold']:.3f}"
-            f" (keeps {abstention['kept_share']:.1%} of the validation images)"
+            f" error {calibration['ece_before']:.3f} -> {calibration['ece_after']:.3f}"
         )
         if self.params.abstain_score == "nearest":
             trust["abstention"] = abstention = self._nearest_abstention(abstention)
+        else:
+            self.hooks.log(
+                f"unknown below a calibrated top score of {abstention['threshold']:.3f}"
+                f" (keeps {abstention['kept_share']:.1%} of the validation images)"
+            )
         if self.params.negative_class is not None:
             abstention["negative_class"] = self.params.negative_class
         return _Evaluation(y_true, y_pred, scores, metrics, trust)

@@ -121,12 +121,13 @@ def test_predict_a_folder_of_mixed_formats_and_a_corrupt_file(service, tmp_path)
     bad = [line for line in lines if "error" in line]
     assert len(good) == 5 and all(len(line["top"]) == 2 for line in good)
     assert {line["model"] for line in good} == {"toy"}
+    assert all(isinstance(line["unknown"], bool) for line in good)
     assert [Path(b["path"]).name for b in bad] == ["broken.jpg"]
     assert bad[0]["error"]["code"] == "invalid_image"
 
     out = tmp_path / "out.csv"
     assert convserve(service, "predict", folder / "a.jpg", "--csv", out).returncode == 0
-    assert out.read_text().splitlines()[0] == "path,model,version,rank,label,index,score"
+    assert out.read_text().splitlines()[0] == "path,model,version,rank,label,index,score,unknown"
 
 
 def test_a_folder_with_one_class_is_refused_before_a_job_is_queued(service, tmp_path):

@@ -119,11 +119,43 @@ def _signs_version(registry: ModelRegistry, tmp: Path) -> None:
     )
 
 
+def _hands_version(registry: ModelRegistry) -> None:
+    """A "hands" model that answers unknown by the nearest training image: the toy network,
+    with the features of dark photos only as its training images (a checked photo is far
+    from them: similarity about 0.81 against 1.0)."""
+    from app.nets.transfer import load_classifier
+    from app.serving.features import FeatureBank, features_of
+    from app.storage.registry import MODEL_FILE
+
+    def bank(folder: Path) -> None:
+        dark = np.stack([np.asarray(pattern_image("dark", 32, seed)) for seed in range(8)])
+        _, features = features_of(load_classifier(folder / MODEL_FILE), [dark])
+        FeatureBank.of(features, "predictions").save(folder)
+
+    abstention = {
+        "method": "nearest",
+        "score": "cosine similarity of its features to the nearest training image's",
+        "threshold": 0.98,
+        "keep_share": 0.97,
+        "bank_images": 8,
+        "top_score_threshold": 0.0,
+    }
+    write_toy_version(
+        registry,
+        "hands",
+        ["open", "fist"],
+        seed=3,
+        metadata={"abstention": abstention},
+        also_save=bank,
+    )
+
+
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     root = tmp_path_factory.mktemp("console")
     registry = toy_registry(root)
     _signs_version(registry, root)
+    _hands_version(registry)
     svc = Service(
         root,
         CONVSERVE_API_KEY=KEY,
@@ -225,6 +257,25 @@ def test_explain_lays_a_heat_map_over_the_photo(page, service, tmp_path):
     assert "Grad-CAM" in heat.get_attribute("alt")
     box, thumb = heat.bounding_box(), card.locator("img.thumb").bounding_box()
     assert (box["x"], box["y"], box["width"]) == (thumb["x"], thumb["y"], thumb["width"])
+
+
+def test_a_photo_unlike_the_training_photos_is_shown_as_unknown(page, service, tmp_path):
+    page.goto("/")
+    page.select_option("#model", "hands")
+    sync_api.expect(page.locator("#version option")).not_to_have_count(0)
+    paths = []
+    for kind in ("dark", "checks"):
+        paths.append(tmp_path / f"{kind}.png")
+        paths[-1].write_bytes(image_bytes(pattern_image(kind, 32, seed=50)))
+    page.set_input_files("#files", [str(p) for p in paths])
+    dark = page.locator('.result[data-file="dark.png"]')
+    checks = page.locator('.result[data-file="checks.png"]')
+    sync_api.expect(checks.locator(".bars li")).to_have_count(2)  # still ranked
+    sync_api.expect(dark.locator(".bars li")).to_have_count(2)
+    assert checks.get_attribute("data-unknown") == "true"
+    assert "unlike every photo the model trained on" in checks.locator(".unknown").inner_text()
+    assert dark.get_attribute("data-unknown") == "false"
+    assert dark.locator(".unknown").count() == 0
 
 
 def test_errors_show_as_their_sentence(page, service, tmp_path):
