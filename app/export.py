@@ -171,6 +171,31 @@ probabilities = compiled(pixels)[0]""",
 }
 
 
+def _trust_lines(meta: dict[str, Any]) -> list[str]:
+    """What convserve does beyond the network: its calibration and its "unknown" rule."""
+    lines = []
+    temperature = (meta.get("calibration") or {}).get("temperature")
+    if temperature is not None:
+        lines.append(
+            "These are the network's own probabilities. convserve serves them calibrated at"
+            f" temperature {temperature}: `softmax(log(p) / {temperature})`."
+        )
+    abstention = meta.get("abstention") or {}
+    if abstention.get("method") == "nearest":
+        lines.append(
+            'convserve also answers "unknown" when the photo\'s features (the input of the'
+            " last dense layer) have a cosine similarity under"
+            f" {abstention['threshold']} to those of the nearest of its training images; the"
+            " features are not an output of this file."
+        )
+    elif abstention.get("threshold") is not None:
+        lines.append(
+            'convserve also answers "unknown" below a calibrated top score of'
+            f" {abstention['threshold']}."
+        )
+    return [" ".join(lines), ""] if lines else []
+
+
 def _readme(name: str, version: int, fmt: Format, meta: dict[str, Any], files: list[str]) -> str:
     size = meta["image_size"]
     classes = meta["class_names"]
@@ -198,6 +223,7 @@ def _readme(name: str, version: int, fmt: Format, meta: dict[str, Any], files: l
         f"`(batch, {len(classes)})` class probabilities (softmax), in the order of"
         " `labels.txt` (line 1 is index 0).",
         "",
+        *_trust_lines(meta),
         "## Loading it",
         "",
         "```python",

@@ -209,3 +209,18 @@ def test_a_missing_converter_is_a_501_that_names_the_package(service, monkeypatc
     r = service.get("/models/pets/versions/1/export?format=onnx")
     assert (r.status_code, r.json()["code"]) == (501, "export_unavailable")
     assert "tf2onnx" in r.json()["detail"]
+
+
+def test_the_readme_says_what_serving_adds_to_the_network():
+    from app.export import _trust_lines
+
+    assert _trust_lines({}) == []
+    nearest = {
+        "calibration": {"temperature": 1.5},
+        "abstention": {"method": "nearest", "threshold": 0.83},
+    }
+    text = _trust_lines(nearest)[0]
+    assert "temperature 1.5: `softmax(log(p) / 1.5)`" in text
+    assert "cosine similarity under 0.83" in text
+    text = _trust_lines({"abstention": {"threshold": 0.6}})[0]
+    assert "below a calibrated top score of 0.6" in text
