@@ -90,6 +90,19 @@ RECIPES = {
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_the_map_is_hottest_on_the_square_that_decides_the_class(name):
+    size, epochs, weights = RECIPES[name]
+    if weights is not None:
+        if not MOBILENET_WEIGHTS.is_file():
+            pytest.skip(f"needs the MobileNetV2 weights in {MOBILENET_WEIGHTS}")
+        weights = str(MOBILENET_WEIGHTS)
+    accuracy, localised = _localised(_trained(name, size, epochs, weights), size)
+    assert accuracy >= 0.9, f"{name} did not learn the task ({accuracy:.2f})"
+    assert localised >= 0.75, f"{name}: {localised:.2f} of the maps find the square"
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
 def test_every_catalogue_network_gives_a_map_the_size_of_its_input(name):
     """Untrained: the layer is found and the map and its overlay have the input's size."""
