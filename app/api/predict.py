@@ -71,6 +71,9 @@ async def predict(
             if explain is not None
             else [None] * len(file)
         )
+    similarities: list[float | None] = [None] * len(file)
+    if outcome.similarity is not None:
+        similarities = list(outcome.similarity)
     return PredictResponse(
         model=name,
         version=outcome.loaded.version,
@@ -89,7 +92,7 @@ async def predict(
                 file,
                 outcome.rows,
                 outcome.unknown,
-                outcome.similarity or [None] * len(file),
+                similarities,
                 explanations,
                 strict=True,
             )

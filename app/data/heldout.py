@@ -41,13 +41,22 @@ def read_heldout(folder: Path) -> HeldOut | None:
     Raises:
         ValueError: the file is damaged.
     """
-    path = Path(folder) / HELDOUT_FILE
+    arrays = read_arrays(Path(folder) / HELDOUT_FILE, "images", "labels", "calibration")
+    return None if arrays is None else HeldOut(*arrays)
+
+
+def read_arrays(path: Path, *names: str) -> list[np.ndarray] | None:
+    """The named arrays of a version's ``.npz`` file, or None when there is no such file.
+
+    Raises:
+        ValueError: the file is damaged (not a zip, a member missing, cut short).
+    """
     if not path.is_file():
         return None
     try:
         with np.load(path) as data:
-            return HeldOut(data["images"], data["labels"], data["calibration"])
-    except Exception as exc:  # a damaged file: not a zip, a member missing, cut short
+            return [data[name] for name in names]
+    except Exception as exc:
         raise ValueError(f"{path} cannot be read: {exc}") from exc
 
 

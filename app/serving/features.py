@@ -100,16 +100,13 @@ class FeatureBank:
         Raises:
             ValueError: the file is damaged.
         """
-        path = Path(folder) / BANK_FILE
-        if not path.is_file():
+        from app.data.heldout import read_arrays
+
+        arrays = read_arrays(Path(folder) / BANK_FILE, "features", "layer")
+        if arrays is None:
             return None
-        try:
-            with np.load(path) as data:
-                features = np.asarray(data["features"], dtype=np.float32)
-                layer = str(data["layer"])
-        except Exception as exc:
-            raise ValueError(f"{path} cannot be read: {exc}") from exc
-        return cls(features, layer)
+        features, layer = arrays
+        return cls(np.asarray(features, dtype=np.float32), str(layer))
 
 
 def features_of(model: Any, batches: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

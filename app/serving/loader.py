@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from setproctitle import setthreadtitle
 
 from app.config import Settings
@@ -125,7 +127,7 @@ class VersionLoader:
             self.metrics.batch_size.labels(name, str(version)).observe(n)
             self.metrics.batch_seconds.labels(name, str(version)).observe(seconds)
 
-        run = predictor.predict
+        run: Callable[[np.ndarray], np.ndarray] = predictor.predict
         if bank is not None:  # each row then ends with the image's similarity
             run = with_similarity(predictor.predict_features, bank)
         batcher = Batcher(

@@ -10,7 +10,7 @@ runtime) plug in behind the same interface.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -71,21 +71,20 @@ class KerasPredictor:
         self._model = model
         self._forward = forward
 
-    def _run(self, batch: np.ndarray) -> object:
+    def _run(self, batch: np.ndarray) -> Any:
         if self._forward is None:
             raise RuntimeError("load() the predictor first")
         return self._forward(np.asarray(batch, dtype=np.float32))
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         out = self._run(batch)
-        probs = out[0] if self.features else out  # type: ignore[index]
-        return np.asarray(probs, dtype=np.float32)
+        return np.asarray(out[0] if self.features else out, dtype=np.float32)
 
     def predict_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if not self.features:
             raise RuntimeError("this predictor was built without features")
-        probs, feats = self._run(batch)  # type: ignore[misc]
-        return np.asarray(probs, dtype=np.float32), np.asarray(feats, dtype=np.float32)
+        probs, features = self._run(batch)
+        return np.asarray(probs, dtype=np.float32), np.asarray(features, dtype=np.float32)
 
 
 def warm_up(predictor: Predictor, max_batch_size: int) -> None:

@@ -284,7 +284,8 @@ def test_the_nearest_similarity_and_its_threshold():
 def nearest(tmp_path, fake_models, settings_for):
     """Fake versions that answer unknown by the nearest training image: version 1 trained
     on dark images only (its bank), with a similarity threshold of 0.9 and a top-score
-    threshold of 0.5; version 2 the same without its features file."""
+    threshold of 0.95; version 2 the same without its features file, version 3 with a
+    damaged one."""
     registry = ModelRegistry(tmp_path / "models")
     abstention = {
         "method": "nearest",
@@ -298,6 +299,8 @@ def nearest(tmp_path, fake_models, settings_for):
     write_fake_version(registry, "toy", ["circle", "square"], bank=dark, abstention=abstention)
     registry.set_active("toy", 1)
     write_fake_version(registry, "toy", ["circle", "square"], abstention=abstention)
+    write_fake_version(registry, "toy", ["circle", "square"], bank=dark, abstention=abstention)
+    (registry.version_dir("toy", 3) / "features.npz").write_bytes(b"cut short")
     with TestClient(create_app(settings_for())) as client:
         yield client
 
@@ -338,8 +341,9 @@ def test_kserve_carries_the_similarity(nearest):
     assert parameters["similarity"][0] > 0.99 and parameters["similarity"][1] < 0.2
 
 
-def test_without_its_features_a_version_abstains_by_its_top_score(nearest):
-    r = nearest.post("/predict", params={"version": 2}, files={"file": ("d.png", DARK)})
+@pytest.mark.parametrize("version", [2, 3])  # its features file missing, or damaged
+def test_without_its_features_a_version_abstains_by_its_top_score(nearest, version):
+    r = nearest.post("/predict", params={"version": version}, files={"file": ("d.png", DARK)})
     assert r.status_code == 200, r.text
     answer = r.json()["predictions"][0]
     assert answer["similarity"] is None
