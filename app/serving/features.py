@@ -106,7 +106,7 @@ class FeatureBank:
         if arrays is None:
             return None
         features, layer = arrays
-        return cls(np.asarray(features, dtype=np.float32), str(layer))
+        return cls.of(features, str(layer))  # of length 1 again after float16
 
 
 def features_of(model: Any, batches: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -96,7 +96,8 @@ def test_synthetic_classes_train_to_high_accuracy_and_land_in_the_registry(tmp_p
     served = keras.saving.load_model(registry.model_path("shapes", 1))
     prepared = [np.asarray(Image.open(f)) for f in sorted((tmp_path / "ws").glob("images/*/*.png"))]
     _, features = features_of(served, [np.stack(prepared)])
-    assert (bank.nearest(features) > 0.9999).sum() >= len(bank.features)  # each finds itself
+    # Each finds itself (kept in float16).
+    assert (bank.nearest(features) > 0.999).sum() >= len(bank.features)
 
     # The version keeps its validation images: each counted in the confusion matrix cell
     # it is filed under, with the uploaded file it came from.
