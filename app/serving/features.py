@@ -16,6 +16,7 @@ of the sixth sign and every generated image (docs/benchmarks.md, "Unknown").
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +26,20 @@ import numpy as np
 
 BANK_FILE = "features.npz"
 # Enough to cover each class's looks while the search stays cheap: it reads the whole bank
-# once per batch (2,000 x 1,280 float32 values are 10 MB; its cost per batch is on the
-# Benchmarks page, "Unknown").
-MAX_BANK_IMAGES = 2000
+# once per batch. Beside MobileNetV2 on OpenVINO (11.5-12.9 ms a batch of 4 here) it added
+# 0.4-1.3 ms for 576 images and 1.5-2 ms for 2,000 (docs/benchmarks.md, "Unknown").
+MAX_BANK_IMAGES = 1000
 SCORE = "nearest"  # the abstention record's `method` for this score
 SCORE_TEXT = "cosine similarity of its features to the nearest training image's"
 CHUNK = 256  # images per product against the bank (bounds the memory of a large batch)
+
+
+@functools.cache
+def _blas() -> Any:
+    """The process's BLAS libraries (numpy's), found once."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 def classifier_layer(model: Any) -> Any:
@@ -82,11 +91,16 @@ class FeatureBank:
         return cls(normalised(features), layer)
 
     def nearest(self, features: np.ndarray) -> np.ndarray:
-        """Per image, the cosine similarity of its features to the nearest in the bank."""
+        """Per image, the cosine similarity of its features to the nearest in the bank.
+
+        The product runs on one BLAS thread: OpenBLAS's other threads keep spinning for a
+        while after a product, and beside OpenVINO's they doubled its next batch's time
+        (11.7 to 25 ms for MobileNetV2's batch of 4 here)."""
         x = normalised(features)
         out = np.empty(len(x), dtype=np.float32)
-        for i in range(0, len(x), CHUNK):
-            out[i : i + CHUNK] = (x[i : i + CHUNK] @ self.features.T).max(axis=1)
+        with _blas().limit(limits=1, user_api="blas"):
+            for i in range(0, len(x), CHUNK):
+                out[i : i + CHUNK] = (x[i : i + CHUNK] @ self.features.T).max(axis=1)
         return out
 
     def save(self, folder: Path) -> Path:
