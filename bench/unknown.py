@@ -82,8 +82,13 @@ def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
 def one_holdout(work: Path, held: Path, pool: Path, holdout: str, max_minutes: float) -> dict:
     from app.data.heldout import read_heldout
     from app.nets.transfer import load_classifier
-    from app.serving.calibration import abstention_threshold, calibrate, reliability
-    from app.serving.features import FeatureBank, features_of, similarity_threshold
+    from app.serving.calibration import (
+        abstention_threshold,
+        calibrate,
+        keep_threshold,
+        reliability,
+    )
+    from app.serving.features import FeatureBank, features_of
     from app.storage.registry import ModelRegistry
     from app.training.params import TrainParams
     from app.training.trainer import train
@@ -135,7 +140,7 @@ def one_holdout(work: Path, held: Path, pool: Path, holdout: str, max_minutes: f
             generated.max(1),
         ),
         "nearest": (
-            lambda keep: similarity_threshold(validation_near, keep),
+            lambda keep: keep_threshold(validation_near, keep),
             known_near,
             unknown_near,
             generated_near,

@@ -88,13 +88,19 @@ def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> 
     return {"ece": round(error, 4), "bins": rows}
 
 
+def keep_threshold(scores: np.ndarray, keep_share: float) -> float:
+    """The score at or above which ``keep_share`` of these (known) images' scores are
+    (-1, below any top score or cosine similarity, when there are none)."""
+    ranked = np.sort(np.asarray(scores).reshape(-1))
+    if len(ranked) == 0:
+        return -1.0
+    drop = int(np.floor((1 - keep_share) * len(ranked) + 1e-9))
+    return float(ranked[min(drop, len(ranked) - 1)])
+
+
 def abstention_threshold(probs: np.ndarray, keep_share: float) -> float:
     """The top score at or above which ``keep_share`` of these (known) images are."""
-    top = np.sort(probs.max(axis=-1))
-    if len(top) == 0:
-        return 0.0
-    drop = int(np.floor((1 - keep_share) * len(top) + 1e-9))
-    return float(top[min(drop, len(top) - 1)])
+    return keep_threshold(probs.max(axis=-1), keep_share)
 
 
 def calibration_record(probs: np.ndarray, labels: np.ndarray, keep_share: float) -> dict[str, Any]:

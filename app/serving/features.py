@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from app.serving.calibration import keep_threshold
+
 BANK_FILE = "features.npz"
 # Enough to cover each class's looks while the search stays cheap: it reads the whole bank
 # once per batch. Beside MobileNetV2 on OpenVINO (11.5-12.9 ms a batch of 4 here) it added
@@ -137,22 +139,13 @@ def features_of(model: Any, batches: Iterable[np.ndarray]) -> tuple[np.ndarray, 
     return np.concatenate(probs), np.concatenate(feats)
 
 
-def similarity_threshold(similarity: np.ndarray, keep_share: float) -> float:
-    """The similarity at or above which ``keep_share`` of these (known) images are."""
-    ranked = np.sort(similarity)
-    if len(ranked) == 0:
-        return -1.0
-    drop = int(np.floor((1 - keep_share) * len(ranked) + 1e-9))
-    return float(ranked[min(drop, len(ranked) - 1)])
-
-
 def nearest_record(
     bank: FeatureBank, validation_features: np.ndarray, keep_share: float
 ) -> dict[str, Any]:
     """The abstention record of the nearest-neighbour score: its threshold on the
     validation images' similarity to the bank, and the share it keeps."""
     similarity = bank.nearest(validation_features)
-    threshold = similarity_threshold(similarity, keep_share)
+    threshold = keep_threshold(similarity, keep_share)
     kept = float((similarity >= threshold).mean()) if len(similarity) else 1.0
     return {
         "method": SCORE,

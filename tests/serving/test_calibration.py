@@ -263,7 +263,8 @@ def test_kserve_explains_on_request(client):
 
 
 def test_the_nearest_similarity_and_its_threshold():
-    from app.serving.features import FeatureBank, nearest_record, similarity_threshold
+    from app.serving.calibration import keep_threshold
+    from app.serving.features import FeatureBank, nearest_record
 
     rng = np.random.default_rng(0)
     bank = FeatureBank.of(rng.normal(size=(50, 8)), "dense")
@@ -273,7 +274,7 @@ def test_the_nearest_similarity_and_its_threshold():
     assert (bank.nearest(-bank.features[:5]) < 0.9).all()
     similarity = rng.uniform(size=400)
     for keep in (0.9, 0.97, 1.0):
-        kept = (similarity >= similarity_threshold(similarity, keep)).mean()
+        kept = (similarity >= keep_threshold(similarity, keep)).mean()
         assert keep <= kept <= keep + 1 / 400 + 1e-9
     record = nearest_record(bank, rng.normal(size=(100, 8)), 0.97)
     assert record["method"] == "nearest" and record["bank_images"] == 50
