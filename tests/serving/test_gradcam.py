@@ -30,7 +30,7 @@ def squares(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.nd
     return images, classes, masks
 
 
-def _trained(name: str, size: int, epochs: int, weights: str | None = None):
+def _trained(name: str, size: int, epochs: int, weights: str | None, rate: float):
     import keras
 
     from app.nets.transfer import build_classifier
@@ -39,7 +39,7 @@ def _trained(name: str, size: int, epochs: int, weights: str | None = None):
     keras.utils.set_random_seed(0)
     images, classes, _ = squares(96, size, seed=0)
     model = build_classifier(name, 2, size, weights=weights, from_scratch=weights is None)
-    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    model.compile(keras.optimizers.Adam(rate), "sparse_categorical_crossentropy")
     model.fit(images.astype("float32"), classes, epochs=epochs, batch_size=16, verbose=0)
     if weights is None:
         batches = [(images[i : i + 32].astype("float32"), None) for i in range(0, 96, 32)]
@@ -73,31 +73,33 @@ def _localised(model, size: int) -> tuple[float, float]:
     return accuracy, float(np.mean(found))
 
 
-# Trained here on 96 synthetic images: from scratch, or, for MobileNetV2, its head on the
-# ImageNet weights from ../shared/weights. The networks that end at 1/32 of their input
-# train at 128 pixels, where their last feature map is 4x4 (at 64 it is 2x2, and the map
-# is taken at an earlier one). VGG-16 (no BatchNorm) does not learn the task from scratch
-# in this budget: not held to it (its map's size is, below).
+# Trained here on 96 synthetic images (side, epochs, weights, Adam's learning rate): from
+# scratch, or, for MobileNetV2, its head on the ImageNet weights from ../shared/weights.
+# The networks that end at 1/32 of their input train at 128 pixels, where their last
+# feature map is 4x4 (at 64 it is 2x2, and the map is taken at an earlier one). VGG-16,
+# without BatchNorm, needs the smaller rate, and 96 pixels, where its map is 6x6 (at 64,
+# 4x4, its maps found the square 0.19 of the time).
 RECIPES = {
-    "lenet5": (64, 10, None),
-    "alexnet": (67, 10, None),
-    "googlenet": (128, 10, None),
-    "resnet50": (128, 10, None),
-    "mobilenet": (128, 10, None),
-    "mobilenet_v2": (96, 15, "imagenet-file"),
-    "efficientnet_b0": (128, 10, None),
+    "lenet5": (64, 10, None, 1e-3),
+    "alexnet": (67, 10, None, 1e-3),
+    "vgg16": (96, 6, None, 1e-4),
+    "googlenet": (128, 10, None, 1e-3),
+    "resnet50": (128, 10, None, 1e-3),
+    "mobilenet": (128, 10, None, 1e-3),
+    "mobilenet_v2": (96, 15, "imagenet-file", 1e-3),
+    "efficientnet_b0": (128, 10, None, 1e-3),
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(RECIPES))
 def test_the_map_is_hottest_on_the_square_that_decides_the_class(name):
-    size, epochs, weights = RECIPES[name]
+    size, epochs, weights, rate = RECIPES[name]
     if weights is not None:
         if not MOBILENET_WEIGHTS.is_file():
             pytest.skip(f"needs the MobileNetV2 weights in {MOBILENET_WEIGHTS}")
         weights = str(MOBILENET_WEIGHTS)
-    accuracy, localised = _localised(_trained(name, size, epochs, weights), size)
+    accuracy, localised = _localised(_trained(name, size, epochs, weights, rate), size)
     assert accuracy >= 0.9, f"{name} did not learn the task ({accuracy:.2f})"
     assert localised >= 0.75, f"{name}: {localised:.2f} of the maps find the square"
 
@@ -126,3 +128,7 @@ def test_the_overlay_is_hot_and_opaque_where_the_map_is():
         rgba = np.asarray(png)
     assert tuple(rgba[0, 0])[:3] == (255, 0, 0) and rgba[0, 0, 3] > rgba[31, 31, 3]
     assert tuple(rgba[31, 31])[:3] == (0, 0, 255)
+
+
+def test_every_catalogue_network_is_held_to_finding_the_square():
+    assert set(RECIPES) == set(ARCHITECTURES)
