@@ -20,7 +20,14 @@ of each score (known against held-out, known against generated). The two scores:
 calibrated top score, and the similarity of the image's features to the nearest training
 image's (the default, `app.serving.features`), computed as serving computes them.
 
+With ``--serving BACKEND`` it then measures what the rule costs a served request: the
+first held-out class's version is served twice by one server, as it is and as a copy
+without its features file (which serves by the top score), and each is load-tested with
+real requests (`serve_bench.load`, the SIGNS photos and camera-sized JPEGs) at
+concurrency 1, 8 and 32, the two alternating level by level.
+
     python bench/unknown.py [--holdout 0,1,2,3,4,5] [--max-minutes 5] [--json FILE]
+                            [--serving openvino|keras]
 """
 
 from __future__ import annotations
@@ -163,6 +170,8 @@ def one_holdout(work: Path, held: Path, pool: Path, holdout: str, max_minutes: f
     raw_known = calibrate(known, 1 / temperature)  # back to the model's own scores
     return {
         "holdout": holdout,
+        "model": name,
+        "version": result.version,
         "seconds": round(seconds, 1),
         "temperature": temperature,
         "validation_images": len(validation),
@@ -179,11 +188,47 @@ def one_holdout(work: Path, held: Path, pool: Path, holdout: str, max_minutes: f
     }
 
 
+def serving_cost(work: Path, name: str, version: int, backend: str) -> list[dict[str, Any]]:
+    """Served latency and throughput of one version with the nearest-image rule and, from
+    a copy without its features file, with the top score."""
+    import asyncio
+
+    import httpx
+    from serve_bench import load, start_service, stop, test_images, wait_ready
+
+    from app.serving.features import BANK_FILE
+
+    plain = f"{name}-top-score"
+    shutil.copytree(work / "models" / name, work / "models" / plain)
+    (work / "models" / plain / str(version) / BANK_FILE).unlink()
+    images = test_images()
+    url, proc = start_service(work, [name, plain], backend, 224)
+    rows = []
+    try:
+        wait_ready(url, proc)
+        for model, expected in ((name, True), (plain, False)):
+            files = {"file": ("hand.jpg", images[0], "image/jpeg")}
+            answer = httpx.post(f"{url}/predict", params={"model": model}, files=files).json()
+            has = answer["predictions"][0].get("similarity") is not None
+            assert has == expected, f"{model}: similarity {'missing' if expected else 'given'}"
+        for model in (name, plain):  # warm-up
+            asyncio.run(load(url, model, images, 8, 64, 20))
+        for concurrency in (1, 8, 32):
+            for model, rule in ((name, "nearest"), (plain, "top_score")):
+                r = asyncio.run(load(url, model, images, concurrency, 400, 30))
+                rows.append({"rule": rule, "concurrency": concurrency, **r})
+                print(json.dumps(rows[-1]), flush=True)
+    finally:
+        stop(proc)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--holdout", default="0,1,2,3,4,5")
     parser.add_argument("--max-minutes", type=float, default=5)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--serving", choices=("openvino", "keras"), help="also measure serving")
     args = parser.parse_args()
     if not WEIGHTS.is_file():
         sys.exit(f"needs the MobileNetV2 weights at {WEIGHTS}")
@@ -222,8 +267,19 @@ def main() -> None:
             f"| {row['score']} | {row['keep_share']} | {mean['known_kept']:.3f} |"
             f" {mean['holdout_rejected']:.3f} | {mean['generated_rejected']:.3f} | {each} |"
         )
+    served: list[dict[str, Any]] = []
+    if args.serving:
+        first = results[0]
+        served = serving_cost(work, first["model"], first["version"], args.serving)
+        print(f"\n{args.serving}, the version trained without class {first['holdout']}:")
+        print("| rule | concurrency | requests | errors | img/s | p50 ms | p99 ms |")
+        for r in served:
+            print(
+                f"| {r['rule']} | {r['concurrency']} | {r['requests']} | {r['errors']} |"
+                f" {r['img_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |"
+            )
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+        args.json.write_text(json.dumps({"holdouts": results, "serving": served}, indent=1))
     shutil.rmtree(work, ignore_errors=True)
 
 

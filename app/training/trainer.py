@@ -979,8 +979,21 @@ class _Run:
             write_text_atomic(self.phases_file, json.dumps(self.done))
 
     def evaluate(self) -> _Evaluation:
-        """The model's answers and metrics on the validation images."""
-        y_true, probs = predict_probabilities(self.model, self.datasets[1])
+        """The model's answers and metrics on the validation images (one pass, which also
+        gives their features when the nearest-image rule needs them)."""
+        nearest = self.params.abstain_score == "nearest"
+        if nearest:
+            truths: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
+
+            def images() -> Any:
+                for x, y in self.datasets[1]:
+                    truths.append(np.asarray(y, dtype=np.int64))
+                    yield x
+
+            probs, val_features = features_of(self.model, images())
+            y_true = np.concatenate(truths)
+        else:
+            y_true, probs = predict_probabilities(self.model, self.datasets[1])
         y_pred, scores = probs.argmax(axis=-1), probs.max(axis=-1)
         metrics = classification_metrics(y_true, y_pred, self.summary.class_names)
         self.hooks.log(
@@ -992,8 +1005,8 @@ class _Run:
             f"calibration: temperature {calibration['temperature']:g}, expected calibration"
             f" error {calibration['ece_before']:.3f} -> {calibration['ece_after']:.3f}"
         )
-        if self.params.abstain_score == "nearest":
-            trust["abstention"] = abstention = self._nearest_abstention(abstention)
+        if nearest:
+            trust["abstention"] = abstention = self._nearest_abstention(abstention, val_features)
         else:
             self.hooks.log(
                 f"unknown below a calibrated top score of {abstention['threshold']:.3f}"
@@ -1003,13 +1016,14 @@ class _Run:
             abstention["negative_class"] = self.params.negative_class
         return _Evaluation(y_true, y_pred, scores, metrics, trust)
 
-    def _nearest_abstention(self, top_score: dict[str, Any]) -> dict[str, Any]:
+    def _nearest_abstention(
+        self, top_score: dict[str, Any], val_features: np.ndarray
+    ) -> dict[str, Any]:
         """The nearest-neighbour abstention (`app.serving.features`): the training images'
         features as the bank, the threshold on the validation images' similarity to it.
         The top score's threshold is kept beside it, for a server that cannot serve the
         features."""
         self.bank = self.feature_bank()
-        _, val_features = features_of(self.model, (x for x, _ in self.datasets[1]))
         record = nearest_record(self.bank, val_features, self.params.abstain_keep_share)
         record["top_score_threshold"] = top_score["threshold"]
         self.hooks.log(
