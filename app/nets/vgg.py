@@ -40,7 +40,11 @@ def vgg_block(x: keras.KerasTensor, filters: int, convs: int, block: int) -> ker
     """
     for i in range(1, convs + 1):
         x = layers.Conv2D(
-            filters, 3, padding="same", activation="relu", kernel_initializer="he_normal",
+            filters,
+            3,
+            padding="same",
+            activation="relu",
+            kernel_initializer="he_normal",
             name=f"block{block}_conv{i}",
         )(x)
     return layers.MaxPooling2D(2, strides=2, name=f"block{block}_pool")(x)
