@@ -83,9 +83,9 @@ RECIPES = {
     "lenet5": (64, 10, None, 1e-3),
     "alexnet": (67, 10, None, 1e-3),
     "vgg16": (96, 6, None, 1e-4),
-    "googlenet": (128, 10, None, 1e-3),
+    "googlenet": (128, 6, None, 1e-3),
     "resnet50": (128, 6, None, 1e-3),
-    "mobilenet": (128, 10, None, 1e-3),
+    "mobilenet": (128, 6, None, 1e-3),
     "mobilenet_v2": (96, 15, "imagenet-file", 1e-3),
     "efficientnet_b0": (128, 6, None, 1e-3),
 }
