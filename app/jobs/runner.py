@@ -83,7 +83,12 @@ def limit_threads(setting: int | Literal["auto"], nice: int) -> None:
 
 
 class _Progress:
-    """Writes phase, epoch, fraction done, ETA and history into the store."""
+    """Writes phase, epoch, fraction done, ETA and history into the store.
+
+    Each call to the store is held against a SIGTERM's stop (`interrupt.held`): raised
+    inside the database driver, the stop was caught and logged there as a failure to close
+    a connection before it went on up; it now waits for the call to end.
+    """
 
     def __init__(
         self,
@@ -122,7 +127,8 @@ class _Progress:
             except Exception:  # not fatal: a resume elsewhere starts from an older epoch
                 log.exception("job %s: could not upload its resume state", self.job_id)
         history = read_history(self.workspace / "history.json")
-        self.store.update(self.job_id, history=sorted(history, key=lambda h: h["epoch"]))
+        with interrupt.held():
+            self.store.update(self.job_id, history=sorted(history, key=lambda h: h["epoch"]))
         self._write(report.epoch, report)
 
     def _write(self, done: int, report: Any, within: float = 0.0) -> None:
@@ -132,16 +138,15 @@ class _Progress:
         if ran > 0:
             left = self.total - done - within
             eta = round((time.monotonic() - self.started) / ran * left, 1)
-        self.store.update(
-            self.job_id,
-            progress={
-                "phase": self.phase,
-                "epoch": done,
-                "total_epochs": self.total,
-                "fraction": round((done + within) / self.total, 4) if self.total else 1.0,
-                "eta_seconds": eta,
-            },
-        )
+        progress = {
+            "phase": self.phase,
+            "epoch": done,
+            "total_epochs": self.total,
+            "fraction": round((done + within) / self.total, 4) if self.total else 1.0,
+            "eta_seconds": eta,
+        }
+        with interrupt.held():
+            self.store.update(self.job_id, progress=progress)
 
     def on_batch(self, epoch: int, batch: int, steps: int) -> None:
         """Fraction done within an epoch, written at most every 2 seconds."""
@@ -155,7 +160,8 @@ class _Progress:
         now = time.monotonic()
         if not self._cancelling and now - self._last_check > 0.5:
             self._last_check = now
-            job = self.store.get(self.job_id) or {}
+            with interrupt.held():
+                job = self.store.get(self.job_id) or {}
             if self.owner and job.get("owner") not in (None, self.owner):
                 # The lease went to another worker (this one's was cut off for longer than
                 # the lease): stop at once and leave the job and its files to the new owner.
@@ -250,20 +256,22 @@ def run_job(job_id: str, settings: Settings, owner: str | None = None) -> int:
             )
             version = result.version
             skipped = job["skipped"] + result.dataset["skipped"]
-            store.update(job_id, skipped=_unique(skipped))
+            with interrupt.held():
+                store.update(job_id, skipped=_unique(skipped))
         meta = registry.metadata(name, version)
-        store.update(
-            job_id,
-            result={
-                "model": name,
-                "version": version,
-                "metrics": meta["metrics"],
-                # What training chose (fine-tuning depth, class weights) and why each
-                # phase stopped.
-                "training": meta.get("training"),
-            },
-            history=meta["history"],
-        )
+        with interrupt.held():
+            store.update(
+                job_id,
+                result={
+                    "model": name,
+                    "version": version,
+                    "metrics": meta["metrics"],
+                    # What training chose (fine-tuning depth, class weights) and why each
+                    # phase stopped.
+                    "training": meta.get("training"),
+                },
+                history=meta["history"],
+            )
         return 0
     except TrainingCancelled:
         _finishing()
