@@ -5,6 +5,7 @@ and by a rule a test can predict (the brighter the image, the higher the class).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ class FakePredictor:
         spec = json.loads((Path(model_path).parent / FAKE_FILE).read_text())
         self.classes = spec["classes"]
         self.fail = spec.get("fail", False)  # fails every batch of images, on purpose
+        self.delay = spec.get("delay", 0.0)  # seconds added to every batch, on purpose
 
     def load(self) -> None:
         pass
@@ -37,6 +39,8 @@ class FakePredictor:
         0-255, with a score of 0.9 (the rest shared by the others)."""
         if self.fail and batch.any():  # warm-up (all zeros) passes, so it loads
             raise RuntimeError("this fake version fails on purpose")
+        if self.delay and batch.any():
+            time.sleep(self.delay)
         n = len(self.classes)
         brightness = batch.reshape(len(batch), -1).mean(axis=1)
         chosen = np.minimum((brightness / 256 * n).astype(int), n - 1)
@@ -58,14 +62,18 @@ def write_fake_version(
     size: int = 32,
     fail: bool = False,
     bank: np.ndarray | None = None,
+    delay: float = 0.0,
     **metadata: object,
 ) -> int:
     """A registry version that `FakePredictor` serves (see the ``fake_models`` fixture);
+    ``fail``: every batch fails; ``delay``: every batch takes this many seconds more;
     ``bank``: the features of its training images (`FakePredictor.predict_features`)."""
 
     def save(folder: Path) -> None:
         (folder / MODEL_FILE).write_bytes(b"not a network: served by tests.fakes")
-        (folder / FAKE_FILE).write_text(json.dumps({"classes": classes, "fail": fail}))
+        (folder / FAKE_FILE).write_text(
+            json.dumps({"classes": classes, "fail": fail, "delay": delay})
+        )
         if bank is not None:
             FeatureBank.of(bank, "fake").save(folder)
 

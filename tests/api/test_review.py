@@ -265,6 +265,39 @@ def test_retrain_queues_a_job_with_the_same_parameters_on_the_latest_version(api
     assert (r.status_code, r.json()["code"]) == (409, "no_dataset")
 
 
+def test_the_bytes_kept_are_capped_and_one_image_can_be_deleted(
+    tmp_path, fake_models, settings_for
+) -> None:
+    """``CONVSERVE_MAX_CAPTURE_BYTES`` holds what all models keep; a reviewer can delete
+    one kept image, its file with it."""
+    from app.storage.registry import ModelRegistry
+
+    sizes = [len(photo(20, i)) for i in range(3)]
+    assert max(sizes) < 1.2 * min(sizes)  # the cap below fits two, never three
+    registry = ModelRegistry(tmp_path / "models")
+    write_fake_version(registry, "toy", ["circle", "square"])
+    registry.set_active("toy", 1)
+    settings = settings_for(run_jobs=False, max_capture_bytes=2 * max(sizes) + min(sizes) // 2)
+    with TestClient(create_app(settings)) as api:
+        capture(api, below_score=0.95, max_per_hour=100)
+        predict(api, 3)
+        wait_written(api)
+        items = queue(api)["items"]
+        assert len(items) == 2
+        metrics = api.get("/metrics").text
+        assert 'convserve_captures_total{model="toy",outcome="max_bytes"} 1.0' in metrics
+        store = api.app.state.capture.store
+        assert len(store.objects.keys("toy/")) == 2
+
+        assert api.delete(f"/review/{items[0]['id']}").status_code == 204
+        assert [i["id"] for i in queue(api)["items"]] == [items[1]["id"]]
+        assert api.get(f"/review/{items[0]['id']}").status_code == 404
+        assert api.get(items[0]["image_url"]).status_code == 404
+        assert len(store.objects.keys("toy/")) == 1
+        r = api.delete(f"/review/{items[0]['id']}")
+        assert (r.status_code, r.json()["code"]) == (404, "capture_not_found")
+
+
 def test_deleting_a_model_deletes_its_captures_and_all_at_once(api, tmp_path) -> None:
     for model in ("toy", "other"):
         assert api.put(f"/models/{model}/capture", json={"below_score": 0.95}).status_code == 200

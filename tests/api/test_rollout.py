@@ -1,6 +1,7 @@
 """Rollouts through the API, with real requests on fake versions (microseconds each): the
 canary's share, pinned versions left alone, shadow answers unchanged with agreement
-recorded, the guard that stops a failing candidate, promote and abort."""
+recorded, the guards that stop a failing, a slow and a disagreeing candidate, promote and
+abort."""
 
 from __future__ import annotations
 
@@ -20,12 +21,13 @@ from tests.helpers import image_bytes
 @pytest.fixture
 def api(tmp_path, fake_models, settings_for):
     """ "toy": version 1 active; 2 answers as 1 does; 3 names the classes the other way
-    round (it never agrees); 4 fails every request."""
+    round (it never agrees); 4 fails every request; 5 answers as 1 does, 60 ms late."""
     registry = ModelRegistry(tmp_path / "models")
     write_fake_version(registry, "toy", ["circle", "square"])
     write_fake_version(registry, "toy", ["circle", "square"])
     write_fake_version(registry, "toy", ["square", "circle"])
     write_fake_version(registry, "toy", ["circle", "square"], fail=True)
+    write_fake_version(registry, "toy", ["circle", "square"], delay=0.06)
     registry.set_active("toy", 1)
     with TestClient(create_app(settings_for(run_jobs=False))) as client:
         yield client
@@ -108,13 +110,38 @@ def test_the_guard_stops_a_failing_candidate_and_clients_never_see_it(api) -> No
     rollout(api, version=4, mode="canary", share=0.5, min_requests=10, max_error_rate=0.05)
     served = predict(api, 60)  # every answer succeeds: the active version steps in
     assert set(served) == {1}
+    shown = stopped(api)
+    assert shown["status"] == "stopped" and "error rate" in shown["reason"]
+    assert shown["figures"]["4"]["errors"] >= 10
+    assert set(predict(api, 40)) == {1}
+
+
+def stopped(api) -> dict:
+    """The rollout once a guard has ended it (the guards judge every second)."""
     deadline = time.time() + 10
     while (shown := status(api))["status"] == "running":
         assert time.time() < deadline, shown
         time.sleep(0.2)
-    assert shown["status"] == "stopped" and "error rate" in shown["reason"]
-    assert shown["figures"]["4"]["errors"] >= 10
-    assert set(predict(api, 40)) == {1}
+    return shown
+
+
+def test_the_guard_stops_a_slow_candidate(api) -> None:
+    rollout(api, version=5, mode="canary", share=1.0, min_requests=10, max_p99_ms=50)
+    assert set(predict(api, 12)) == {5}  # slow, but it answers
+    shown = stopped(api)
+    assert shown["status"] == "stopped" and "p99 latency 75 ms" in shown["reason"], shown
+    assert shown["figures"]["5"]["latency_ms"]["p50"] == 75
+    assert set(predict(api, 10)) == {1}  # the active version answers again
+
+
+def test_the_guard_stops_a_candidate_that_disagrees(api) -> None:
+    rollout(api, version=3, mode="shadow", share=1.0, min_requests=10, min_agreement=0.9)
+    assert set(predict(api, 12)) == {1}
+    settle(api)
+    shown = stopped(api)
+    assert shown["status"] == "stopped" and "agreement" in shown["reason"], shown
+    assert shown["figures"]["3"]["agreement"] == 0.0
+    assert api.get("/models/toy").json()["active_version"] == 1
 
 
 def test_promote_and_abort(api) -> None:
