@@ -28,7 +28,7 @@ def _batches(x, size=64):
 
 def test_openvino_agrees_with_keras_on_signs(tmp_path):
     registry = ModelRegistry(tmp_path / "models")
-    params = TrainParams(image_size=128, epochs=4, fine_tune_epochs=2, seed=7)
+    params = TrainParams(image_size=128, epochs=2, fine_tune_epochs=1, seed=7)
     result = train(
         SIGNS_DIR,
         "signs",
