@@ -50,6 +50,20 @@ def store_for(settings: Settings) -> JobStore:
     return JobStore(settings_database(settings))
 
 
+class _HeldJobStore(JobStore):
+    """The job store as a job process uses it: a SIGTERM's stop waits for each read and
+    write to end (`interrupt.held`). Raised inside the database driver, the stop was caught
+    and logged there as a failure to close a connection before it went on up."""
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        with interrupt.held():
+            return super().get(job_id)
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        with interrupt.held():
+            super().update(job_id, **fields)
+
+
 def study_command(settings: Settings, name: str, version: int) -> list[str] | None:
     """The command that runs a new version's precision study after its job, or None when
     studies are off. It ends by writing the study into the version's metadata, which the
@@ -83,12 +97,7 @@ def limit_threads(setting: int | Literal["auto"], nice: int) -> None:
 
 
 class _Progress:
-    """Writes phase, epoch, fraction done, ETA and history into the store.
-
-    Each call to the store is held against a SIGTERM's stop (`interrupt.held`): raised
-    inside the database driver, the stop was caught and logged there as a failure to close
-    a connection before it went on up; it now waits for the call to end.
-    """
+    """Writes phase, epoch, fraction done, ETA and history into the store."""
 
     def __init__(
         self,
@@ -127,8 +136,7 @@ class _Progress:
             except Exception:  # not fatal: a resume elsewhere starts from an older epoch
                 log.exception("job %s: could not upload its resume state", self.job_id)
         history = read_history(self.workspace / "history.json")
-        with interrupt.held():
-            self.store.update(self.job_id, history=sorted(history, key=lambda h: h["epoch"]))
+        self.store.update(self.job_id, history=sorted(history, key=lambda h: h["epoch"]))
         self._write(report.epoch, report)
 
     def _write(self, done: int, report: Any, within: float = 0.0) -> None:
@@ -145,8 +153,7 @@ class _Progress:
             "fraction": round((done + within) / self.total, 4) if self.total else 1.0,
             "eta_seconds": eta,
         }
-        with interrupt.held():
-            self.store.update(self.job_id, progress=progress)
+        self.store.update(self.job_id, progress=progress)
 
     def on_batch(self, epoch: int, batch: int, steps: int) -> None:
         """Fraction done within an epoch, written at most every 2 seconds."""
@@ -160,8 +167,7 @@ class _Progress:
         now = time.monotonic()
         if not self._cancelling and now - self._last_check > 0.5:
             self._last_check = now
-            with interrupt.held():
-                job = self.store.get(self.job_id) or {}
+            job = self.store.get(self.job_id) or {}
             if self.owner and job.get("owner") not in (None, self.owner):
                 # The lease went to another worker (this one's was cut off for longer than
                 # the lease): stop at once and leave the job and its files to the new owner.
@@ -203,7 +209,7 @@ def run_job(job_id: str, settings: Settings, owner: str | None = None) -> int:
     # Ctrl-C in a terminal reaches the whole process group: the service decides, and sends
     # SIGTERM when it stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    store = store_for(settings)
+    store = _HeldJobStore(settings_database(settings))
     job = store.get(job_id)
     if job is None:
         log.error("no job %s", job_id)
@@ -256,22 +262,20 @@ def run_job(job_id: str, settings: Settings, owner: str | None = None) -> int:
             )
             version = result.version
             skipped = job["skipped"] + result.dataset["skipped"]
-            with interrupt.held():
-                store.update(job_id, skipped=_unique(skipped))
+            store.update(job_id, skipped=_unique(skipped))
         meta = registry.metadata(name, version)
-        with interrupt.held():
-            store.update(
-                job_id,
-                result={
-                    "model": name,
-                    "version": version,
-                    "metrics": meta["metrics"],
-                    # What training chose (fine-tuning depth, class weights) and why each
-                    # phase stopped.
-                    "training": meta.get("training"),
-                },
-                history=meta["history"],
-            )
+        store.update(
+            job_id,
+            result={
+                "model": name,
+                "version": version,
+                "metrics": meta["metrics"],
+                # What training chose (fine-tuning depth, class weights) and why each
+                # phase stopped.
+                "training": meta.get("training"),
+            },
+            history=meta["history"],
+        )
         return 0
     except TrainingCancelled:
         _finishing()
